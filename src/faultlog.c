@@ -1,0 +1,240 @@
+#include "faultlog.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+static int log_fd = -1;
+void (*fl_faultlog_tap)(const char *line, size_t len);
+atomic_ullong fl_faultlog_dropped;
+
+int fl_faultlog_open(const char *path)
+{
+    if (!path || strcmp(path, "-") == 0) {
+        log_fd = STDOUT_FILENO;
+        return 0;
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return -errno;
+    log_fd = fd;
+    return 0;
+}
+
+void fl_faultlog_close(void)
+{
+    if (log_fd > STDERR_FILENO)
+        close(log_fd);
+    log_fd = -1;
+}
+
+void fl_logbuf_init(struct fl_logbuf *lb, uv_loop_t *loop)
+{
+    memset(lb, 0, sizeof(*lb));
+    lb->loop = loop;
+}
+
+void fl_logbuf_fini(struct fl_logbuf *lb)
+{
+    free(lb->buf);
+    free(lb->inflight);
+    lb->buf = lb->inflight = NULL;
+    lb->len = lb->cap = 0;
+}
+
+static void flush_async(struct fl_logbuf *lb);
+
+static void write_cb(uv_fs_t *req)
+{
+    struct fl_logbuf *lb = req->data;
+    ssize_t r = req->result;
+    uv_fs_req_cleanup(req);
+    if (r < 0) {
+        fl_error("fault log write failed: %s; fault lines are being dropped", uv_strerror((int)r));
+    } else if ((size_t)r < lb->inflight_len) {
+        /* Short write (a pipe): put the rest back in front of the queue. */
+        size_t rest = lb->inflight_len - (size_t)r;
+        if (lb->len + rest <= lb->cap || lb->cap == 0) {
+            char *nb = malloc(lb->len + rest + 1);
+            if (nb) {
+                memcpy(nb, lb->inflight + r, rest);
+                memcpy(nb + rest, lb->buf, lb->len);
+                free(lb->buf);
+                lb->buf = nb;
+                lb->len += rest;
+                lb->cap = lb->len + 1;
+            }
+        }
+    }
+    lb->busy = 0;
+    lb->inflight_len = 0;
+    if (lb->len)
+        flush_async(lb);
+}
+
+static void flush_async(struct fl_logbuf *lb)
+{
+    if (lb->busy || lb->len == 0 || log_fd < 0 || !lb->loop)
+        return;
+    /* Swap buffers: the in-flight one is owned by the write until write_cb. */
+    char *tmp = lb->inflight;
+    lb->inflight = lb->buf;
+    lb->inflight_len = lb->len;
+    lb->buf = tmp;
+    lb->len = 0;
+    free(lb->buf);
+    lb->buf = NULL;
+    lb->cap = 0;
+    uv_buf_t b = uv_buf_init(lb->inflight, (unsigned)lb->inflight_len);
+    lb->req.data = lb;
+    lb->busy = 1;
+    if (uv_fs_write(lb->loop, &lb->req, log_fd, &b, 1, -1, write_cb) < 0) {
+        lb->busy = 0;
+        fl_error("fault log: cannot queue a write");
+    }
+}
+
+static void append(struct fl_logbuf *lb, const char *s, size_t n)
+{
+    if (lb->len + n > FL_LOG_CAP) {
+        atomic_fetch_add_explicit(&fl_faultlog_dropped, 1, memory_order_relaxed);
+        return;
+    }
+    if (lb->len + n > lb->cap) {
+        size_t ncap = lb->cap ? lb->cap * 2 : 16384;
+        while (ncap < lb->len + n)
+            ncap *= 2;
+        char *nb = realloc(lb->buf, ncap);
+        if (!nb) {
+            atomic_fetch_add_explicit(&fl_faultlog_dropped, 1, memory_order_relaxed);
+            return;
+        }
+        lb->buf = nb;
+        lb->cap = ncap;
+    }
+    memcpy(lb->buf + lb->len, s, n);
+    lb->len += n;
+}
+
+size_t fl_json_escape(char *out, size_t cap, size_t pos, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (pos + 7 >= cap)
+            break;
+        if (ch == '"' || ch == '\\') {
+            out[pos++] = '\\';
+            out[pos++] = (char)ch;
+        } else if (ch < 0x20 || ch == 0x7f) {
+            out[pos++] = '\\';
+            out[pos++] = 'u';
+            out[pos++] = '0';
+            out[pos++] = '0';
+            out[pos++] = hex[ch >> 4];
+            out[pos++] = hex[ch & 15];
+        } else {
+            out[pos++] = (char)ch;
+        }
+    }
+    return pos;
+}
+
+static size_t put(char *out, size_t cap, size_t pos, const char *s)
+{
+    size_t n = strlen(s);
+    if (pos + n >= cap)
+        n = cap > pos + 1 ? cap - pos - 1 : 0;
+    memcpy(out + pos, s, n);
+    return pos + n;
+}
+
+static size_t put_str(char *out, size_t cap, size_t pos, const char *key, const char *s,
+                      size_t len)
+{
+    pos = put(out, cap, pos, key);
+    pos = fl_json_escape(out, cap, pos, s ? s : "", s ? len : 0);
+    return put(out, cap, pos, "\"");
+}
+
+void fl_faultlog_emit(struct fl_logbuf *lb, const struct fl_fault_event *ev)
+{
+    char line[4096];
+    char ts[32], num[64], addr[64];
+    size_t pos = 0;
+    const struct fl_request *rq = ev->req;
+
+    fl_log_timestamp(ts, sizeof(ts));
+    pos = put(line, sizeof(line), pos, "{\"ts\":\"");
+    pos = put(line, sizeof(line), pos, ts);
+    pos = put(line, sizeof(line), pos, "\",\"event\":\"fault\"");
+    pos = put_str(line, sizeof(line), pos, ",\"policy\":\"", ev->policy, strlen(ev->policy));
+    pos = put_str(line, sizeof(line), pos, ",\"rule\":\"", ev->rule, strlen(ev->rule));
+    pos = put(line, sizeof(line), pos, ",\"fault\":\"");
+    pos = put(line, sizeof(line), pos, fl_fault_kind_name(ev->kind));
+    pos = put(line, sizeof(line), pos, "\"");
+    if (ev->kind == FL_FAULT_DELAY) {
+        snprintf(num, sizeof(num), ",\"delay_ms\":%llu", (unsigned long long)ev->delay_ms);
+        pos = put(line, sizeof(line), pos, num);
+    } else if (ev->kind == FL_FAULT_ABORT) {
+        if (ev->grpc_status >= 0)
+            snprintf(num, sizeof(num), ",\"grpc_status\":%d", ev->grpc_status);
+        else
+            snprintf(num, sizeof(num), ",\"status\":%d", ev->status);
+        pos = put(line, sizeof(line), pos, num);
+    }
+    if (rq) {
+        pos = put(line, sizeof(line), pos, ",\"proto\":\"");
+        pos = put(line, sizeof(line), pos, fl_proto_name(rq->proto));
+        pos = put(line, sizeof(line), pos, "\"");
+        pos = put_str(line, sizeof(line), pos, ",\"method\":\"", rq->method_str, rq->method_len);
+        pos = put_str(line, sizeof(line), pos, ",\"path\":\"", rq->path, rq->target_len);
+        pos = put_str(line, sizeof(line), pos, ",\"authority\":\"", rq->authority,
+                      rq->authority_len);
+    }
+    if (ev->src) {
+        fl_addr_str(ev->src, addr, sizeof(addr));
+        pos = put_str(line, sizeof(line), pos, ",\"src\":\"", addr, strlen(addr));
+    }
+    if (ev->dst) {
+        fl_addr_str(ev->dst, addr, sizeof(addr));
+        pos = put_str(line, sizeof(line), pos, ",\"dst\":\"", addr, strlen(addr));
+    }
+    snprintf(num, sizeof(num), ",\"conn\":%llu}", (unsigned long long)ev->conn);
+    pos = put(line, sizeof(line), pos, num);
+    fl_faultlog_emit_raw(lb, line, pos);
+}
+
+void fl_faultlog_emit_raw(struct fl_logbuf *lb, const char *json, size_t len)
+{
+    if (fl_faultlog_tap)
+        fl_faultlog_tap(json, len);
+    append(lb, json, len);
+    append(lb, "\n", 1);
+    flush_async(lb);
+}
+
+void fl_logbuf_flush_sync(struct fl_logbuf *lb)
+{
+    if (log_fd < 0)
+        return;
+    /* An async write may still be in flight; the caller runs this after the loop
+     * has stopped, when in-flight requests have completed, so only lb->buf is left. */
+    size_t off = 0;
+    while (off < lb->len) {
+        ssize_t n = write(log_fd, lb->buf + off, lb->len - off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            fl_error("fault log: final flush failed: %s", strerror(errno));
+            break;
+        }
+        off += (size_t)n;
+    }
+    lb->len = 0;
+}

@@ -1,0 +1,63 @@
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+enum fl_log_level fl_log_min_level = FL_LOG_INFO;
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+void fl_log_timestamp(char *buf, unsigned len)
+{
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+}
+
+void fl_log(enum fl_log_level lvl, const char *fmt, ...)
+{
+    char line[2048];
+    char ts[32];
+    int n;
+    va_list ap;
+
+    if (lvl < fl_log_min_level)
+        return;
+    fl_log_timestamp(ts, sizeof(ts));
+    n = snprintf(line, sizeof(line), "%s faultline %s: ", ts, level_names[lvl]);
+    va_start(ap, fmt);
+    n += vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+    va_end(ap);
+    if (n >= (int)sizeof(line) - 1)
+        n = (int)sizeof(line) - 2;
+    line[n++] = '\n';
+    /* stderr is for rare operator messages; a short blocking write is acceptable. */
+    ssize_t r = write(STDERR_FILENO, line, (size_t)n);
+    (void)r;
+}
+
+char *fl_addr_str(const struct sockaddr *sa, char *buf, unsigned len)
+{
+    char ip[INET6_ADDRSTRLEN];
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+        snprintf(buf, len, "%s:%u", ip, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+        snprintf(buf, len, "[%s]:%u", ip, ntohs(in6->sin6_port));
+    } else {
+        snprintf(buf, len, "unknown");
+    }
+    return buf;
+}

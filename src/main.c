@@ -1,0 +1,121 @@
+/* faultline: the daemon's command line. `run` starts the proxy, `validate`
+ * checks a policy file. Everything else lives in the modules. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "policy.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: faultline run -f POLICY.yaml [--admin PATH] [--fault-log PATH|-] [--workers N]\n"
+            "                     [--no-sockmap] [-v]\n"
+            "       faultline validate -f POLICY.yaml\n"
+            "       faultline version\n"
+            "\n"
+            "run       start the fault-injection proxy with the policy (SIGHUP reloads it,\n"
+            "          SIGTERM/SIGINT stop gracefully, SIGUSR1 halts injection, SIGUSR2 resumes)\n"
+            "validate  check a policy; prints every error as file:line:col: message\n");
+}
+
+static int cmd_validate(int argc, char **argv)
+{
+    const char *file = NULL;
+    static const struct option opts[] = {{"file", required_argument, NULL, 'f'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "f:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'f': file = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!file || optind != argc) {
+        fprintf(stderr, "faultline validate: give the policy file with -f FILE\n");
+        return 2;
+    }
+    struct fl_policy *p = NULL;
+    struct fl_policy_errors errs = {0};
+    int e = fl_policy_load(file, &p, &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        printf("%s\n", errs.msgs[i]);
+    fl_policy_errors_free(&errs);
+    if (e < 0)
+        return 1;
+    printf("%s: ok: policy '%s', %zu listener%s, %zu target%s, %zu rule%s\n", file, p->name,
+           p->n_listeners, p->n_listeners == 1 ? "" : "s", p->n_targets,
+           p->n_targets == 1 ? "" : "s", p->n_rules, p->n_rules == 1 ? "" : "s");
+    fl_policy_unref(p);
+    return 0;
+}
+
+static int cmd_run(int argc, char **argv)
+{
+    struct fl_daemon_opts o = {.workers = 1};
+    static const struct option opts[] = {{"file", required_argument, NULL, 'f'},
+                                         {"admin", required_argument, NULL, 'a'},
+                                         {"fault-log", required_argument, NULL, 'l'},
+                                         {"workers", required_argument, NULL, 'w'},
+                                         {"no-sockmap", no_argument, NULL, 'S'},
+                                         {"verbose", no_argument, NULL, 'v'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    int ch;
+    char *end;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "f:a:l:w:vh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'f': o.policy_path = optarg; break;
+        case 'a': o.admin_path = optarg; break;
+        case 'l': o.fault_log = optarg; break;
+        case 'w':
+            o.workers = (int)strtol(optarg, &end, 10);
+            if (*end || o.workers < 1 || o.workers > 64) {
+                fprintf(stderr, "faultline run: --workers takes a number from 1 to 64\n");
+                return 2;
+            }
+            break;
+        case 'S': o.no_sockmap = 1; break;
+        case 'v': fl_log_min_level = FL_LOG_DEBUG; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!o.policy_path || optind != argc) {
+        fprintf(stderr, "faultline run: give the policy file with -f FILE (see policies/ for "
+                        "examples)\n");
+        return 2;
+    }
+    return fl_daemon_run(&o);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "run") == 0)
+        return cmd_run(argc - 1, argv + 1);
+    if (strcmp(argv[1], "validate") == 0)
+        return cmd_validate(argc - 1, argv + 1);
+    if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+        printf("faultline %s\n", FL_VERSION);
+        return 0;
+    }
+    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "faultline: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
