@@ -280,7 +280,8 @@ static int tp_resolve(struct fl_conn *c, void *arg)
         unsigned long long n = atomic_fetch_add(&T.no_orig, 1) + 1;
         if (n <= 10 || n % 1000 == 0)
             fl_warn("connection from %s to the proxy port in netns %llu has no original "
-                    "destination (it did not pass faultline's connect hook): closed (%llu so far)",
+                    "destination (its client closed before the proxy took it, or it did not "
+                    "come through faultline's connect hook): closed (%llu so far)",
                     fl_addr_str((struct sockaddr *)&c->src, a, sizeof(a)),
                     (unsigned long long)ns->cookie, n);
         return e;

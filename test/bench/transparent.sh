@@ -41,7 +41,7 @@ cleanup() {
   set +e
   [ -n "$dpid" ] && kill "$dpid" 2>/dev/null && wait "$dpid" 2>/dev/null
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in $(ip netns pids "$NS" 2>/dev/null); do kill -9 "$p"; done
+  for p in $(ip netns pids "$NS" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
   wait 2>/dev/null
   ip netns del "$NS" 2>/dev/null
   ip link del "$VH" 2>/dev/null
