@@ -174,8 +174,15 @@ stop_daemon() { # SIGTERM; returns the exit status
 }
 hooks_on() { bpftool cgroup show "$1" 2>/dev/null | grep -c '^[0-9]'; }
 stat_sum() { # index into fl_stats: 0 redirected, 1 no listener, 2 sk_msg redirects
-    bpftool map dump name fl_stats -j 2>/dev/null |
-        jq "[.[] | .formatted | select(.key == $1) | .values[].value] | add // 0" 2>/dev/null | head -1
+    local v
+    for _ in 1 2 3 4 5; do
+        v=$(bpftool map dump name fl_stats -j 2>/dev/null |
+            jq "[.[] | .formatted | select(.key == $1) | .values[].value] | add" 2>/dev/null | head -1)
+        [[ "$v" =~ ^[0-9]+$ ]] && { echo "$v"; return; }
+        sleep 0.1
+    done
+    echo "stat_sum: cannot read fl_stats: $(bpftool map dump name fl_stats -j 2>&1 | head -c 300)" >&2
+    echo 0
 }
 curl_in() { # cg ns args...
     local cg=$1 ns=$2; shift 2
@@ -186,6 +193,15 @@ for _ in $(seq 50); do grep -q READY "$TMP/bg.log" && break; sleep 0.1; done
 grep -q READY "$TMP/bg.log" || { say "server did not start: $(cat "$TMP/bg.log")"; exit 1; }
 start_daemon || exit 1
 say "# $(grep 'transparent mode:' "$TMP/daemon.log" | head -1 | sed 's/.*info: //')"
+
+# --- a missing requirement: one clear message, exit status 2
+if command -v setpriv >/dev/null; then
+    chmod 755 "$TMP"; chmod 644 "$TMP/policy.yaml"
+    out=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$BIN" run -f "$TMP/policy.yaml" \
+        --admin "$TMP/nobody.sock" 2>&1); rc=$?
+    [ $rc = 2 ] && grep -q 'needs root' <<<"$out" && [ "$(wc -l <<<"$out")" = 1 ] &&
+        ok "not root: exit 2 with one line: ${out#faultline: }" || bad "not root: rc $rc" "$out"
+fi
 
 # --- enrolment
 n=$(hooks_on "$CG/podA"); c=$(hooks_on "$CG/podC"); o=$(hooks_on "$CG/other")
@@ -272,6 +288,25 @@ for _ in $(seq 40); do grep -q "released pod $CG/podD" "$TMP/daemon.log" && brea
 out=$(grep -E "released pod $CG/podD|netns [0-9]+: no selected pod left" "$TMP/daemon.log")
 check "vanished pod D released, its netns listener closed" "$out" "released pod $CG/podD" 'no selected pod left'
 
+# --- reload (SIGHUP) re-programs targets: select the unmatched port, then not
+reload() { # policy-file
+    local n0
+    n0=$(grep -c 'reloaded ' "$TMP/daemon.log")
+    cp "$1" "$TMP/policy.yaml"
+    kill -HUP "$DPID"
+    for _ in $(seq 40); do [ "$(grep -c 'reloaded ' "$TMP/daemon.log")" -gt "$n0" ] && break; sleep 0.05; done
+    sleep 0.2 # the rescan it triggers runs on the thread pool
+}
+cp "$TMP/policy.yaml" "$TMP/policy.orig"
+sed "s|^  rules:|    - name: late4\n      pods: {cgroup: \"$CG/podA\"}\n      destination: {ip: 10.77.1.1, port: $UPORT}\n  rules:|" \
+    "$TMP/policy.orig" >"$TMP/policy.late"
+reload "$TMP/policy.late"
+out=$(curl_in "$A" a -i http://10.77.1.1:$UPORT/abort/reload)
+check "SIGHUP: a target added by a reload is steered at once" "$out" '^HTTP/1.1 503'
+reload "$TMP/policy.orig"
+out=$(curl_in "$A" a -i http://10.77.1.1:$UPORT/abort/reload2)
+check "SIGHUP: a target removed by a reload goes direct again" "$out" '^HTTP/1.1 200' '^x-served-by: server'
+
 # --- 64 MiB both ways, byte-exact, through sk_msg
 MB64=$((64 * 1024 * 1024))
 python3 "$PEER" pattern $MB64 >"$TMP/blob"
@@ -341,7 +376,7 @@ hl=$(bpftool cgroup show "$CG/podA")
 # stalled for real: its stderr goes to a pipe that stops being read, and
 # SIGHUP reloads make it log until the write blocks.
 mkfifo "$TMP/err.fifo"
-python3 "$PEER" pipe "$TMP/err.fifo" "$TMP/daemon.log" & PIPER=$!
+python3 "$PEER" pipe "$TMP/err.fifo" "$TMP/daemon.log" & PIPER=$!; disown $PIPER
 PIDS+=($PIPER)
 : >"$TMP/daemon.log"
 DAEMON_ERR=$TMP/err.fifo start_daemon || exit 1
