@@ -31,7 +31,7 @@
 #include "log.h"
 #include "worker.h"
 
-#define TP_ROUTES 16       /* per-netns cache: destination -> pod source address */
+#define TP_ROUTES 16 /* per-netns cache: destination -> pod source address */
 #define TP_CG_PREFIX "faultline-daemon-"
 
 struct tp_ns;
@@ -118,7 +118,7 @@ static struct {
     struct fl_policy *policy; /* what the pods and targets follow (reference) */
     uint8_t *noaccel;         /* per target: a rule delays its requests */
     uint16_t port;
-    int host_ns; /* the daemon's own netns, to come back to after setns */
+    int host_ns;            /* the daemon's own netns, to come back to after setns */
     char cg[PATH_MAX];      /* <cgroup2>/faultline-daemon-PID */
     char orig_cg[PATH_MAX]; /* where the daemon was before */
     int joined;
@@ -163,8 +163,7 @@ static int in_netns(int nsfd, int (*fn)(void *arg), void *arg)
         return -errno;
     ret = fn(arg);
     if (setns(T.host_ns, CLONE_NEWNET) != 0) {
-        fl_error("cannot return to the daemon's network namespace: %s; aborting",
-                 strerror(errno));
+        fl_error("cannot return to the daemon's network namespace: %s; aborting", strerror(errno));
         abort();
     }
     return ret;
@@ -297,8 +296,7 @@ static int tp_resolve(struct fl_conn *c, void *arg)
     if (known && T.noaccel && T.noaccel[id - 1] &&
         (e = fl_bpf_conn_no_accel(T.bpf, ns->cookie, (struct sockaddr *)&c->src)) < 0 &&
         e != -ENOENT)
-        fl_debug("conn %llu: cannot turn sk_msg off: %s", (unsigned long long)c->id,
-                 strerror(-e));
+        fl_debug("conn %llu: cannot turn sk_msg off: %s", (unsigned long long)c->id, strerror(-e));
     c->upstream_netns = fcntl(ns->fd, F_DUPFD_CLOEXEC, 0);
     if (c->upstream_netns < 0)
         return -errno;
@@ -363,8 +361,8 @@ static void ns_close(struct tp_ns *ns, const char *why)
     if (ns->n_l) {
         atomic_fetch_sub(&T.n_netns, 1);
         if (why)
-            fl_info("netns %llu: %s; its proxy listener is closed",
-                    (unsigned long long)ns->cookie, why);
+            fl_info("netns %llu: %s; its proxy listener is closed", (unsigned long long)ns->cookie,
+                    why);
     }
     ns->closing = 1;
     ns_close_listeners(ns);
@@ -427,8 +425,8 @@ static void ns_add(struct scan_ns *sn)
         return;
     }
     atomic_fetch_add(&T.n_netns, 1);
-    fl_info("netns %llu: proxy listening on 127.0.0.1:%u%s", (unsigned long long)ns->cookie,
-            T.port, ns->n_l == 2 ? " and [::1]" : " (no IPv6 loopback)");
+    fl_info("netns %llu: proxy listening on 127.0.0.1:%u%s", (unsigned long long)ns->cookie, T.port,
+            ns->n_l == 2 ? " and [::1]" : " (no IPv6 loopback)");
 }
 
 /* ---- scan ---- */
@@ -635,8 +633,8 @@ static void entry_remove(size_t i)
 {
     struct tp_entry *e = &T.entries[i];
 
-    if (fl_bpf_remove_target(T.bpf, e->cgid, e->dst.family, e->dst.addr, e->dst.prefix,
-                             e->port) < 0)
+    if (fl_bpf_remove_target(T.bpf, e->cgid, e->dst.family, e->dst.addr, e->dst.prefix, e->port) <
+        0)
         fl_debug("removing target entry for cgroup %llu: already gone",
                  (unsigned long long)e->cgid);
     T.entries[i] = T.entries[--T.n_entries];
@@ -1047,8 +1045,9 @@ int fl_tp_apply(const struct fl_policy *p, char *err, size_t errlen)
     if (!T.started) {
         if (!p->n_targets)
             return 0;
-        snprintf(err, errlen, "the policy has 'targets' but the daemon was started without "
-                              "transparent mode: restart faultline with this policy");
+        snprintf(err, errlen,
+                 "the policy has 'targets' but the daemon was started without "
+                 "transparent mode: restart faultline with this policy");
         return -ENOTSUP;
     }
     if (p->n_targets && port != T.port) {

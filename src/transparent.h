@@ -22,9 +22,9 @@
 
 struct fl_worker;
 
-#define FL_TP_RESCAN_MS 1000     /* pods are looked for this often */
-#define FL_TP_HEARTBEAT_MS 100   /* the loop proves it turns this often */
-#define FL_TP_STALL_MS 1000      /* heartbeat older than this: fail open */
+#define FL_TP_RESCAN_MS 1000   /* pods are looked for this often */
+#define FL_TP_HEARTBEAT_MS 100 /* the loop proves it turns this often */
+#define FL_TP_STALL_MS 1000    /* heartbeat older than this: fail open */
 
 struct fl_tp_opts {
     int no_sockmap; /* 1: never accelerate app<->proxy bytes with sk_msg */
