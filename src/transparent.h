@@ -9,6 +9,14 @@
  * with the original destination as the upstream and the target name as the
  * scope. A watchdog thread turns redirection off while the event loop stalls.
  *
+ * sk_msg acceleration of the app<->proxy hop is on by default (--no-sockmap
+ * turns it off). Caveat: with a SOCKHASH ingress redirect, a blocking read()
+ * in an application that writes the same socket from another thread can
+ * return EAGAIN spuriously (kernel sockmap behaviour); apps that treat that
+ * as fatal should run with --no-sockmap. Targets with a delay rule are never
+ * accelerated: a held request stops the proxy reading, and an ingress
+ * redirect has no TCP window to stop the app.
+ *
  * All fl_tp_ calls except fl_tp_stats and fl_tp_socket_in run on the main
  * loop's thread. Transparent connections are accepted on worker 0 only.
  */

@@ -38,8 +38,10 @@ check() { # check NAME OUTPUT pattern... ("!pattern": must not match)
     ok "$name"
 }
 
+SAVED_LOG=$(mktemp /tmp/fl-tp-daemon.XXXXXX) # every daemon's log, shown on failure
 cleanup() {
     set +e
+    cat "$TMP/daemon.log" >>"$SAVED_LOG" 2>/dev/null
     for p in "${DPIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
     for ns in a b c d; do
@@ -151,6 +153,7 @@ EOF
 
 # start_daemon [args...]: the real daemon in the background; waits for "ready".
 start_daemon() {
+    cat "$TMP/daemon.log" >>"$SAVED_LOG" 2>/dev/null
     : >"$TMP/faults.log"
     local err=${DAEMON_ERR:-$TMP/daemon.log}
     "$BIN" run -f "$TMP/policy.yaml" --fault-log "$TMP/faults.log" --admin "$TMP/admin.sock" "$@" \
@@ -420,5 +423,10 @@ trap - EXIT
 left=$(( $(ip netns list | grep -c "^$T") + $(ip link show | grep -c "$T") + $([ -d "$CG" ] && echo 1 || echo 0) ))
 [ "$left" = 0 ] && ok "cleanup: no netns, veth or cgroup left" || bad "cleanup left $left objects"
 
+if [ "$FAIL" != 0 ]; then
+    say "# daemon logs (warnings and errors):"
+    grep -vE ' (info|debug): ' "$SAVED_LOG" | grep -v '"event":"fault"' | tail -n 30 | sed 's/^/#   /'
+fi
+rm -f "$SAVED_LOG"
 say "$PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]
