@@ -1037,10 +1037,9 @@ fail_ns:
     return e;
 }
 
-int fl_tp_apply(const struct fl_policy *p, char *err, size_t errlen)
+int fl_tp_check(const struct fl_policy *p, char *err, size_t errlen)
 {
     uint16_t port = p->proxy_port ? p->proxy_port : FL_DEFAULT_PORT;
-    int e;
 
     if (!T.started) {
         if (!p->n_targets)
@@ -1055,6 +1054,15 @@ int fl_tp_apply(const struct fl_policy *p, char *err, size_t errlen)
                  T.port, port);
         return -EINVAL;
     }
+    return 0;
+}
+
+int fl_tp_apply(const struct fl_policy *p, char *err, size_t errlen)
+{
+    int e = fl_tp_check(p, err, errlen);
+
+    if (e < 0 || !T.started)
+        return e;
     if ((e = set_policy(p)) < 0) {
         snprintf(err, errlen, "out of memory");
         return e;

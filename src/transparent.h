@@ -73,6 +73,12 @@ int fl_tp_start(struct fl_worker *w, const struct fl_policy *p, const struct fl_
  * negative errno. */
 int fl_tp_apply(const struct fl_policy *p, char *err, size_t errlen) FL_WUR;
 
+/* What fl_tp_apply(p) would refuse, without changing anything (for a dry
+ * run or a check before committing a new policy). Meant for a daemon that is
+ * running: before fl_tp_start() every policy with targets is refused. Returns
+ * 0 or a negative errno with err set. */
+int fl_tp_check(const struct fl_policy *p, char *err, size_t errlen) FL_WUR;
+
 /* Graceful shutdown begins: stop redirecting new connections and close the
  * listeners; connections in flight go on. No-op when not started. */
 void fl_tp_drain(void);
