@@ -915,11 +915,13 @@ static void h1_data(struct fl_conn *c, int side, struct fl_chunk *ch, size_t off
     }
     if (!h->seen_request && h->head_bytes == 0 && len >= 3 && memcmp(ch->data + off, "PRI", 3) == 0 &&
         memcmp(ch->data + off, H2_PREFACE, len < sizeof(H2_PREFACE) - 1 ? len : sizeof(H2_PREFACE) - 1) == 0) {
-        /* HTTP/2 prior knowledge: not HTTP/1.1. */
-        h->in = fl_chunk_ref(ch);
-        h->in_off = off;
-        h->in_len = off + len;
-        switch_to_raw(c);
+        /* HTTP/2 prior knowledge: the h2 handler takes the connection from
+         * its first byte (nghttp2 checks the rest of the preface). */
+        if (fl_conn_switch(c, &fl_h2_ops) < 0) {
+            fl_conn_close(c, 0);
+            return;
+        }
+        c->ops->data(c, side, ch, off, len);
         return;
     }
     h->in = fl_chunk_ref(ch);
