@@ -93,7 +93,6 @@ struct h2 {
     unsigned recycling : 1;   /* the upstream socket is being replaced */
     unsigned up_dead : 1;     /* h->us is being torn down; ignore its callbacks */
     unsigned closing : 1;     /* close once the client queue is empty */
-    unsigned client_eof : 1;
     unsigned warned : 1;      /* one protocol-error line per connection */
     unsigned pumping : 1;
 };
@@ -1294,8 +1293,6 @@ static void pump(struct fl_conn *c)
     if (c->closing)
         return;
     int done = !nghttp2_session_want_read(h->cs) && !nghttp2_session_want_write(h->cs);
-    if (h->client_eof && h->n_streams == 0)
-        done = 1;
     if (done) {
         if (fl_conn_queued(c, FL_CLIENT) == 0) {
             fl_conn_close(c, 0);
@@ -1348,14 +1345,10 @@ static void h2_data(struct fl_conn *c, int side, struct fl_chunk *ch, size_t off
 
 static void h2_eof(struct fl_conn *c, int side)
 {
-    struct h2 *h = H(c);
     if (side == FL_CLIENT) {
-        h->client_eof = 1;
-        /* Nothing more can be asked; finish what is in flight, then close. */
-        if (h->n_streams == 0 || h->closing)
-            fl_conn_close(c, 0);
-        else
-            pump(c);
+        /* HTTP/2 has no half-close at the connection level: a client that
+         * sent FIN is gone, and its streams' responses could only pile up. */
+        fl_conn_close(c, 0);
         return;
     }
     upstream_gone(c, 0);

@@ -14,7 +14,8 @@ build="$root/build"
 base=${FL_GRPC_PORT_BASE:-19500}
 G=$((base + 1)) H=$((base + 2))
 L_PASS=$((base + 10)) L_ABORT=$((base + 11)) L_DELAY=$((base + 12))
-L_PCT=$((base + 13)) L_RESET=$((base + 14)) L_H2=$((base + 15))
+L_PCT=$((base + 13)) L_RESET=$((base + 14)) L_H2=$((base + 15)) L_DEAD=$((base + 16))
+DEAD=$((base + 3)) # nothing listens here
 gdir="$root/test/grpc"
 pass=0 failn=0
 
@@ -66,6 +67,7 @@ spec:
     - {name: percent, listen: 127.0.0.1:$L_PCT,   upstream: 127.0.0.1:$G}
     - {name: reset,   listen: 127.0.0.1:$L_RESET, upstream: 127.0.0.1:$G}
     - {name: h2,      listen: 127.0.0.1:$L_H2,    upstream: 127.0.0.1:$H}
+    - {name: dead,    listen: 127.0.0.1:$L_DEAD,  upstream: 127.0.0.1:$DEAD}
   rules:
     - name: unary-down
       on: [abort]
@@ -148,6 +150,9 @@ h2_abort() {
     nghttp http://127.0.0.1:$L_H2/status/404 | grep -qx 'status 404'
 }
 check "h2 abort: 503 with body, headers and x-faultline-injected; unmatched passes" h2_abort
+
+check "h2 upstream down: 502 naming the upstream, connection stays usable" sh -c \
+  "nghttp -v http://127.0.0.1:$L_DEAD/a http://127.0.0.1:$L_DEAD/b 2>&1 | grep -c ':status: 502' | grep -qx 2"
 
 # 7. h2load completes every request.
 h2load_ok() {
