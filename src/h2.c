@@ -95,6 +95,9 @@ struct h2 {
     unsigned closing : 1;     /* close once the client queue is empty */
     unsigned warned : 1;      /* one protocol-error line per connection */
     unsigned pumping : 1;
+    unsigned up_err_pending : 1; /* the upstream failed inside a session call */
+    int up_err;
+    unsigned depth; /* > 0 while inside nghttp2 or our output flush */
 };
 
 static void pump(struct fl_conn *c);
@@ -1265,33 +1268,41 @@ static nghttp2_option *options(int server)
 static void pump(struct fl_conn *c)
 {
     struct h2 *h = H(c);
+    int e = 0, ue = 0;
     if (c->closing || h->pumping)
         return;
     h->pumping = 1;
+    h->depth++;
     for (int round = 0; round < 4 && !c->closing; round++) {
-        int e = nghttp2_session_send(h->cs);
-        if (e != 0) {
-            protocol_warn(c, "session error", nghttp2_strerror(e));
-            h->pumping = 0;
-            out_flush(c);
-            fl_conn_close(c, 0);
-            return;
-        }
-        if (h->us && !c->closing) {
-            e = nghttp2_session_send(h->us);
-            if (e != 0) {
-                h->pumping = 0;
-                upstream_gone(c, -EPROTO);
-                return;
-            }
+        e = nghttp2_session_send(h->cs);
+        if (e != 0)
+            break;
+        if (h->us && !h->up_err_pending && !c->closing) {
+            ue = nghttp2_session_send(h->us);
+            if (ue != 0)
+                break;
         }
         if (!nghttp2_session_want_write(h->cs) && !(h->us && nghttp2_session_want_write(h->us)))
             break;
     }
-    h->pumping = 0;
     out_flush(c);
+    h->depth--;
+    h->pumping = 0;
     if (c->closing)
         return;
+    if (e != 0) {
+        protocol_warn(c, "session error", nghttp2_strerror(e));
+        fl_conn_close(c, 0);
+        return;
+    }
+    if (ue != 0 || h->up_err_pending) {
+        /* Deferred to here: tearing the upstream session down from inside
+         * one of its own callbacks would free it under nghttp2's feet. */
+        int err = h->up_err_pending ? h->up_err : -EPROTO;
+        h->up_err_pending = 0;
+        upstream_gone(c, err);
+        return;
+    }
     int done = !nghttp2_session_want_read(h->cs) && !nghttp2_session_want_write(h->cs);
     if (done) {
         if (fl_conn_queued(c, FL_CLIENT) == 0) {
@@ -1315,7 +1326,9 @@ static void h2_data(struct fl_conn *c, int side, struct fl_chunk *ch, size_t off
     if (side == FL_CLIENT) {
         if (h->closing)
             return; /* going away: what the client says no longer matters */
+        h->depth++;
         ssize_t n = nghttp2_session_mem_recv(h->cs, p, len);
+        h->depth--;
         if (n < 0) {
             protocol_warn(c, n == NGHTTP2_ERR_BAD_CLIENT_MAGIC ? "bad connection preface"
                                                                : "protocol error",
@@ -1330,8 +1343,10 @@ static void h2_data(struct fl_conn *c, int side, struct fl_chunk *ch, size_t off
     } else {
         if (!h->us)
             return;
+        h->depth++;
         ssize_t n = nghttp2_session_mem_recv(h->us, p, len);
-        if (n < 0) {
+        h->depth--;
+        if (n < 0 && !h->up_err_pending) {
             char up[64];
             fl_addr_str((struct sockaddr *)&c->dst, up, sizeof(up));
             fl_warn("conn %llu: HTTP/2 upstream %s: %s; dropping that upstream connection",
@@ -1354,8 +1369,18 @@ static void h2_eof(struct fl_conn *c, int side)
     upstream_gone(c, 0);
 }
 
+/* May be called from inside fl_conn_write (a failed immediate write), that is
+ * from inside a session callback: then the teardown waits for pump(). */
 static void h2_upstream_error(struct fl_conn *c, int err)
 {
+    struct h2 *h = H(c);
+    if (h->depth) {
+        if (!h->up_err_pending) {
+            h->up_err_pending = 1;
+            h->up_err = err;
+        }
+        return;
+    }
     upstream_gone(c, err);
 }
 
