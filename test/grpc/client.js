@@ -7,6 +7,8 @@
 //   delay ADDR N                      latency of N Unary and N Other calls (JSON, ms)
 //   percent ADDR N CONC               N Unary calls, CONC at a time: counts by status (JSON)
 //   loop ADDR MS                      Unary calls for MS ms (JSON counts)
+//   deadline ADDR MS                  Unary with an MS deadline must expire (it is held
+//                                     longer); then Other and a patient Unary succeed
 const crypto = require('crypto');
 const { grpc, Echo, OPTS, block, sha256 } = require('./common');
 
@@ -148,6 +150,17 @@ async function percentMode(n, conc) {
   console.log(JSON.stringify({ n, counts }));
 }
 
+async function deadlineMode(ms) {
+  const r = await new Promise((resolve) => {
+    client.Unary({ data: Buffer.from('d') }, { deadline: Date.now() + ms }, (err, res) => resolve({ err, res }));
+  });
+  if (!r.err || r.err.code !== grpc.status.DEADLINE_EXCEEDED)
+    return fail('deadline', r.err ? `code ${r.err.code}` : 'succeeded');
+  const [a, b] = await Promise.all([unary('Unary', Buffer.from('u')), unary('Other', Buffer.from('o'))]);
+  if (a.err || b.err) return fail('deadline-after', (a.err || b.err).message);
+  ok('deadline: a held call cancelled by its deadline; the channel goes on');
+}
+
 async function loopMode(ms) {
   const end = Date.now() + ms;
   let good = 0, bad = 0;
@@ -165,6 +178,7 @@ async function loopMode(ms) {
   else if (mode === 'delay') await delayMode(Number(args[0]));
   else if (mode === 'percent') await percentMode(Number(args[0]), Number(args[1]));
   else if (mode === 'loop') await loopMode(Number(args[0]));
+  else if (mode === 'deadline') await deadlineMode(Number(args[0]));
   else { console.error(`unknown mode ${mode}`); process.exit(2); }
   client.close();
   process.exit(failed ? 1 : 0);
