@@ -1214,28 +1214,6 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t err, void *u
     return 0;
 }
 
-/* A request HEADERS toward the upstream that never went out (cancelled by our
- * RST_STREAM while queued behind the upstream's stream limit, or refused after
- * its GOAWAY): nghttp2 opened no stream, so no close callback will come. */
-static int on_frame_not_send(nghttp2_session *s, const nghttp2_frame *f, int lib_err, void *ud)
-{
-    struct fl_conn *c = ud;
-    struct h2 *h = H(c);
-    (void)lib_err;
-    if (s == h->cs || h->up_dead || f->hd.type != NGHTTP2_HEADERS)
-        return 0;
-    for (struct h2_stream *st = h->streams; st; st = st->next) {
-        if (st->uid != f->hd.stream_id || !st->up_open)
-            continue;
-        st->up_open = 0;
-        if (st->client_open && !st->resp_started)
-            nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, NGHTTP2_REFUSED_STREAM);
-        stream_maybe_free(c, st);
-        break;
-    }
-    return 0;
-}
-
 static int on_invalid_frame(nghttp2_session *s, const nghttp2_frame *f, int lib_err, void *ud)
 {
     struct fl_conn *c = ud;
@@ -1262,7 +1240,6 @@ static void init_once(void)
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame);
-    nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
     for (int server = 0; server < 2; server++) {
         nghttp2_option_new(&opts[server]);
         /* Window updates only once bytes left toward the other side. */
