@@ -15,6 +15,7 @@ struct fl_daemon_opts {
     const char *policy_path;
     const char *admin_path; /* NULL: default per DESIGN.md 3.2 */
     const char *fault_log;  /* NULL or "-": stdout */
+    const char *metrics_listen; /* NULL, or ADDR:PORT serving only /metrics */
     int workers;
     int no_sockmap;
 };
@@ -34,6 +35,10 @@ struct fl_policy *fl_daemon_policy(void);
  * opened first and nothing changes when that fails (err says why). Takes a
  * reference of its own. Returns 0 or a negative errno. */
 int fl_daemon_apply(struct fl_policy *p, char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* Worker threads running, and client connections open across all of them. */
+int fl_daemon_workers(void);
+unsigned long fl_daemon_active_connections(void);
 
 /* Halts or resumes all injection; reason is logged. */
 void fl_daemon_halt(const char *reason);
