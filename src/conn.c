@@ -339,6 +339,7 @@ int fl_conn_switch(struct fl_conn *c, const struct fl_proto_ops *ops)
 {
     if (c->ops && c->ops->destroy)
         c->ops->destroy(c);
+    uv_timer_stop(&c->timer); /* its callback belonged to the old handler */
     c->proto = NULL;
     c->ops = ops;
     c->switched = 1;

@@ -34,6 +34,10 @@
 #define H1_MAX_HEAD FL_CHUNK_CAP /* request head limit (about 64 KiB): 431 above */
 #define H1_MAX_HDRS 100
 #define H1_LINGER_MS 2000
+/* A client must send a whole request head within this time once it started
+ * one (slowloris); an idle keep-alive connection is closed after the other. */
+#define H1_HEADER_TIMEOUT_MS 30000
+#define H1_IDLE_TIMEOUT_MS (15 * 60 * 1000)
 #define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 enum rq_state {
@@ -109,6 +113,7 @@ enum { EV_NONE, EV_HEADERS, EV_DONE, EV_STATUS };
 static const llhttp_settings_t *req_settings(void);
 static const llhttp_settings_t *resp_settings(void);
 static void client_pump(struct fl_conn *c);
+static void release_input(struct h1 *h);
 static void flush_front(struct fl_conn *c);
 
 static struct h1_scratch *scratch(struct h1 *h)
@@ -310,11 +315,39 @@ static void flush_front(struct fl_conn *c)
 
 /* ---- request side ---- */
 
+static void client_timer_cb(uv_timer_t *t)
+{
+    struct fl_conn *c = t->data;
+    struct h1 *h = c->proto;
+    if (c->closing || h->rs != RQ_HEAD || h->lingering)
+        return;
+    if (h->head_bytes > 0 || h->scratch_ch) {
+        char peer[64];
+        fl_addr_str((struct sockaddr *)&c->src, peer, sizeof(peer));
+        fl_warn("request from %s: header section not complete after %d ms; answered 408", peer,
+                H1_HEADER_TIMEOUT_MS);
+        head_release(h);
+        scratch_release(h);
+        release_input(h);
+        push_error(c, 408, "faultline: request header section not received in time\n");
+    } else if (h->sl_count == 0) {
+        fl_conn_close(c, 0);
+    }
+}
+
+/* Arms the header or idle timer for the state the request side is now in. */
+static void arm_client_timer(struct fl_conn *c, int header)
+{
+    uv_timer_start(&c->timer, client_timer_cb, header ? H1_HEADER_TIMEOUT_MS : H1_IDLE_TIMEOUT_MS,
+                   0);
+}
+
 static int on_message_begin(llhttp_t *p)
 {
     struct fl_conn *c = p->data;
     struct h1 *h = c->proto;
     h->seen_request = 1;
+    arm_client_timer(c, 1);
     if (!h->scratch_ch) {
         h->scratch_ch = fl_chunk_get(&c->w->pool);
         if (!h->scratch_ch)
@@ -524,6 +557,8 @@ static void on_head(struct fl_conn *c)
     struct fl_decision d;
     uint8_t method = (uint8_t)h->req.method;
     int keep_alive = llhttp_should_keep_alive(&h->req);
+
+    uv_timer_stop(&c->timer);
 
     if (c->policy != w->policy) {
         fl_policy_unref(c->policy);
@@ -775,6 +810,8 @@ static void response_done(struct fl_conn *c)
     flush_front(c);
     if (c->closing)
         return;
+    if (h->sl_count == 0 && h->rs == RQ_HEAD && h->head_bytes == 0 && !h->in)
+        arm_client_timer(c, 0);
     if (h->in && h->rs == RQ_HEAD)
         client_pump(c);
     else if (c->s[FL_CLIENT].want_read == 0 && h->rs == RQ_HEAD && !h->in) {
@@ -1021,6 +1058,7 @@ static int h1_init(struct fl_conn *c)
     h->resp.data = c;
     h->rs = RQ_HEAD;
     c->proto = h;
+    arm_client_timer(c, 0);
     return 0;
 }
 
