@@ -58,6 +58,7 @@ struct adm_client {
     size_t body_len, body_cap;
     struct adm_work *work; /* PUT /v1/policy parsing on the thread pool */
     unsigned long long dropped; /* event lines this subscriber was too slow for */
+    int reject; /* 403 or 503: answered once the request is read, so the peer sees it */
     int pending_closes;
     unsigned metrics_only : 1;
     unsigned complete : 1;
@@ -1294,6 +1295,14 @@ static void method_not_allowed(struct adm_client *c, const char *allow)
 
 static void dispatch(struct adm_client *c)
 {
+    if (c->reject == 403) {
+        respond_error(c, 403, "only root and the daemon's user may use the admin API");
+        return;
+    }
+    if (c->reject) {
+        respond_error(c, 503, "too many admin connections (%d); try again", ADM_MAX_CLIENTS);
+        return;
+    }
     const char *m = llhttp_method_name((llhttp_method_t)c->parser.method);
     char *q = strchr(c->url, '?');
     if (q)
@@ -1561,16 +1570,10 @@ static void on_connection(uv_stream_t *server, int status)
     }
     llhttp_init(&c->parser, HTTP_REQUEST, settings());
     c->parser.data = c;
-    if (!metrics_only && !peer_allowed(c)) {
-        c->complete = 1;
-        respond_error(c, 403, "only root and the daemon's user may use the admin API");
-        return;
-    }
-    if (A.n_clients > ADM_MAX_CLIENTS) {
-        c->complete = 1;
-        respond_error(c, 503, "too many admin connections (%d)", ADM_MAX_CLIENTS);
-        return;
-    }
+    if (!metrics_only && !peer_allowed(c))
+        c->reject = 403;
+    else if (A.n_clients > ADM_MAX_CLIENTS)
+        c->reject = 503;
     uv_timer_start(&c->timer, client_timeout_cb, ADM_REQ_TIMEOUT_MS, 0);
     if (uv_read_start(&c->u.s, alloc_cb, read_cb) < 0)
         client_close(c);

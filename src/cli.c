@@ -207,8 +207,11 @@ int fl_cli_http(int fd, const char *method, const char *target, const char *host
     e = send_all(fd, head, (size_t)n, deadline);
     if (e == 0 && body_len)
         e = send_all(fd, body, body_len, deadline);
-    if (e < 0)
+    /* A server may answer and close before reading everything (an error such
+     * as 403 or 413): its answer is still worth reading. */
+    if (e < 0 && e != -EPIPE && e != -ECONNRESET)
         goto out;
+    int send_err = e;
 
     llhttp_settings_init(&st);
     st.on_body = on_body;
@@ -242,7 +245,9 @@ int fl_cli_http(int fd, const char *method, const char *target, const char *host
     }
     resp->status = parser.status_code;
     if (!resp->status)
-        e = -EPROTO;
+        e = send_err < 0 ? send_err : -EPROTO;
+    else if (e == -EPIPE || e == -ECONNRESET)
+        e = 0;
 out:
     close(fd);
     if (e < 0)

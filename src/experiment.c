@@ -720,8 +720,11 @@ static void run_probes(struct experiment *x, struct admin *a, struct outcome *o,
             struct probe *p = &x->probes[i];
             if (fl_cli_now_ms() >= p->next_due) {
                 char err[256];
+                int pass = probe_run(p, err, sizeof(err));
+                if (stop_signal)
+                    break; /* a check cut short by Ctrl-C says nothing about the system */
                 p->checks++;
-                if (!probe_run(p, err, sizeof(err))) {
+                if (!pass) {
                     p->failures++;
                     snprintf(p->last_error, sizeof(p->last_error), "%s", err);
                 }
@@ -741,13 +744,20 @@ static void run_probes(struct experiment *x, struct admin *a, struct outcome *o,
 static int rollback(struct admin *a, unsigned long long gen, struct outcome *o)
 {
     char body[64];
-    int n = snprintf(body, sizeof(body), "{\"generation\":%llu}", gen);
-    for (int t = 0; t < EXP_ROLLBACK_TRIES; t++) {
+    int n = snprintf(body, sizeof(body), "{\"generation\":%llu}", gen), ret = -1;
+    sigset_t block, old;
+    /* A second Ctrl-C must not cut the rollback short: hold signals until done. */
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    for (int t = 0; t < EXP_ROLLBACK_TRIES && ret < 0; t++) {
         int st;
         json_t *r = admin_json(a, "POST", "/v1/policy/rollback", NULL, body, (size_t)n, &st);
         if (r && st == 200) {
             json_decref(r);
-            return 0;
+            ret = 0;
+            break;
         }
         const char *msg = r ? json_string_value(json_object_get(r, "error")) : NULL;
         snprintf(o->rollback_err, sizeof(o->rollback_err), "%s",
@@ -757,7 +767,8 @@ static int rollback(struct admin *a, unsigned long long gen, struct outcome *o)
             break; /* the snapshot is gone: retrying cannot help */
         nanosleep(&(struct timespec){0, 300 * 1000 * 1000}, NULL);
     }
-    return -1;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    return ret;
 }
 
 int fl_experiment_run(const char *file, const char *admin_path, const char *junit, int json)
@@ -877,16 +888,17 @@ int fl_experiment_run(const char *file, const char *admin_path, const char *juni
     }
     if (o.halted)
         o.code = FL_EXP_HALTED;
-    if (!o.rolled_back)
-        o.code = FL_EXP_ROLLBACK;
 out:
     json_decref(r);
-    if (stop_signal && o.code == FL_EXP_PASSED) {
+    /* An interrupted run has no verdict; only a failed rollback outranks it. */
+    if (stop_signal && o.code != FL_EXP_UNREACHABLE) {
         o.interrupted = 1;
         o.code = FL_EXP_ERROR;
         fprintf(stderr, "faultctl run: interrupted by signal %d%s\n", (int)stop_signal,
                 o.injected && o.rolled_back ? "; the previous policy was restored" : "");
     }
+    if (!o.rolled_back)
+        o.code = FL_EXP_ROLLBACK;
     o.seconds = (double)(fl_cli_now_ms() - t0) / 1000.0;
     {
         static const char *const verdict[] = {[0] = "PASSED", [1] = "ERROR", [3] = "ERROR",
