@@ -279,7 +279,7 @@ static int listen_one(int family, uint16_t port, int *out)
 {
     struct sockaddr_storage ss = {0};
     socklen_t sl;
-    int one = 1, fd, ret;
+    int one = 1, fd = -1, ret;
 
     ret = marked_socket(family, &fd);
     if (ret)

@@ -106,6 +106,7 @@ struct h1 {
     unsigned finishing : 1;
     unsigned wait_upstream : 1; /* a dead upstream handle is closing; dispatch waits */
     unsigned lingering : 1;
+    unsigned resp_until_eof : 1; /* the current response ends with the upstream's FIN */
 };
 
 enum { EV_NONE, EV_HEADERS, EV_DONE, EV_STATUS };
@@ -795,6 +796,7 @@ static int on_resp_headers_complete(llhttp_t *p)
         return 2; /* tunnel established: no body, the rest is raw */
     if (s->method == HTTP_HEAD)
         return 1;
+    h->resp_until_eof = llhttp_message_needs_eof(p);
     return 0;
 }
 
@@ -999,8 +1001,15 @@ static void h1_eof(struct fl_conn *c, int side)
         }
         return;
     }
-    if (h->rs == RQ_RAW || h->client_eof) {
+    if (h->rs == RQ_RAW) {
         fl_conn_shutdown(c, FL_CLIENT);
+        maybe_finish(c);
+        return;
+    }
+    if (h->rs == RQ_DONE || h->client_eof || h->resp_until_eof) {
+        /* The client was told (or told us) this is the last response, or the
+         * response ended with the upstream's FIN: pass the close on. */
+        h->close_after_flush = 1;
         maybe_finish(c);
         return;
     }

@@ -64,7 +64,7 @@ nginx -p "$tmp/ng" -c "$tmp/ng/nginx.conf" & pids+=($!)
 cat > "$tmp/haproxy.cfg" <<EOC
 global
   nbthread 1
-  maxconn 10000
+  maxconn 8000
 defaults
   mode http
   timeout connect 5s
