@@ -143,6 +143,21 @@ static void ttl_cb(uv_timer_t *t)
     fl_daemon_event("\"event\":\"expired\",\"policy\":\"%s\"", D.policy->name);
 }
 
+int fl_daemon_check(const struct fl_policy *p, char *err, size_t errlen)
+{
+    if (p->n_targets) {
+        snprintf(err, errlen, "the policy has 'targets' (transparent mode), which this build "
+                              "does not support yet; use 'listeners' (explicit mode)");
+        return -ENOTSUP;
+    }
+    if (p->n_listeners == 0) {
+        snprintf(err, errlen, "the policy has no 'listeners'; add one (listen: 127.0.0.1:15000, "
+                              "upstream: HOST:PORT)");
+        return -EINVAL;
+    }
+    return 0;
+}
+
 int fl_daemon_apply(struct fl_policy *p, char *err, size_t errlen)
 {
     int e = fl_listeners_apply(&D.w0, p, D.n_workers > 1, err, errlen);
@@ -222,7 +237,8 @@ static void reload_after_cb(uv_work_t *req, int status)
             fl_error("%s", rw->errs.msgs[i]);
         fl_error("reload of %s rejected (%zu error%s); the running policy '%s' stays in force",
                  rw->path, rw->errs.n, rw->errs.n == 1 ? "" : "s", D.policy->name);
-    } else if (fl_daemon_apply(rw->p, err, sizeof(err)) < 0) {
+    } else if (fl_daemon_check(rw->p, err, sizeof(err)) < 0 ||
+               fl_daemon_apply(rw->p, err, sizeof(err)) < 0) {
         fl_error("reload of %s rejected: %s; the running policy stays in force", rw->path, err);
     } else {
         fl_info("reloaded %s: policy '%s', %zu rule%s", rw->path, rw->p->name, rw->p->n_rules,
@@ -408,19 +424,10 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
         return 1;
     }
     fl_policy_errors_free(&errs);
-    if (p->n_targets) {
-        fprintf(stderr, "faultline: %s has 'targets' (transparent mode), which this build "
-                        "does not support yet; use 'listeners' (explicit mode)\n",
-                o->policy_path);
+    if ((e = fl_daemon_check(p, err, sizeof(err))) < 0) {
+        fprintf(stderr, "faultline: %s: %s\n", o->policy_path, err);
         fl_policy_unref(p);
-        return 2;
-    }
-    if (p->n_listeners == 0) {
-        fprintf(stderr, "faultline: %s has no 'listeners'; add one (listen: 127.0.0.1:15000, "
-                        "upstream: HOST:PORT)\n",
-                o->policy_path);
-        fl_policy_unref(p);
-        return 1;
+        return e == -ENOTSUP ? 2 : 1;
     }
     e = fl_faultlog_open(o->fault_log);
     if (e < 0) {

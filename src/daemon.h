@@ -31,6 +31,11 @@ uv_loop_t *fl_daemon_loop(void);
 /* The policy in force (borrowed; valid until the next apply). */
 struct fl_policy *fl_daemon_policy(void);
 
+/* Can this build run p (transparent mode, listeners)? Returns 0, or -ENOTSUP /
+ * -EINVAL with err saying why and what to do. Every way in (startup, SIGHUP,
+ * the admin API) asks before applying. */
+int fl_daemon_check(const struct fl_policy *p, char *err, size_t errlen) __attribute__((warn_unused_result));
+
 /* Makes p the policy in force on every worker, atomically: listeners are
  * opened first and nothing changes when that fails (err says why). Takes a
  * reference of its own. Returns 0 or a negative errno. */
