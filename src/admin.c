@@ -25,11 +25,11 @@
 #define ADM_MAX_CLIENTS 64
 #define ADM_MAX_URL 2048
 #define ADM_MAX_HDR_BYTES (32 * 1024)
-#define ADM_MAX_BODY (1u << 20)       /* a policy file larger than 1 MiB is refused (413) */
-#define ADM_REQ_TIMEOUT_MS 10000      /* a request must arrive whole within this */
-#define ADM_SUB_QUEUE_CAP (1u << 20)  /* bytes queued to one event subscriber before drops */
-#define ADM_RING_CAP (1u << 20)       /* fault lines in flight from the workers */
-#define ADM_EVENT_HISTORY 256         /* lines kept for GET /v1/events?follow=0 */
+#define ADM_MAX_BODY (1u << 20)      /* a policy file larger than 1 MiB is refused (413) */
+#define ADM_REQ_TIMEOUT_MS 10000     /* a request must arrive whole within this */
+#define ADM_SUB_QUEUE_CAP (1u << 20) /* bytes queued to one event subscriber before drops */
+#define ADM_RING_CAP (1u << 20)      /* fault lines in flight from the workers */
+#define ADM_EVENT_HISTORY 256        /* lines kept for GET /v1/events?follow=0 */
 #define ADM_HALT_POLL_MS 500
 #define ADM_REASON_MAX 256
 
@@ -56,7 +56,7 @@ struct adm_client {
     size_t hdr_bytes;
     char *body;
     size_t body_len, body_cap;
-    struct adm_work *work; /* PUT /v1/policy parsing on the thread pool */
+    struct adm_work *work;      /* PUT /v1/policy parsing on the thread pool */
     unsigned long long dropped; /* event lines this subscriber was too slow for */
     int reject; /* 403 or 503: answered once the request is read, so the peer sees it */
     int pending_closes;
@@ -231,12 +231,18 @@ static void carry_counters(struct fl_policy *to, const struct fl_policy *from)
 static const char *sm_kind_name(enum fl_str_match_kind k)
 {
     switch (k) {
-    case FL_SM_EXACT: return "exact";
-    case FL_SM_PREFIX: return "prefix";
-    case FL_SM_REGEX: return "regex";
-    case FL_SM_PRESENT: return "present";
-    case FL_SM_ABSENT: return "absent";
-    default: return NULL;
+    case FL_SM_EXACT:
+        return "exact";
+    case FL_SM_PREFIX:
+        return "prefix";
+    case FL_SM_REGEX:
+        return "regex";
+    case FL_SM_PRESENT:
+        return "present";
+    case FL_SM_ABSENT:
+        return "absent";
+    default:
+        return NULL;
     }
 }
 
@@ -274,9 +280,9 @@ static json_t *match_json(const struct fl_match *m)
         json_object_set_new(o, "headers", a);
     }
     if (m->has_grpc)
-        json_object_set_new(o, "grpc",
-                            json_pack("{s:s?,s:s?}", "service", m->grpc_service, "method",
-                                      m->grpc_method));
+        json_object_set_new(
+            o, "grpc",
+            json_pack("{s:s?,s:s?}", "service", m->grpc_service, "method", m->grpc_method));
     return o;
 }
 
@@ -327,9 +333,9 @@ static const char *const kind_names[3] = {"delay", "abort", "reset"};
 
 static int rule_has_kind(const struct fl_rule *r, int k)
 {
-    return k == FL_FAULT_DELAY ? r->delay.enabled
-         : k == FL_FAULT_ABORT ? r->abort.enabled
-                               : r->reset.enabled;
+    return k == FL_FAULT_DELAY   ? r->delay.enabled
+           : k == FL_FAULT_ABORT ? r->abort.enabled
+                                 : r->reset.enabled;
 }
 
 static uint32_t rule_file_ppm(const struct fl_rule *r, int k)
@@ -340,8 +346,8 @@ static uint32_t rule_file_ppm(const struct fl_rule *r, int k)
 static atomic_uint *rule_live_ppm(struct fl_rule *r, int k)
 {
     return k == FL_FAULT_DELAY   ? &r->live.delay_ppm
-         : k == FL_FAULT_ABORT ? &r->live.abort_ppm
-                               : &r->live.reset_ppm;
+           : k == FL_FAULT_ABORT ? &r->live.abort_ppm
+                                 : &r->live.reset_ppm;
 }
 
 /* The rule with its live state: enabled, effective percents, counters. */
@@ -358,8 +364,9 @@ static json_t *rule_json(struct fl_rule *r)
             continue;
         unsigned v = atomic_load(rule_live_ppm(r, k));
         json_object_set_new(fk, "percent_file", json_real(ppm_percent(rule_file_ppm(r, k))));
-        json_object_set_new(fk, "percent", json_real(ppm_percent(effective_ppm(
-                                               rule_file_ppm(r, k), rule_live_ppm(r, k)))));
+        json_object_set_new(
+            fk, "percent",
+            json_real(ppm_percent(effective_ppm(rule_file_ppm(r, k), rule_live_ppm(r, k)))));
         json_object_set_new(fk, "overridden", json_boolean(v != UINT32_MAX));
     }
     json_object_set_new(o, "matched", json_integer((json_int_t)atomic_load(&r->live.matched)));
@@ -371,8 +378,8 @@ static json_t *listeners_json(const struct fl_policy *p)
 {
     json_t *a = json_array();
     for (size_t i = 0; i < p->n_listeners; i++)
-        json_array_append_new(a, json_pack("{s:s,s:s,s:s}", "name", p->listeners[i].name,
-                                           "listen", p->listeners[i].listen, "upstream",
+        json_array_append_new(a, json_pack("{s:s,s:s,s:s}", "name", p->listeners[i].name, "listen",
+                                           p->listeners[i].listen, "upstream",
                                            p->listeners[i].upstream));
     return a;
 }
@@ -390,10 +397,11 @@ static json_t *policy_diff(const struct fl_policy *a, const struct fl_policy *b,
         json_object_set_new(d, "policy", json_pack("{s:s,s:s}", "from", a->name, "to", b->name));
         n++;
     }
-#define SETTING(key, fa, fb)                                                                      \
+#define SETTING(key, fa, fb)                                                                       \
     if ((fa) != (fb)) {                                                                            \
-        json_object_set_new(settings, key, json_pack("{s:I,s:I}", "from", (json_int_t)(fa), "to", \
-                                                     (json_int_t)(fb)));                           \
+        json_object_set_new(                                                                       \
+            settings, key,                                                                         \
+            json_pack("{s:I,s:I}", "from", (json_int_t)(fa), "to", (json_int_t)(fb)));             \
         n++;                                                                                       \
     }
     SETTING("ttl_ms", a->ttl_ms, b->ttl_ms);
@@ -469,8 +477,9 @@ static json_t *policy_diff(const struct fl_policy *a, const struct fl_policy *b,
         common_b++;
     }
     n += (int)(json_array_size(ra) + json_array_size(rr) + json_array_size(rc)) + reordered;
-    json_object_set_new(d, "rules", json_pack("{s:o,s:o,s:o,s:b}", "added", ra, "removed", rr,
-                                              "changed", rc, "reordered", reordered));
+    json_object_set_new(d, "rules",
+                        json_pack("{s:o,s:o,s:o,s:b}", "added", ra, "removed", rr, "changed", rc,
+                                  "reordered", reordered));
     json_object_set_new(d, "changes", json_integer(n));
     *n_changes = n;
     return d;
@@ -714,20 +723,34 @@ static void client_write(struct adm_client *c, char *buf, size_t len, int close_
 static const char *status_text(int s)
 {
     switch (s) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Payload Too Large";
-    case 414: return "URI Too Long";
-    case 422: return "Unprocessable Entity";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return "Status";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Payload Too Large";
+    case 414:
+        return "URI Too Long";
+    case 422:
+        return "Unprocessable Entity";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Status";
     }
 }
 
@@ -958,10 +981,10 @@ static void patch_rule(struct adm_client *c, const char *name)
         if (!has_set[k])
             continue;
         atomic_store(rule_live_ppm(r, k), set[k]);
-        json_object_set_new(ev, kind_names[k],
-                            json_pack("{s:f}", "percent",
-                                      ppm_percent(effective_ppm(rule_file_ppm(r, k),
-                                                                rule_live_ppm(r, k)))));
+        json_object_set_new(
+            ev, kind_names[k],
+            json_pack("{s:f}", "percent",
+                      ppm_percent(effective_ppm(rule_file_ppm(r, k), rule_live_ppm(r, k)))));
     }
     fl_info("rule '%s' changed through the admin API", r->name);
     emit_event(ev);
@@ -977,26 +1000,12 @@ static void policy_work_cb(uv_work_t *req)
     w->rc = fl_policy_load_buf(w->name, w->yaml, w->len, &w->p, &w->errs);
 }
 
-/* Checks the daemon makes of a policy at startup, so an apply cannot put the
- * proxy into a state it would refuse to start in. Returns NULL or a message. */
-static const char *unsupported(const struct fl_policy *p)
-{
-    if (p->n_targets)
-        return "the policy has 'targets' (transparent mode), which this build does not support "
-               "yet; use 'listeners' (explicit mode)";
-    if (p->n_listeners == 0)
-        return "the policy has no 'listeners'; add one (listen: 127.0.0.1:15000, upstream: "
-               "HOST:PORT)";
-    return NULL;
-}
-
 static void policy_after_cb(uv_work_t *req, int status)
 {
     struct adm_work *w = req->data;
     struct adm_client *c = w->c;
     struct fl_policy *cur = fl_daemon_policy();
     char err[512];
-    const char *why;
     (void)status;
 
     if (!c || A.stopped)
@@ -1014,16 +1023,16 @@ static void policy_after_cb(uv_work_t *req, int status)
                                "errors", a));
         goto out;
     }
-    if ((why = unsupported(w->p))) {
-        respond_json(c, 422, json_pack("{s:s,s:[s]}", "error", why, "errors", why));
+    if (fl_daemon_check(w->p, err, sizeof(err)) < 0) {
+        respond_json(c, 422, json_pack("{s:s,s:[s]}", "error", err, "errors", err));
         goto out;
     }
     int n_changes = 0;
     unsigned long long prev = current_generation();
     json_t *diff = cur ? policy_diff(cur, w->p, &n_changes) : json_object();
     if (w->dry_run) {
-        respond_json(c, 200, json_pack("{s:b,s:s,s:o}", "dry_run", 1, "policy", w->p->name,
-                                       "diff", diff));
+        respond_json(c, 200,
+                     json_pack("{s:b,s:s,s:o}", "dry_run", 1, "policy", w->p->name, "diff", diff));
         goto out;
     }
     carry_counters(w->p, cur);
@@ -1033,14 +1042,14 @@ static void policy_after_cb(uv_work_t *req, int status)
         goto out;
     }
     unsigned long long gen = current_generation();
-    fl_info("applied policy '%s' from %s through the admin API (%d change%s)", w->p->name,
-            w->name, n_changes, n_changes == 1 ? "" : "s");
+    fl_info("applied policy '%s' from %s through the admin API (%d change%s)", w->p->name, w->name,
+            n_changes, n_changes == 1 ? "" : "s");
     emit_event(json_pack("{s:s,s:s,s:s,s:I,s:I}", "event", "apply", "policy", w->p->name, "file",
-                         w->name, "generation", (json_int_t)gen, "changes",
-                         (json_int_t)n_changes));
-    respond_json(c, 200, json_pack("{s:b,s:s,s:I,s:I,s:o}", "applied", 1, "policy", w->p->name,
-                                   "generation", (json_int_t)gen, "previous_generation",
-                                   (json_int_t)prev, "diff", diff));
+                         w->name, "generation", (json_int_t)gen, "changes", (json_int_t)n_changes));
+    respond_json(c, 200,
+                 json_pack("{s:b,s:s,s:I,s:I,s:o}", "applied", 1, "policy", w->p->name,
+                           "generation", (json_int_t)gen, "previous_generation", (json_int_t)prev,
+                           "diff", diff));
 out:
     fl_policy_unref(w->p);
     fl_policy_errors_free(&w->errs);
@@ -1078,12 +1087,12 @@ static void get_policy(struct adm_client *c)
     unsigned long long gen = current_generation();
     json_t *h = json_array();
     for (int i = A.n_snaps - 1; i >= 0; i--)
-        json_array_append_new(h, json_pack("{s:I,s:s,s:s}", "generation",
-                                           (json_int_t)A.snaps[i].gen, "policy",
-                                           A.snaps[i].p->name, "file", A.snaps[i].p->file));
-    respond_json(c, 200, json_pack("{s:s?,s:s?,s:I,s:o}", "policy", p ? p->name : NULL, "file",
-                                   p ? p->file : NULL, "generation", (json_int_t)gen, "history",
-                                   h));
+        json_array_append_new(h,
+                              json_pack("{s:I,s:s,s:s}", "generation", (json_int_t)A.snaps[i].gen,
+                                        "policy", A.snaps[i].p->name, "file", A.snaps[i].p->file));
+    respond_json(c, 200,
+                 json_pack("{s:s?,s:s?,s:I,s:o}", "policy", p ? p->name : NULL, "file",
+                           p ? p->file : NULL, "generation", (json_int_t)gen, "history", h));
 }
 
 /* POST /v1/policy/rollback {"generation": G}: re-applies a held snapshot
@@ -1116,14 +1125,13 @@ static void rollback_policy(struct adm_client *c)
             respond_error(c, 409, "%s", err);
             return;
         }
-        fl_info("rolled back to policy '%s' (generation %llu) through the admin API", p->name,
-                gen);
-        emit_event(json_pack("{s:s,s:s,s:I}", "event", "rollback", "policy", p->name,
-                             "generation", (json_int_t)gen));
+        fl_info("rolled back to policy '%s' (generation %llu) through the admin API", p->name, gen);
+        emit_event(json_pack("{s:s,s:s,s:I}", "event", "rollback", "policy", p->name, "generation",
+                             (json_int_t)gen));
     }
-    respond_json(c, 200, json_pack("{s:b,s:s,s:I,s:I}", "applied", 1, "policy", p->name,
-                                   "generation", (json_int_t)gen, "previous_generation",
-                                   (json_int_t)prev));
+    respond_json(c, 200,
+                 json_pack("{s:b,s:s,s:I,s:I}", "applied", 1, "policy", p->name, "generation",
+                           (json_int_t)gen, "previous_generation", (json_int_t)prev));
 }
 
 static void post_halt(struct adm_client *c)
@@ -1198,8 +1206,9 @@ static void get_metrics(struct adm_client *c)
     struct fl_policy *p = fl_daemon_policy();
     struct sbuf b = {0};
 
-    sb_printf(&b, "# HELP faultline_requests_total Requests the proxy decided on.\n"
-                  "# TYPE faultline_requests_total counter\nfaultline_requests_total %llu\n",
+    sb_printf(&b,
+              "# HELP faultline_requests_total Requests the proxy decided on.\n"
+              "# TYPE faultline_requests_total counter\nfaultline_requests_total %llu\n",
               (unsigned long long)atomic_load(&fl_global.requests_total));
     /* Label values are rule names of the policy in force and the three fault
      * kinds: bounded by the policy, never by traffic. */
@@ -1226,8 +1235,9 @@ static void get_metrics(struct adm_client *c)
               "# HELP faultline_active_connections Client connections open through the proxy.\n"
               "# TYPE faultline_active_connections gauge\nfaultline_active_connections %llu\n",
               (unsigned long long)fl_daemon_active_connections());
-    sb_printf(&b, "# HELP faultline_active_faults Faults in progress (held delays, pending "
-                  "aborts).\n# TYPE faultline_active_faults gauge\nfaultline_active_faults %u\n",
+    sb_printf(&b,
+              "# HELP faultline_active_faults Faults in progress (held delays, pending "
+              "aborts).\n# TYPE faultline_active_faults gauge\nfaultline_active_faults %u\n",
               atomic_load(&fl_global.active_faults));
     sb_printf(&b,
               "# HELP faultline_halted 1 while injection is halted.\n"
@@ -1518,7 +1528,8 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         else if (c->body_overflow)
             respond_error(c, 413, "request body larger than %u bytes", ADM_MAX_BODY);
         else
-            respond_error(c, 400, "malformed HTTP request: %s", llhttp_get_error_reason(&c->parser));
+            respond_error(c, 400, "malformed HTTP request: %s",
+                          llhttp_get_error_reason(&c->parser));
     }
 }
 

@@ -229,8 +229,8 @@ int fl_cli_http(int fd, const char *method, const char *target, const char *host
             e = -errno;
             goto out;
         }
-        llhttp_errno_t pe = got == 0 ? llhttp_finish(&parser)
-                                     : llhttp_execute(&parser, buf, (size_t)got);
+        llhttp_errno_t pe =
+            got == 0 ? llhttp_finish(&parser) : llhttp_execute(&parser, buf, (size_t)got);
         if (pe != HPE_OK && pe != HPE_PAUSED) {
             e = r.oom ? -ENOMEM : -EPROTO;
             goto out;

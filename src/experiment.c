@@ -164,7 +164,8 @@ static void parse_http(struct experiment *x, yaml_document_t *d, yaml_node_t *n,
         return;
     }
     for (yaml_node_pair_t *pr = n->data.mapping.pairs.start; pr < n->data.mapping.pairs.top; pr++) {
-        yaml_node_t *k = yaml_document_get_node(d, pr->key), *val = yaml_document_get_node(d, pr->value);
+        yaml_node_t *k = yaml_document_get_node(d, pr->key),
+                    *val = yaml_document_get_node(d, pr->value);
         const char *key = scalar(k) ? scalar(k) : "";
         if (strcmp(key, "url") == 0) {
             p->url = dup_scalar(x, val, key);
@@ -181,16 +182,17 @@ static void parse_http(struct experiment *x, yaml_document_t *d, yaml_node_t *n,
         } else if (strcmp(key, "timeout") == 0) {
             (void)get_duration(x, val, key, &p->timeout_ms);
         } else {
-            perr(x, k, "unknown key '%s' in 'http' (known: url, method, expect_status, "
-                       "max_latency_ms, timeout)", key);
+            perr(x, k,
+                 "unknown key '%s' in 'http' (known: url, method, expect_status, "
+                 "max_latency_ms, timeout)",
+                 key);
         }
     }
     if (!p->url)
         perr(x, n, "'http' needs a 'url'");
 }
 
-static void parse_command(struct experiment *x, yaml_document_t *d, yaml_node_t *n,
-                          struct probe *p)
+static void parse_command(struct experiment *x, yaml_document_t *d, yaml_node_t *n, struct probe *p)
 {
     long v;
     p->kind = PROBE_CMD;
@@ -203,7 +205,8 @@ static void parse_command(struct experiment *x, yaml_document_t *d, yaml_node_t 
         return;
     }
     for (yaml_node_pair_t *pr = n->data.mapping.pairs.start; pr < n->data.mapping.pairs.top; pr++) {
-        yaml_node_t *k = yaml_document_get_node(d, pr->key), *val = yaml_document_get_node(d, pr->value);
+        yaml_node_t *k = yaml_document_get_node(d, pr->key),
+                    *val = yaml_document_get_node(d, pr->value);
         const char *key = scalar(k) ? scalar(k) : "";
         if (strcmp(key, "cmd") == 0)
             p->cmd = dup_scalar(x, val, key);
@@ -234,7 +237,8 @@ static void parse_probe(struct experiment *x, yaml_document_t *d, yaml_node_t *n
         return;
     }
     for (yaml_node_pair_t *pr = n->data.mapping.pairs.start; pr < n->data.mapping.pairs.top; pr++) {
-        yaml_node_t *k = yaml_document_get_node(d, pr->key), *val = yaml_document_get_node(d, pr->value);
+        yaml_node_t *k = yaml_document_get_node(d, pr->key),
+                    *val = yaml_document_get_node(d, pr->value);
         const char *key = scalar(k) ? scalar(k) : "";
         if (strcmp(key, "name") == 0) {
             p->name = dup_scalar(x, val, key);
@@ -317,8 +321,10 @@ static void policy_from_path(struct experiment *x, yaml_node_t *n)
         snprintf(path, sizeof(path), "%.*s/%s", (int)(slash - x->file), x->file, rel);
     int e = read_file(path, &x->policy_yaml, &x->policy_len);
     if (e < 0) {
-        perr(x, n, "cannot read the policy %s: %s (a relative path is taken from the "
-                   "experiment file's directory)", path, strerror(-e));
+        perr(x, n,
+             "cannot read the policy %s: %s (a relative path is taken from the "
+             "experiment file's directory)",
+             path, strerror(-e));
         return;
     }
     x->policy_name = strdup(path);
@@ -345,7 +351,8 @@ static int parse_experiment(struct experiment *x, const char *text, size_t len)
     }
     for (yaml_node_pair_t *pr = root->data.mapping.pairs.start; pr < root->data.mapping.pairs.top;
          pr++) {
-        yaml_node_t *k = yaml_document_get_node(&d, pr->key), *val = yaml_document_get_node(&d, pr->value);
+        yaml_node_t *k = yaml_document_get_node(&d, pr->key),
+                    *val = yaml_document_get_node(&d, pr->value);
         const char *key = scalar(k) ? scalar(k) : "";
         if (strcmp(key, "name") == 0) {
             x->name = dup_scalar(x, val, key);
@@ -480,8 +487,7 @@ static int probe_cmd(struct probe *p, char *err, size_t errlen)
         if (fl_cli_now_ms() >= deadline || stop_signal) {
             kill(-pid, SIGKILL);
             waitpid(pid, &st, 0);
-            snprintf(err, errlen, "'%s' %s", p->cmd,
-                     stop_signal ? "interrupted" : "timed out");
+            snprintf(err, errlen, "'%s' %s", p->cmd, stop_signal ? "interrupted" : "timed out");
             return 0;
         }
         nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
@@ -534,12 +540,12 @@ static int admin_call(struct admin *a, const char *method, const char *target, c
     int fd = fl_cli_connect_unix(a->path);
     if (fd < 0)
         return fd;
-    return fl_cli_http(fd, method, target, "faultline", hdrs, body, len, EXP_ADMIN_TIMEOUT_MS,
-                       NULL, NULL, r);
+    return fl_cli_http(fd, method, target, "faultline", hdrs, body, len, EXP_ADMIN_TIMEOUT_MS, NULL,
+                       NULL, r);
 }
 
-static json_t *admin_json(struct admin *a, const char *method, const char *target,
-                          const char *hdrs, const char *body, size_t len, int *status)
+static json_t *admin_json(struct admin *a, const char *method, const char *target, const char *hdrs,
+                          const char *body, size_t len, int *status)
 {
     struct fl_cli_resp r;
     *status = 0;
@@ -568,10 +574,18 @@ static void xml_esc(FILE *f, const char *s)
 {
     for (; s && *s; s++) {
         switch (*s) {
-        case '<': fputs("&lt;", f); break;
-        case '>': fputs("&gt;", f); break;
-        case '&': fputs("&amp;", f); break;
-        case '"': fputs("&quot;", f); break;
+        case '<':
+            fputs("&lt;", f);
+            break;
+        case '>':
+            fputs("&gt;", f);
+            break;
+        case '&':
+            fputs("&amp;", f);
+            break;
+        case '"':
+            fputs("&quot;", f);
+            break;
         default:
             if ((unsigned char)*s >= 0x20 || *s == '\n' || *s == '\t')
                 fputc(*s, f);
@@ -581,8 +595,8 @@ static void xml_esc(FILE *f, const char *s)
 
 struct outcome {
     int code;
-    int injected;           /* the policy was applied */
-    int rolled_back;        /* restore succeeded (or nothing to restore) */
+    int injected;    /* the policy was applied */
+    int rolled_back; /* restore succeeded (or nothing to restore) */
     char rollback_err[256];
     char halted_reason[256];
     int halted;
@@ -622,7 +636,7 @@ static int write_junit(const char *path, struct experiment *x, struct outcome *o
             fprintf(f, "\" tests=\"%d\" failures=\"%d\" skipped=\"%d\" time=\"%.3f\">\n", tests,
                     failures, skipped, o->seconds);
         }
-#define CASE(nm, st, m)                                                                           \
+#define CASE(nm, st, m)                                                                            \
     do {                                                                                           \
         int s_ = (st);                                                                             \
         if (pass == 0) {                                                                           \
@@ -642,10 +656,10 @@ static int write_junit(const char *path, struct experiment *x, struct outcome *o
             struct probe *p = &x->probes[i];
             snprintf(name, sizeof(name), "under fault: %s", p->name);
             int st = !o->injected ? -1
-                   : (uint64_t)p->failures * 1000000u >
-                           (uint64_t)x->tolerance_ppm * (p->checks ? p->checks : 1)
-                       ? 0
-                       : 1;
+                     : (uint64_t)p->failures * 1000000u >
+                             (uint64_t)x->tolerance_ppm * (p->checks ? p->checks : 1)
+                         ? 0
+                         : 1;
             snprintf(msg, sizeof(msg), "%u of %u checks failed, tolerance %.4g%%; last: %s",
                      p->failures, p->checks, x->tolerance_ppm / 10000.0, p->last_error);
             CASE(name, st, o->injected ? msg : "policy not applied");
@@ -761,7 +775,9 @@ static int rollback(struct admin *a, unsigned long long gen, struct outcome *o)
         }
         const char *msg = r ? json_string_value(json_object_get(r, "error")) : NULL;
         snprintf(o->rollback_err, sizeof(o->rollback_err), "%s",
-                 msg ? msg : st ? "unexpected answer" : "the daemon does not answer");
+                 msg  ? msg
+                 : st ? "unexpected answer"
+                      : "the daemon does not answer");
         json_decref(r);
         if (st == 404)
             break; /* the snapshot is gone: retrying cannot help */
@@ -802,8 +818,10 @@ int fl_experiment_run(const char *file, const char *admin_path, const char *juni
 
     r = admin_json(&a, "GET", "/v1/status", NULL, NULL, 0, &st);
     if (!r) {
-        fprintf(stderr, "faultctl run: no faultline daemon answers on %s; start one with "
-                        "'faultline run -f POLICY.yaml' or give --admin PATH\n", a.path);
+        fprintf(stderr,
+                "faultctl run: no faultline daemon answers on %s; start one with "
+                "'faultline run -f POLICY.yaml' or give --admin PATH\n",
+                a.path);
         o.code = FL_EXP_UNREACHABLE;
         goto out;
     }
@@ -836,7 +854,8 @@ int fl_experiment_run(const char *file, const char *admin_path, const char *juni
     if (!steady_state(&x, 0, json)) {
         if (!json)
             printf("experiment '%s': steady state does not hold before injection; nothing "
-                   "injected\n", x.name);
+                   "injected\n",
+                   x.name);
         o.code = FL_EXP_STEADY_BEFORE;
         goto out;
     }
@@ -867,16 +886,17 @@ int fl_experiment_run(const char *file, const char *admin_path, const char *juni
         if (!json)
             printf("experiment '%s': previous policy restored\n", x.name);
     } else {
-        fprintf(stderr, "faultctl run: ROLLBACK FAILED: %s; restore the policy by hand "
-                        "(faultctl apply -f FILE) or halt injection (faultctl halt)\n",
+        fprintf(stderr,
+                "faultctl run: ROLLBACK FAILED: %s; restore the policy by hand "
+                "(faultctl apply -f FILE) or halt injection (faultctl halt)\n",
                 o.rollback_err);
     }
     for (int i = 0; i < x.n_probes; i++) {
         struct probe *p = &x.probes[i];
         if (!json)
-            printf("  probe %s: %u checks, %u failed (tolerance %.4g%%)%s%s\n", p->name,
-                   p->checks, p->failures, x.tolerance_ppm / 10000.0,
-                   p->failures ? "; last: " : "", p->failures ? p->last_error : "");
+            printf("  probe %s: %u checks, %u failed (tolerance %.4g%%)%s%s\n", p->name, p->checks,
+                   p->failures, x.tolerance_ppm / 10000.0, p->failures ? "; last: " : "",
+                   p->failures ? p->last_error : "");
         if (probe_deviates(&x, p) && o.code == FL_EXP_PASSED)
             o.code = FL_EXP_DEVIATED;
     }
@@ -901,24 +921,27 @@ out:
         o.code = FL_EXP_ROLLBACK;
     o.seconds = (double)(fl_cli_now_ms() - t0) / 1000.0;
     {
-        static const char *const verdict[] = {[0] = "PASSED", [1] = "ERROR", [3] = "ERROR",
+        static const char *const verdict[] = {[0] = "PASSED",
+                                              [1] = "ERROR",
+                                              [3] = "ERROR",
                                               [10] = "FAILED: steady state before injection",
                                               [11] = "FAILED: deviated under the fault",
-                                              [12] = "HALTED", [13] = "ROLLBACK FAILED"};
+                                              [12] = "HALTED",
+                                              [13] = "ROLLBACK FAILED"};
         const char *v = o.code >= 0 && o.code <= 13 && verdict[o.code] ? verdict[o.code] : "";
         if (json) {
             json_t *pa = json_array();
             for (int i = 0; i < x.n_probes; i++) {
                 struct probe *p = &x.probes[i];
-                json_array_append_new(
-                    pa, json_pack("{s:s,s:i,s:i,s:i,s:i,s:s}", "name", p->name, "before",
-                                  p->before_ok, "checks", p->checks, "failures", p->failures,
-                                  "after", p->after_ok, "last_error", p->last_error));
+                json_array_append_new(pa, json_pack("{s:s,s:i,s:i,s:i,s:i,s:s}", "name", p->name,
+                                                    "before", p->before_ok, "checks", p->checks,
+                                                    "failures", p->failures, "after", p->after_ok,
+                                                    "last_error", p->last_error));
             }
-            json_t *sum = json_pack("{s:s,s:i,s:s,s:b,s:b,s:b,s:f,s:o}", "experiment", x.name,
-                                    "exit", o.code, "verdict", v, "injected", o.injected,
-                                    "rolled_back", o.rolled_back, "halted", o.halted, "seconds",
-                                    o.seconds, "probes", pa);
+            json_t *sum =
+                json_pack("{s:s,s:i,s:s,s:b,s:b,s:b,s:f,s:o}", "experiment", x.name, "exit", o.code,
+                          "verdict", v, "injected", o.injected, "rolled_back", o.rolled_back,
+                          "halted", o.halted, "seconds", o.seconds, "probes", pa);
             char *s = json_dumps(sum, JSON_COMPACT);
             if (s)
                 printf("%s\n", s);

@@ -74,14 +74,13 @@ static int unreachable(const struct ctl *g, int e)
 
 /* One request. Returns EX_OK with r filled for any HTTP status, or an exit code. */
 static int call(const struct ctl *g, const char *method, const char *target, const char *hdrs,
-                const char *body, size_t len, fl_cli_body_cb cb, void *arg,
-                struct fl_cli_resp *r)
+                const char *body, size_t len, fl_cli_body_cb cb, void *arg, struct fl_cli_resp *r)
 {
     int fd = fl_cli_connect_unix(g->admin);
     if (fd < 0)
         return unreachable(g, fd);
-    int e = fl_cli_http(fd, method, target, "faultline", hdrs, body, len,
-                        cb ? -1 : CTL_TIMEOUT_MS, cb, arg, r);
+    int e = fl_cli_http(fd, method, target, "faultline", hdrs, body, len, cb ? -1 : CTL_TIMEOUT_MS,
+                        cb, arg, r);
     if (e == -EINTR)
         return EX_OK;
     if (e < 0) {
@@ -111,8 +110,8 @@ static int check(const struct fl_cli_resp *r, json_t *o)
 }
 
 /* Calls and parses the JSON answer. On EX_OK, *out holds it (caller decrefs). */
-static int call_json(const struct ctl *g, const char *method, const char *target,
-                     const char *hdrs, const char *body, size_t len, json_t **out)
+static int call_json(const struct ctl *g, const char *method, const char *target, const char *hdrs,
+                     const char *body, size_t len, json_t **out)
 {
     struct fl_cli_resp r;
     json_error_t je;
@@ -237,10 +236,11 @@ static int cmd_status(struct ctl *g, int argc, char **argv)
         printf("state         HALTED (%s); 'faultctl resume' to inject again\n",
                js(o, "halt_reason"));
     else
-        printf("state         %s\n",
-               json_is_true(json_object_get(o, "expired")) ? "expired (not injecting)"
-                                                            : "injecting");
-    printf("ttl           %s%s\n", ttl, strcmp(ttl, "expired") && strcmp(ttl, "none") ? " left" : "");
+        printf("state         %s\n", json_is_true(json_object_get(o, "expired"))
+                                         ? "expired (not injecting)"
+                                         : "injecting");
+    printf("ttl           %s%s\n", ttl,
+           strcmp(ttl, "expired") && strcmp(ttl, "none") ? " left" : "");
     printf("uptime        %s (pid %lld, faultline %s)\n", up, ji(o, "pid"), js(o, "version"));
     printf("workers       %lld\n", ji(o, "workers"));
     printf("connections   %lld active\n", ji(o, "active_connections"));
@@ -267,7 +267,8 @@ static int cmd_rules(struct ctl *g, int argc, char **argv)
         goto out;
     json_t *rules = json_object_get(o, "rules");
     int w = 4;
-    json_array_foreach(rules, i, r) if ((int)strlen(js(r, "name")) > w) w = (int)strlen(js(r, "name"));
+    json_array_foreach(rules, i, r) if ((int)strlen(js(r, "name")) > w) w =
+        (int)strlen(js(r, "name"));
     printf("%-*s  %-7s  %-16s  %-12s  %-8s  %9s  %9s\n", w, "RULE", "ENABLED", "DELAY", "ABORT",
            "RESET", "MATCHED", "INJECTED");
     json_array_foreach(rules, i, r)
@@ -341,9 +342,14 @@ static int cmd_set(struct ctl *g, int argc, char **argv)
     optind = 1;
     while ((ch = getopt_long(argc, argv, "p:f:h", opts, NULL)) != -1) {
         switch (ch) {
-        case 'p': percent = optarg; break;
-        case 'f': fault = optarg; break;
-        default: return verb_usage("set", NULL);
+        case 'p':
+            percent = optarg;
+            break;
+        case 'f':
+            fault = optarg;
+            break;
+        default:
+            return verb_usage("set", NULL);
         }
     }
     if (optind != argc - 1)
@@ -419,8 +425,10 @@ static void print_diff(json_t *d)
         json_array_foreach(json_object_get(x, "parts"), j, part)
         {
             const char *pn = json_string_value(part);
-            char *a = json_dumps(json_object_get(json_object_get(x, "from"), pn), JSON_COMPACT | JSON_ENCODE_ANY);
-            char *b = json_dumps(json_object_get(json_object_get(x, "to"), pn), JSON_COMPACT | JSON_ENCODE_ANY);
+            char *a = json_dumps(json_object_get(json_object_get(x, "from"), pn),
+                                 JSON_COMPACT | JSON_ENCODE_ANY);
+            char *b = json_dumps(json_object_get(json_object_get(x, "to"), pn),
+                                 JSON_COMPACT | JSON_ENCODE_ANY);
             printf("\n      %s: %s -> %s", pn, a ? a : "null", b ? b : "null");
             free(a);
             free(b);
@@ -465,9 +473,14 @@ static int cmd_apply(struct ctl *g, int argc, char **argv)
     optind = 1;
     while ((ch = getopt_long(argc, argv, "f:nh", opts, NULL)) != -1) {
         switch (ch) {
-        case 'f': file = optarg; break;
-        case 'n': dry = 1; break;
-        default: return verb_usage("apply", NULL);
+        case 'f':
+            file = optarg;
+            break;
+        case 'n':
+            dry = 1;
+            break;
+        default:
+            return verb_usage("apply", NULL);
         }
     }
     if (!file || optind != argc)
@@ -509,8 +522,11 @@ static int cmd_halt(struct ctl *g, int argc, char **argv)
     optind = 1;
     while ((ch = getopt_long(argc, argv, "r:h", opts, NULL)) != -1) {
         switch (ch) {
-        case 'r': reason = optarg; break;
-        default: return verb_usage("halt", NULL);
+        case 'r':
+            reason = optarg;
+            break;
+        default:
+            return verb_usage("halt", NULL);
         }
     }
     if (optind != argc)
@@ -596,15 +612,17 @@ static int on_event_bytes(const char *p, size_t len, void *arg)
 
 static int cmd_events(struct ctl *g, int argc, char **argv)
 {
-    static const struct option opts[] = {{"follow", no_argument, NULL, 'f'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"follow", no_argument, NULL, 'f'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int follow = 0, ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
         switch (ch) {
-        case 'f': follow = 1; break;
-        default: return verb_usage("events", NULL);
+        case 'f':
+            follow = 1;
+            break;
+        default:
+            return verb_usage("events", NULL);
         }
     }
     if (optind != argc)
@@ -652,8 +670,11 @@ static int cmd_run(struct ctl *g, int argc, char **argv)
     optind = 1;
     while ((ch = getopt_long(argc, argv, "j:h", opts, NULL)) != -1) {
         switch (ch) {
-        case 'j': junit = optarg; break;
-        default: return verb_usage("run", NULL);
+        case 'j':
+            junit = optarg;
+            break;
+        default:
+            return verb_usage("run", NULL);
         }
     }
     if (optind != argc - 1)
