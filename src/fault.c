@@ -1,3 +1,5 @@
+/* fault: the per-request decision. Runs on every request of every worker:
+ * no allocation, no locks, only relaxed atomics on shared counters. */
 #include "fault.h"
 
 #include <string.h>
@@ -49,6 +51,9 @@ uint64_t fl_rng_next(struct fl_rng *r)
 
 uint64_t fl_rng_below(struct fl_rng *r, uint64_t n)
 {
+    /* n == 0 stands for 2^64 (what jitter_ms + 1 wraps to): the full range. */
+    if (n == 0)
+        return fl_rng_next(r);
     /* Rejection sampling keeps every value equally likely (no modulo bias). */
     uint64_t limit = UINT64_MAX - UINT64_MAX % n;
     uint64_t x;
@@ -104,23 +109,29 @@ int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct f
             roll(rng, effective_ppm(&r->live.delay_ppm, r->delay.ppm))) {
             d->delay = 1;
             d->delay_ms = r->delay.fixed_ms;
-            if (r->delay.jitter_ms)
-                d->delay_ms += fl_rng_below(rng, r->delay.jitter_ms + 1);
+            if (r->delay.jitter_ms) {
+                uint64_t j = fl_rng_below(rng, r->delay.jitter_ms + 1);
+                /* Saturate: absurd durations must not wrap into short ones. */
+                d->delay_ms = j > UINT64_MAX - d->delay_ms ? UINT64_MAX : d->delay_ms + j;
+            }
         }
         if (!d->reset && !d->abort && !d->delay)
             return 0;
-        if (d->abort || d->delay) {
-            unsigned active = atomic_load_explicit(&fl_global.active_faults, memory_order_relaxed);
-            if (p->max_active_faults && active >= p->max_active_faults) {
-                atomic_fetch_add_explicit(&fl_global.faults_overflow_total, 1,
-                                          memory_order_relaxed);
-                d->abort = d->delay = 0;
-                d->overflow = 1;
-                return 0;
-            }
+        /* The limit bounds the blast radius, so it holds back every kind, resets
+         * included. Load-then-add may let concurrent workers overshoot by a few;
+         * a CAS loop would cost more than the bound is worth. */
+        unsigned active = atomic_load_explicit(&fl_global.active_faults, memory_order_relaxed);
+        if (active >= p->max_active_faults) {
+            atomic_fetch_add_explicit(&fl_global.faults_overflow_total, 1, memory_order_relaxed);
+            d->abort = d->delay = d->reset = 0;
+            d->overflow = 1;
+            return 0;
+        }
+        /* One unit per held kind: callers release the delay's share when the
+         * timer fires and the abort's once the answer is queued. */
+        if (d->abort || d->delay)
             atomic_fetch_add_explicit(&fl_global.active_faults, (unsigned)(d->abort + d->delay),
                                       memory_order_relaxed);
-        }
         if (d->reset)
             atomic_fetch_add_explicit(&r->live.injected[FL_FAULT_RESET], 1, memory_order_relaxed);
         if (d->abort)

@@ -1,3 +1,5 @@
+/* match: pure functions over a request view; no allocation, no locks, so the
+ * hot path can call them per request. */
 #include "match.h"
 
 #include <errno.h>
@@ -34,6 +36,8 @@ int fl_str_match(const struct fl_str_match *sm, const char *s, size_t len)
     return 0;
 }
 
+/* A header condition holds if any header of that name fits (requests may
+ * repeat a header); absent holds only if no header has that name. */
 static int header_fits(const struct fl_header_match *hm, const struct fl_request *req)
 {
     int seen = 0;
@@ -84,6 +88,9 @@ int fl_request_set_grpc_path(struct fl_request *req)
         return -EINVAL;
     const char *slash = memchr(p + 1, '/', n - 1);
     if (!slash || slash == p + 1 || slash == p + n - 1)
+        return -EINVAL;
+    /* "/a/b/c" is not a gRPC method path; do not let it match service "a". */
+    if (memchr(slash + 1, '/', (size_t)(p + n - slash - 1)))
         return -EINVAL;
     req->grpc_service = p + 1;
     req->grpc_service_len = (size_t)(slash - p - 1);
