@@ -1225,6 +1225,7 @@ static void policy_free(struct fl_policy *p)
 {
     if (!p)
         return;
+    fl_rule_index_free(p->index);
     for (size_t i = 0; i < p->n_rules; i++) {
         struct fl_rule *r = &p->rules[i];
         free(r->name);
@@ -1342,6 +1343,10 @@ int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_
     if (x.n_errors) {
         policy_free(p);
         return -EINVAL;
+    }
+    if (fl_rule_index_build(p) < 0) {
+        policy_free(p);
+        return -ENOMEM;
     }
     *out = p;
     return 0;
