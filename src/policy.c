@@ -321,7 +321,7 @@ static const char *expect_str(struct ctx *x, yaml_node_t *n, const char *path)
 {
     const char *s = scalar(n);
     if (!s) {
-        err_at(x, n, "%s: expected a string, got %s", path, type_name(n));
+        err_at(x, n, "%s: expected a single value (a number or a string), got %s", path, type_name(n));
         return NULL;
     }
     /* A "\0" escape would make the C string shorter than the YAML value
@@ -666,7 +666,10 @@ static void match_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_n
             walk_map(x, it, sub, hdr_keys, hdr_pair, hm);
             if (!hm->name && !has_key(x, it, "name"))
                 err_at(x, it, "%s: missing required key 'name'", sub);
-            if (hm->m.kind == FL_SM_ANY && hm->name)
+            /* Only when no condition was written: a bad one was reported already. */
+            if (hm->m.kind == FL_SM_ANY && hm->name && !has_key(x, it, "exact") &&
+                !has_key(x, it, "prefix") && !has_key(x, it, "regex") &&
+                !has_key(x, it, "present") && !has_key(x, it, "absent"))
                 err_at(x, it, "%s: give one of exact, prefix, regex, present: true or absent: true",
                        sub);
         }
@@ -733,7 +736,8 @@ static void abort_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_n
             yaml_node_t *hk = node(x, p->key), *hv = node(x, p->value);
             const char *name = scalar(hk), *val = scalar(hv);
             if (!name || !header_name_ok(name)) {
-                err_at(x, hk, "%s: header names must be tokens (letters, digits, '-')", path);
+                err_at(x, hk, "%s: \"%s\" is not a header name; use letters, digits and '-'",
+                       path, name ? name : "");
                 continue;
             }
             if (!val || !safe_header_text(val)) {
