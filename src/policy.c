@@ -1334,8 +1334,9 @@ int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_
         require_keys(&x, root, "policy", req);
         check_names(&x, p);
         yaml_node_t *spec = map_get(&x, root, "spec");
+        /* Reported once, also for `listeners: []`: either way nothing would be proxied. */
         if (spec && spec->type == YAML_MAPPING_NODE && p->n_listeners == 0 &&
-            p->n_targets == 0 && !map_get(&x, spec, "listeners") && !map_get(&x, spec, "targets")) {
+            p->n_targets == 0 && x.n_errors == 0) {
             err_at(&x, spec, "spec: give 'listeners' (explicit mode) or 'targets' (transparent "
                              "mode); without either nothing is proxied");
         }
