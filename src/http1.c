@@ -864,7 +864,23 @@ static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, si
             }
             return;
         }
-        if (used) {
+        if (err == HPE_PAUSED && h->ev == EV_STATUS) {
+            /* A delayed request's response: the marker goes right after the
+             * status line, sent together with it in one write. */
+            struct h1_slot *s = slot_front(h);
+            char mark[1024];
+            int n = 0;
+            if (used < sizeof(mark) - 100) {
+                memcpy(mark, p, used);
+                n = (int)used;
+            } else {
+                fl_conn_write(c, FL_CLIENT, ch, p, used);
+            }
+            n += snprintf(mark + n, sizeof(mark) - (size_t)n, "x-faultline-injected: %s\r\n",
+                          s->mark->name);
+            fl_conn_write(c, FL_CLIENT, NULL, mark, (size_t)n);
+            h->resp_bytes += used;
+        } else if (used) {
             fl_conn_write(c, FL_CLIENT, ch, p, used);
             h->resp_bytes += used;
         }
@@ -872,12 +888,7 @@ static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, si
         left -= used;
         if (err == HPE_PAUSED) {
             llhttp_resume(&h->resp);
-            if (h->ev == EV_STATUS) {
-                struct h1_slot *s = slot_front(h);
-                char mark[160];
-                int n = snprintf(mark, sizeof(mark), "x-faultline-injected: %s\r\n", s->mark->name);
-                fl_conn_write(c, FL_CLIENT, NULL, mark, (size_t)n);
-            } else if (h->ev == EV_DONE) {
+            if (h->ev == EV_DONE) {
                 response_done(c);
             }
         } else if (err == HPE_PAUSED_UPGRADE) {
@@ -917,11 +928,13 @@ static void h1_data(struct fl_conn *c, int side, struct fl_chunk *ch, size_t off
     }
     if (!h->seen_request && h->head_bytes == 0 && len >= 3 && memcmp(ch->data + off, "PRI", 3) == 0 &&
         memcmp(ch->data + off, H2_PREFACE, len < sizeof(H2_PREFACE) - 1 ? len : sizeof(H2_PREFACE) - 1) == 0) {
-        /* HTTP/2 prior knowledge: not HTTP/1.1. */
-        h->in = fl_chunk_ref(ch);
-        h->in_off = off;
-        h->in_len = off + len;
-        switch_to_raw(c);
+        /* HTTP/2 prior knowledge: the h2 handler takes the connection from
+         * its first byte (nghttp2 checks the rest of the preface). */
+        if (fl_conn_switch(c, &fl_h2_ops) < 0) {
+            fl_conn_close(c, 0);
+            return;
+        }
+        c->ops->data(c, side, ch, off, len);
         return;
     }
     h->in = fl_chunk_ref(ch);

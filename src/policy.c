@@ -24,6 +24,7 @@ struct ctx {
     const char *file;
     yaml_document_t *doc;
     struct fl_policy_errors *errs;
+    size_t n_errors; /* counted even past MAX_ERRORS or when a message cannot be stored */
 };
 
 static void add_error(struct fl_policy_errors *errs, const char *msg)
@@ -39,18 +40,37 @@ static void add_error(struct fl_policy_errors *errs, const char *msg)
         errs->n++;
 }
 
+static void verr_pos(struct ctx *x, size_t line, size_t col, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    int k = snprintf(msg, sizeof(msg), "%s:%zu:%zu: ", x->file, line, col);
+    if (k < 0 || (size_t)k >= sizeof(msg))
+        k = 0;
+    vsnprintf(msg + k, sizeof(msg) - (size_t)k, fmt, ap);
+    x->n_errors++;
+    add_error(x->errs, msg);
+}
+
+/* Records an error at 1-based line:col. */
+static void err_pos(struct ctx *x, int line, int col, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void err_pos(struct ctx *x, int line, int col, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    verr_pos(x, (size_t)line, (size_t)col, fmt, ap);
+    va_end(ap);
+}
+
+/* Records an error at node n (libyaml marks are 0-based). */
 static void err_at(struct ctx *x, const yaml_node_t *n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void err_at(struct ctx *x, const yaml_node_t *n, const char *fmt, ...)
 {
-    char msg[1024];
-    int k = snprintf(msg, sizeof(msg), "%s:%zu:%zu: ", x->file, n ? n->start_mark.line + 1 : 1,
-                     n ? n->start_mark.column + 1 : 1);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg + k, sizeof(msg) - (size_t)k, fmt, ap);
+    verr_pos(x, n ? n->start_mark.line + 1 : 1, n ? n->start_mark.column + 1 : 1, fmt, ap);
     va_end(ap);
-    add_error(x->errs, msg);
 }
 
 void fl_policy_errors_free(struct fl_policy_errors *errs)
@@ -111,7 +131,7 @@ const char *fl_grpc_status_name(int code)
 static int parse_fixed(const char *s, int scale, uint64_t *out, int *decimals_out)
 {
     uint64_t v = 0;
-    int dec = -1;
+    int dec = -1, digits = 0;
     if (!*s)
         return -EINVAL;
     for (; *s; s++) {
@@ -123,13 +143,15 @@ static int parse_fixed(const char *s, int scale, uint64_t *out, int *decimals_ou
         }
         if (!isdigit((unsigned char)*s))
             break;
+        digits++;
         if (dec >= 0 && ++dec > scale)
             return -ERANGE;
         if (v > UINT64_MAX / 10 - 10)
             return -ERANGE;
         v = v * 10 + (uint64_t)(*s - '0');
     }
-    if (*s)
+    /* "." alone would otherwise read as 0. */
+    if (*s || !digits)
         return -EINVAL;
     for (int d = dec < 0 ? 0 : dec; d < scale; d++)
         v *= 10;
@@ -203,8 +225,11 @@ int fl_parse_hostport(const char *s, int for_listen, struct sockaddr_storage add
             return -EINVAL; /* bare IPv6 needs brackets */
     }
     char *end;
+    /* strtol would also take "+80" and " 80"; a port is digits only. */
+    if (!isdigit((unsigned char)colon[1]))
+        return -EINVAL;
     long port = strtol(colon + 1, &end, 10);
-    if (!colon[1] || *end || port < 1 || port > 65535)
+    if (*end || port < 1 || port > 65535)
         return -EINVAL;
 
     struct sockaddr_in *a4 = (struct sockaddr_in *)&addrs[0];
@@ -295,8 +320,16 @@ static int expect_seq(struct ctx *x, yaml_node_t *n, const char *path)
 static const char *expect_str(struct ctx *x, yaml_node_t *n, const char *path)
 {
     const char *s = scalar(n);
-    if (!s)
-        err_at(x, n, "%s: expected a string, got %s", path, type_name(n));
+    if (!s) {
+        err_at(x, n, "%s: expected a single value (a number or a string), got %s", path, type_name(n));
+        return NULL;
+    }
+    /* A "\0" escape would make the C string shorter than the YAML value
+     * (and a body's length disagree with its bytes): refuse it. */
+    if (strlen(s) != n->data.scalar.length) {
+        err_at(x, n, "%s: the value contains a NUL character (\\0); remove it", path);
+        return NULL;
+    }
     return s;
 }
 
@@ -463,8 +496,11 @@ static char **str_list(struct ctx *x, yaml_node_t *v, const char *path, size_t *
     char **out;
     *n = 0;
     if (v->type == YAML_SCALAR_NODE) {
+        const char *s = expect_str(x, v, path);
+        if (!s)
+            return NULL;
         out = calloc(1, sizeof(*out));
-        if (out && (out[0] = strdup(scalar(v))))
+        if (out && (out[0] = strdup(s)))
             *n = 1;
         return out;
     }
@@ -478,10 +514,14 @@ static char **str_list(struct ctx *x, yaml_node_t *v, const char *path, size_t *
         return NULL;
     for (size_t i = 0; i < cnt; i++) {
         yaml_node_t *it = node(x, v->data.sequence.items.start[i]);
-        const char *s = expect_str(x, it, path);
-        if (s)
-            out[(*n)++] = strdup(s);
+        char sub[256];
+        snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
+        const char *s = expect_str(x, it, sub);
+        if (s && (out[*n] = strdup(s)))
+            (*n)++;
     }
+    if (cnt == 0)
+        err_at(x, v, "%s: the list is empty; give at least one entry", path);
     return out;
 }
 
@@ -626,7 +666,10 @@ static void match_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_n
             walk_map(x, it, sub, hdr_keys, hdr_pair, hm);
             if (!hm->name && !has_key(x, it, "name"))
                 err_at(x, it, "%s: missing required key 'name'", sub);
-            if (hm->m.kind == FL_SM_ANY && hm->name)
+            /* Only when no condition was written: a bad one was reported already. */
+            if (hm->m.kind == FL_SM_ANY && hm->name && !has_key(x, it, "exact") &&
+                !has_key(x, it, "prefix") && !has_key(x, it, "regex") &&
+                !has_key(x, it, "present") && !has_key(x, it, "absent"))
                 err_at(x, it, "%s: give one of exact, prefix, regex, present: true or absent: true",
                        sub);
         }
@@ -669,7 +712,7 @@ static void abort_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_n
     (void)k;
     switch (key) {
     case 0:
-        if (get_uint(x, v, path, 999, &n) == 0) {
+        if (get_uint(x, v, path, UINT32_MAX, &n) == 0) {
             if (n < 200 || n > 599)
                 err_at(x, v, "%s: HTTP status %llu is out of range; use 200-599", path,
                        (unsigned long long)n);
@@ -693,7 +736,8 @@ static void abort_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_n
             yaml_node_t *hk = node(x, p->key), *hv = node(x, p->value);
             const char *name = scalar(hk), *val = scalar(hv);
             if (!name || !header_name_ok(name)) {
-                err_at(x, hk, "%s: header names must be tokens (letters, digits, '-')", path);
+                err_at(x, hk, "%s: \"%s\" is not a header name; use letters, digits and '-'",
+                       path, name ? name : "");
                 continue;
             }
             if (!val || !safe_header_text(val)) {
@@ -967,8 +1011,13 @@ static void spec_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
         break;
     case 1: get_duration(x, v, path, &p->ttl_ms); break;
     case 2:
-        if (get_uint(x, v, path, UINT32_MAX, &n) == 0)
+        if (get_uint(x, v, path, UINT32_MAX, &n) == 0) {
+            /* 0 would silently turn every fault into an overflow. */
+            if (n == 0)
+                err_at(x, v, "%s: must be at least 1; to stop all injection use 'faultctl halt'",
+                       path);
             p->max_active_faults = (uint32_t)n;
+        }
         break;
     case 3:
         if (get_uint(x, v, path, 65535, &n) == 0) {
@@ -1082,64 +1131,105 @@ static void top_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_nod
     }
 }
 
+/* Returns the value of key in mapping m, or NULL. */
+static yaml_node_t *map_get(struct ctx *x, yaml_node_t *m, const char *key)
+{
+    if (!m || m->type != YAML_MAPPING_NODE)
+        return NULL;
+    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
+        const char *ks = scalar(node(x, p->key));
+        if (ks && strcmp(ks, key) == 0)
+            return node(x, p->value);
+    }
+    return NULL;
+}
+
+static int scope_exists(const struct fl_policy *p, const char *name)
+{
+    for (size_t j = 0; j < p->n_listeners; j++)
+        if (p->listeners[j].name && strcmp(p->listeners[j].name, name) == 0)
+            return 1;
+    for (size_t j = 0; j < p->n_targets; j++)
+        if (p->targets[j].name && strcmp(p->targets[j].name, name) == 0)
+            return 1;
+    return 0;
+}
+
+static void check_on_name(struct ctx *x, const struct fl_policy *p, yaml_node_t *n, size_t rule)
+{
+    const char *s = scalar(n);
+    if (s && !scope_exists(p, s))
+        err_at(x, n, "spec.rules[%zu].on: '%s' names no listener or target of this policy; "
+                     "define it under spec.listeners or spec.targets, or omit 'on' to apply "
+                     "everywhere",
+               rule, s);
+}
+
+/* `on:` may name listeners and targets defined later in the file, so it is
+ * checked after the walk, against the YAML nodes so each error points at the
+ * name itself. */
+static void check_on(struct ctx *x, struct fl_policy *p)
+{
+    yaml_node_t *rules = map_get(x, map_get(x, yaml_document_get_root_node(x->doc), "spec"),
+                                 "rules");
+    if (!rules || rules->type != YAML_SEQUENCE_NODE)
+        return;
+    for (size_t i = 0; i < SEQ_ITEMS(rules); i++) {
+        yaml_node_t *on = map_get(x, node(x, rules->data.sequence.items.start[i]), "on");
+        if (on && on->type == YAML_SCALAR_NODE)
+            check_on_name(x, p, on, i);
+        else if (on && on->type == YAML_SEQUENCE_NODE)
+            for (size_t k = 0; k < SEQ_ITEMS(on); k++)
+                check_on_name(x, p, node(x, on->data.sequence.items.start[k]), i);
+    }
+}
+
 /* Checks that need the whole document: unique names, `on:` references. */
 static void check_names(struct ctx *x, struct fl_policy *p)
 {
-    char msg[512];
+    /* Rules name listeners and targets in one namespace (`on:`), so a name may
+     * be used once across both. */
     for (size_t i = 0; i < p->n_listeners; i++) {
-        for (size_t j = 0; j < p->n_targets; j++)
-            if (p->listeners[i].name && p->targets[j].name &&
-                strcmp(p->listeners[i].name, p->targets[j].name) == 0) {
-                snprintf(msg, sizeof(msg), "%s:%d:%d: spec.targets: name '%s' is already used by a "
-                         "listener; names must be unique", x->file, p->targets[j].line,
-                         p->targets[j].col, p->targets[j].name);
-                add_error(x->errs, msg);
-            }
+        const struct fl_listener_spec *l = &p->listeners[i];
         for (size_t j = 0; j < i; j++)
-            if (p->listeners[i].name && p->listeners[j].name &&
-                strcmp(p->listeners[i].name, p->listeners[j].name) == 0) {
-                snprintf(msg, sizeof(msg), "%s:%d:%d: spec.listeners: name '%s' is used twice",
-                         x->file, p->listeners[i].line, p->listeners[i].col, p->listeners[i].name);
-                add_error(x->errs, msg);
-            }
+            if (l->name && p->listeners[j].name && strcmp(l->name, p->listeners[j].name) == 0)
+                err_pos(x, l->line, l->col,
+                        "spec.listeners[%zu].name: '%s' is already used by spec.listeners[%zu]; "
+                        "names must be unique",
+                        i, l->name, j);
     }
-    for (size_t i = 0; i < p->n_targets; i++)
+    for (size_t i = 0; i < p->n_targets; i++) {
+        const struct fl_target_spec *t = &p->targets[i];
+        for (size_t j = 0; j < p->n_listeners; j++)
+            if (t->name && p->listeners[j].name && strcmp(t->name, p->listeners[j].name) == 0)
+                err_pos(x, t->line, t->col,
+                        "spec.targets[%zu].name: '%s' is already used by spec.listeners[%zu]; "
+                        "names must be unique",
+                        i, t->name, j);
         for (size_t j = 0; j < i; j++)
-            if (p->targets[i].name && p->targets[j].name &&
-                strcmp(p->targets[i].name, p->targets[j].name) == 0) {
-                snprintf(msg, sizeof(msg), "%s:%d:%d: spec.targets: name '%s' is used twice",
-                         x->file, p->targets[i].line, p->targets[i].col, p->targets[i].name);
-                add_error(x->errs, msg);
-            }
+            if (t->name && p->targets[j].name && strcmp(t->name, p->targets[j].name) == 0)
+                err_pos(x, t->line, t->col,
+                        "spec.targets[%zu].name: '%s' is already used by spec.targets[%zu]; "
+                        "names must be unique",
+                        i, t->name, j);
+    }
     for (size_t i = 0; i < p->n_rules; i++) {
-        struct fl_rule *r = &p->rules[i];
+        const struct fl_rule *r = &p->rules[i];
         for (size_t j = 0; j < i; j++)
-            if (r->name && p->rules[j].name && strcmp(r->name, p->rules[j].name) == 0) {
-                snprintf(msg, sizeof(msg), "%s:%d:%d: spec.rules: name '%s' is used twice",
-                         x->file, r->line, r->col, r->name);
-                add_error(x->errs, msg);
-            }
-        for (size_t k = 0; k < r->n_on; k++) {
-            int found = 0;
-            for (size_t j = 0; j < p->n_listeners; j++)
-                found |= p->listeners[j].name && strcmp(p->listeners[j].name, r->on[k]) == 0;
-            for (size_t j = 0; j < p->n_targets; j++)
-                found |= p->targets[j].name && strcmp(p->targets[j].name, r->on[k]) == 0;
-            if (!found) {
-                snprintf(msg, sizeof(msg),
-                         "%s:%d:%d: spec.rules[%zu].on: '%s' names no listener or target of this "
-                         "policy",
-                         x->file, r->line, r->col, i, r->on[k]);
-                add_error(x->errs, msg);
-            }
-        }
+            if (r->name && p->rules[j].name && strcmp(r->name, p->rules[j].name) == 0)
+                err_pos(x, r->line, r->col,
+                        "spec.rules[%zu].name: '%s' is already used by spec.rules[%zu]; names "
+                        "must be unique",
+                        i, r->name, j);
     }
+    check_on(x, p);
 }
 
 static void policy_free(struct fl_policy *p)
 {
     if (!p)
         return;
+    fl_rule_index_free(p->index);
     for (size_t i = 0; i < p->n_rules; i++) {
         struct fl_rule *r = &p->rules[i];
         free(r->name);
@@ -1186,6 +1276,24 @@ static void policy_free(struct fl_policy *p)
     free(p);
 }
 
+/* A second document ("---") would be silently ignored by yaml_parser_load;
+ * the user most likely meant it to count. */
+static void check_single_document(struct ctx *x, yaml_parser_t *parser)
+{
+    yaml_document_t next;
+    if (!yaml_parser_load(parser, &next)) {
+        err_pos(x, (int)parser->problem_mark.line + 1, (int)parser->problem_mark.column + 1,
+                "YAML syntax error: %s%s%s", parser->problem ? parser->problem : "unknown problem",
+                parser->context ? " " : "", parser->context ? parser->context : "");
+        return;
+    }
+    yaml_node_t *root = yaml_document_get_root_node(&next);
+    if (root)
+        err_at(x, root, "a policy file holds one YAML document; remove the '---' and what "
+                        "follows, or put it in its own file");
+    yaml_document_delete(&next);
+}
+
 int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_policy **out,
                        struct fl_policy_errors *errs)
 {
@@ -1218,85 +1326,95 @@ int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_
         return -EINVAL;
     }
     yaml_node_t *root = yaml_document_get_root_node(&doc);
-    size_t before = errs->n;
     if (!root) {
-        snprintf(msg, sizeof(msg), "%s:1:1: the file is empty; a policy starts with "
-                 "'apiVersion: faultline/v1'", name);
-        add_error(errs, msg);
+        err_pos(&x, 1, 1, "the file is empty; a policy starts with 'apiVersion: faultline/v1'");
     } else if (expect_map(&x, root, "policy")) {
         walk_map(&x, root, "policy", top_keys, top_pair, p);
         static const char *const req[] = {"apiVersion", "kind", "metadata", "spec", NULL};
         require_keys(&x, root, "policy", req);
         check_names(&x, p);
-        if (has_key(&x, root, "spec") && p->n_listeners == 0 && p->n_targets == 0) {
-            yaml_node_t *spec = NULL;
-            for (yaml_node_pair_t *pp = root->data.mapping.pairs.start;
-                 pp < root->data.mapping.pairs.top; pp++)
-                if (strcmp(scalar(node(&x, pp->key)) ? scalar(node(&x, pp->key)) : "", "spec") == 0)
-                    spec = node(&x, pp->value);
+        yaml_node_t *spec = map_get(&x, root, "spec");
+        /* Reported once, also for `listeners: []`: either way nothing would be proxied. */
+        if (spec && spec->type == YAML_MAPPING_NODE && p->n_listeners == 0 &&
+            p->n_targets == 0 && x.n_errors == 0) {
             err_at(&x, spec, "spec: give 'listeners' (explicit mode) or 'targets' (transparent "
                              "mode); without either nothing is proxied");
         }
     }
+    if (root)
+        check_single_document(&x, &parser);
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
-    if (errs->n > before || !root) {
+    if (x.n_errors) {
         policy_free(p);
         return -EINVAL;
+    }
+    if (fl_rule_index_build(p) < 0) {
+        policy_free(p);
+        return -ENOMEM;
     }
     *out = p;
     return 0;
 }
 
+#define MAX_POLICY_BYTES (16u << 20)
+
 int fl_policy_load(const char *path, struct fl_policy **out, struct fl_policy_errors *errs)
 {
-    FILE *f = fopen(path, "rb");
     char msg[1024];
     char *buf = NULL;
     size_t len = 0, cap = 0;
+    FILE *f;
     int e;
 
     *out = NULL;
+    f = fopen(path, "rb");
     if (!f) {
         e = -errno;
-        snprintf(msg, sizeof(msg), "%s: cannot read: %s; check the path", path, strerror(-e));
-        add_error(errs, msg);
-        return e;
+        goto fail_io;
     }
     for (;;) {
-        if (len + 4096 > cap) {
+        if (cap - len < 4096) {
             cap = cap ? cap * 2 : 8192;
-            if (cap > (16u << 20)) {
-                snprintf(msg, sizeof(msg), "%s: file larger than 16 MiB; is it a policy?", path);
+            if (cap > MAX_POLICY_BYTES + 8192) {
+                snprintf(msg, sizeof(msg), "%s: the file is larger than 16 MiB; is it a policy?",
+                         path);
                 add_error(errs, msg);
-                free(buf);
-                fclose(f);
-                return -EFBIG;
+                e = -EFBIG;
+                goto out_close;
             }
             char *nb = realloc(buf, cap);
             if (!nb) {
-                free(buf);
-                fclose(f);
-                return -ENOMEM;
+                e = -ENOMEM;
+                goto out_close;
             }
             buf = nb;
         }
+        errno = 0;
         size_t n = fread(buf + len, 1, cap - len, f);
         len += n;
         if (n == 0)
             break;
     }
     if (ferror(f)) {
-        e = -EIO;
-        snprintf(msg, sizeof(msg), "%s: read error", path);
-        add_error(errs, msg);
-        free(buf);
+        /* A directory opens fine and fails here with EISDIR. */
+        e = errno ? -errno : -EIO;
         fclose(f);
-        return e;
+        free(buf);
+        goto fail_io;
     }
     fclose(f);
     e = fl_policy_load_buf(path, buf ? buf : "", len, out, errs);
     free(buf);
+    return e;
+
+out_close:
+    fclose(f);
+    free(buf);
+    return e;
+fail_io:
+    snprintf(msg, sizeof(msg), "%s: cannot read: %s; check the path", path, strerror(-e));
+    add_error(errs, msg);
     return e;
 }
 

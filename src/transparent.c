@@ -948,18 +948,27 @@ static int set_policy(const struct fl_policy *p)
     return 0;
 }
 
+int fl_tp_probe(char *err, size_t errlen)
+{
+    char msg[512];
+
+    if (fl_bpf_probe(msg, sizeof(msg)) < 0) {
+        snprintf(err, errlen, "transparent mode is not available: %s", msg);
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
 int fl_tp_start(struct fl_worker *w, const struct fl_policy *p, const struct fl_tp_opts *o,
                 char *err, size_t errlen, int *requirement)
 {
     struct fl_bpf_opts bo = {0};
-    char msg[512];
     int e;
 
     *requirement = 0;
     if (T.started)
         return -EALREADY;
-    if ((e = fl_bpf_probe(msg, sizeof(msg))) < 0) {
-        snprintf(err, errlen, "transparent mode is not available: %s", msg);
+    if ((e = fl_tp_probe(err, errlen)) < 0) {
         *requirement = 1;
         return e;
     }

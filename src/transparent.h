@@ -54,6 +54,11 @@ struct fl_tp_stats {
     unsigned netns;            /* distinct pod netns with a listener */
 };
 
+/* Checks that this host can run transparent mode (root, BTF, cgroup v2, the
+ * BPF features; fl_bpf_probe). Returns 0, or -ENOTSUP with one sentence in
+ * err saying what is missing and what to do (the daemon exits 2). */
+int fl_tp_probe(char *err, size_t errlen) FL_WUR;
+
 /* Starts transparent mode for p (which has targets) on worker w's loop: probes
  * the kernel, creates and joins <cgroup2>/faultline-daemon-PID, loads and
  * attaches the BPF programs, enrolls the pods found now, opens their

@@ -103,8 +103,8 @@ spec:
     - name: abort10
       fault: {abort: {status: 503, percent: 10}}
 EOC
-"$build/faultline" run -f "$tmp/pass.yaml" --fault-log /dev/null 2>"$tmp/fl1.err" & pids+=($!)
-"$build/faultline" run -f "$tmp/abort.yaml" --fault-log "$tmp/abort.log" 2>"$tmp/fl2.err" & pids+=($!)
+"$build/faultline" run -f "$tmp/pass.yaml" --admin "$tmp/a1.sock" --fault-log /dev/null 2>"$tmp/fl1.err" & pids+=($!)
+"$build/faultline" run -f "$tmp/abort.yaml" --admin "$tmp/a2.sock" --fault-log "$tmp/abort.log" 2>"$tmp/fl2.err" & pids+=($!)
 for p in $BE $FL $HA $NG $FLA; do wait_port "$p"; done
 
 # wrk prints latency percentiles with --latency; pick req/s, p50, p99.
