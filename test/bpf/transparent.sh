@@ -247,6 +247,16 @@ l6=$(grep '"path":"/abort/v6"' "$TMP/faults.log")
 check "fault log (IPv6): pod source, original destination" "$l6" \
     '"src":"\[fd77:1::2\]:[0-9]+"' "\"dst\":\"\\[fd77:1::1\\]:$SPORT\""
 
+# --- status and metrics show the transparent-mode counters
+CTL=${CTL:-$(dirname "$BIN")/faultctl}
+out=$("$CTL" --admin "$TMP/admin.sock" -o table status 2>&1)
+check "faultctl status: transparent mode redirecting, counters shown" "$out" \
+    '^transparent +redirecting, sk_msg on; [1-9][0-9]* pods' '[1-9][0-9]* redirected'
+out=$("$CTL" --admin "$TMP/admin.sock" metrics 2>&1)
+check "metrics: redirected, sk_msg and fail-open counters" "$out" \
+    '^faultline_transparent_redirected_total [1-9]' '^faultline_transparent_skmsg_redirects_total [0-9]' \
+    '^faultline_transparent_fail_open_total\{cause="watchdog"\} 0$'
+
 # --- getpeername in the app, source address at the server
 for u in 10.77.1.1 fd77:1::1; do
     out=$(in_pod "$A" a timeout 10 python3 "$PEER" client $u $SPORT /peer /abort/peer 2>&1)
