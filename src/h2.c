@@ -85,6 +85,9 @@ struct h2 {
     struct h2_stream *streams;
     struct h2_stream *held;
     struct h2_stream *free_streams;
+    /* The stream whose header block each session is decoding, by side: saves a
+     * stream map lookup per header field. Cleared when that stream is freed. */
+    struct h2_stream *hdr_st[2];
     unsigned n_free;
     unsigned n_streams;
     uint64_t rst_window_start;
@@ -382,6 +385,9 @@ static void stream_maybe_free(struct fl_conn *c, struct h2_stream *st)
         fl_chunk_unref(st->trailers[i]);
     }
     fl_policy_unref(st->policy);
+    for (int i = 0; i < 2; i++)
+        if (h->hdr_st[i] == st)
+            h->hdr_st[i] = NULL;
     if (st->prev)
         st->prev->next = st->next;
     else
@@ -708,6 +714,7 @@ static void upstream_gone(struct fl_conn *c, int err)
                 (unsigned long long)c->id, up, c->scope,
                 err ? uv_strerror(err) : "closed the connection", failed);
     }
+    h->hdr_st[FL_UPSTREAM] = NULL;
     if (h->us) {
         h->up_dead = 1;
         nghttp2_session_del(h->us);
@@ -922,6 +929,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         nghttp2_session_set_stream_user_data(s, f->hd.stream_id, st);
     }
+    h->hdr_st[side] = st;
     if (!st || hdrs_begin(c, hdrs_slot(st, side)) < 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
@@ -936,7 +944,9 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     if (f->hd.type != NGHTTP2_HEADERS || h->up_dead)
         return 0;
     int side = s == h->cs ? FL_CLIENT : FL_UPSTREAM;
-    struct h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    struct h2_stream *st = h->hdr_st[side];
+    if (!st || (side == FL_CLIENT ? st->cid : st->uid) != f->hd.stream_id)
+        st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
     if (!st)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     struct fl_chunk **slot = hdrs_slot(st, side);
@@ -1202,6 +1212,9 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t err, void *u
         return 0;
     nghttp2_session_set_stream_user_data(s, id, NULL);
     st->up_open = 0;
+    /* A new upstream session numbers its streams from 1 again. */
+    if (h->hdr_st[FL_UPSTREAM] == st)
+        h->hdr_st[FL_UPSTREAM] = NULL;
     if (st->client_open && err != NGHTTP2_NO_ERROR) {
         fifo_clear(&st->resp);
         nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, err);
