@@ -307,15 +307,6 @@ static int hdrs_add(struct h2_hdrs *hd, const uint8_t *name, size_t nl, const ui
     return 0;
 }
 
-static const nghttp2_nv *hdrs_find(const struct h2_hdrs *hd, const char *name)
-{
-    size_t nl = strlen(name);
-    for (uint32_t i = 0; i < hd->n; i++)
-        if (hd->nv[i].namelen == nl && memcmp(hd->nv[i].name, name, nl) == 0)
-            return &hd->nv[i];
-    return NULL;
-}
-
 /* ---- streams ---- */
 
 static struct h2_stream *stream_new(struct fl_conn *c, int32_t cid)
@@ -986,18 +977,58 @@ static void client_trailers(struct fl_conn *c, struct h2_stream *st)
         resume(h->us, st->uid);
 }
 
+/* The upstream session runs without nghttp2's HTTP messaging checks (they
+ * cost 6% of a proxied request), so the structure the response path relies on
+ * is checked here (RFC 9113 8.1, 8.3.2): a head has one three-digit :status
+ * and no other pseudo-header, pseudo-headers come first, and trailers have
+ * none and end the stream. Field names and values are forwarded as the
+ * upstream sent them; the client's own HTTP/2 stack judges those. Returns
+ * the :status field of a valid head, or NULL with *bad set. */
+static const nghttp2_nv *response_block(const struct h2_hdrs *hd, int head, int eos, int *bad)
+{
+    const nghttp2_nv *status = NULL;
+    *bad = 0;
+    for (uint32_t i = 0; i < hd->n; i++) {
+        const nghttp2_nv *nv = &hd->nv[i];
+        if (!nv->namelen || nv->name[0] != ':')
+            continue;
+        if (!head || status || i != 0 || nv->namelen != 7 || memcmp(nv->name, ":status", 7) != 0)
+            goto bad;
+        status = nv;
+    }
+    if (head) {
+        if (!status || status->valuelen != 3 || (status->value[0] == '1' && eos))
+            goto bad;
+        for (int k = 0; k < 3; k++)
+            if (status->value[k] < '0' || status->value[k] > '9')
+                goto bad;
+        return status;
+    }
+    if (!eos)
+        goto bad;
+    return NULL;
+bad:
+    *bad = 1;
+    return NULL;
+}
+
 static void upstream_headers(struct fl_conn *c, struct h2_stream *st, const nghttp2_frame *f)
 {
     struct h2 *h = H(c);
     struct h2_hdrs *hd = hdrs_of(st->hdrs[FL_UPSTREAM]);
-    const nghttp2_nv *status = hdrs_find(hd, ":status");
     int eos = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    int bad;
+    const nghttp2_nv *status = response_block(hd, !st->resp_started, eos, &bad);
 
-    if (!st->client_open || st->state != ST_UP) {
+    if (!st->client_open || st->state != ST_UP || bad) {
+        /* A malformed response is a stream error (RFC 9113 8.1.1); closing
+         * the upstream stream resets the client's (on_stream_close). */
+        if (bad && st->up_open)
+            nghttp2_submit_rst_stream(h->us, NGHTTP2_FLAG_NONE, st->uid, NGHTTP2_PROTOCOL_ERROR);
         hdrs_drop(st, FL_UPSTREAM);
         return;
     }
-    if (status && !st->resp_started) {
+    if (status) {
         if (status->valuelen == 3 && status->value[0] == '1') {
             /* Interim (1xx): forward; the final response follows. */
             nghttp2_submit_headers(h->cs, NGHTTP2_FLAG_NONE, st->cid, NULL, hd->nv, hd->n, NULL);
@@ -1258,6 +1289,9 @@ static void init_once(void)
         /* Window updates only once bytes left toward the other side. */
         nghttp2_option_set_no_auto_window_update(opts[server], 1);
     }
+    /* The upstream is the service faultline fronts: upstream_headers checks
+     * the little the response path needs, not nghttp2 (see response_block). */
+    nghttp2_option_set_no_http_messaging(opts[0], 1);
 }
 
 static nghttp2_session_callbacks *callbacks(void)
