@@ -600,6 +600,7 @@ static void answer_unreachable(struct fl_conn *c, struct h2_stream *st, const ch
 
 static nghttp2_session_callbacks *callbacks(void);
 static nghttp2_option *options(int server);
+static nghttp2_mem *session_mem(struct fl_conn *c, nghttp2_mem *m);
 static void upstream_recycled(struct fl_conn *c);
 
 static int upstream_session(struct fl_conn *c)
@@ -607,7 +608,8 @@ static int upstream_session(struct fl_conn *c)
     struct h2 *h = H(c);
     if (h->us)
         return 0;
-    int e = nghttp2_session_client_new2(&h->us, callbacks(), c, options(0));
+    nghttp2_mem m;
+    int e = nghttp2_session_client_new3(&h->us, callbacks(), c, options(0), session_mem(c, &m));
     if (e != 0)
         return -ENOMEM;
     h->up_dead = 0;
@@ -1269,6 +1271,39 @@ static int on_invalid_frame(nghttp2_session *s, const nghttp2_frame *f, int lib_
     return 0;
 }
 
+/* nghttp2 allocates about 15 small objects per proxied request; the worker's
+ * slab serves them (see fl_slab). Both sessions of a conn run on its worker. */
+static void *mem_malloc(size_t n, void *ud)
+{
+    return fl_slab_alloc(ud, n);
+}
+
+static void mem_free(void *p, void *ud)
+{
+    fl_slab_free(ud, p);
+}
+
+static void *mem_calloc(size_t k, size_t n, void *ud)
+{
+    if (n && k > SIZE_MAX / n)
+        return NULL;
+    void *p = fl_slab_alloc(ud, k * n);
+    if (p)
+        memset(p, 0, k * n);
+    return p;
+}
+
+static void *mem_realloc(void *p, size_t n, void *ud)
+{
+    return fl_slab_realloc(ud, p, n);
+}
+
+static nghttp2_mem *session_mem(struct fl_conn *c, nghttp2_mem *m)
+{
+    *m = (nghttp2_mem){&c->w->slab, mem_malloc, mem_free, mem_calloc, mem_realloc};
+    return m;
+}
+
 static nghttp2_session_callbacks *cbs;
 static nghttp2_option *opts[2];
 
@@ -1450,7 +1485,8 @@ static int h2_init(struct fl_conn *c)
         return -ENOMEM;
     c->proto = h;
     c->timer.data = c;
-    if (nghttp2_session_server_new2(&h->cs, callbacks(), c, options(1)) != 0) {
+    nghttp2_mem m;
+    if (nghttp2_session_server_new3(&h->cs, callbacks(), c, options(1), session_mem(c, &m)) != 0) {
         free(h);
         c->proto = NULL;
         return -ENOMEM;
