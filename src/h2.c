@@ -72,6 +72,7 @@ struct h2_stream {
     unsigned too_big : 1;       /* request header block beyond the limits: answered 431 */
     struct fl_chunk *hdrs[2];   /* header block being collected, by side it came from */
     struct fl_chunk *trailers[2]; /* trailers waiting for the body before them, by side */
+    struct fl_chunk *lent[2];     /* header block a session sends without a copy, by side */
     struct h2_fifo req, resp;
     struct fl_decision d;
     struct fl_policy *policy; /* keeps d.rule alive while held */
@@ -307,6 +308,42 @@ static int hdrs_add(struct h2_hdrs *hd, const uint8_t *name, size_t nl, const ui
     return 0;
 }
 
+/* Lends the block in *slot to the session toward side to, to be sent without
+ * copies: the fields are marked NO_COPY and the chunk moves to st->lent[to]
+ * until that HEADERS frame is sent or dropped (hdrs_returned) or the stream
+ * is freed; a session reads no field of a stream it has closed. With a block
+ * already lent that way, the fields are copied as before and *slot is left
+ * to the caller. Returns the block. */
+static struct h2_hdrs *hdrs_lend(struct h2_stream *st, int to, struct fl_chunk **slot)
+{
+    struct h2_hdrs *hd = hdrs_of(*slot);
+    uint8_t flags = NGHTTP2_NV_FLAG_NONE;
+    if (!st->lent[to] && hd->n) {
+        st->lent[to] = *slot;
+        *slot = NULL;
+        flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    }
+    for (uint32_t i = 0; i < hd->n; i++)
+        hd->nv[i].flags = flags;
+    return hd;
+}
+
+static void hdrs_unlend(struct h2_stream *st, int to)
+{
+    fl_chunk_unref(st->lent[to]);
+    st->lent[to] = NULL;
+}
+
+/* The session toward side to is done with HEADERS frame f (sent or dropped):
+ * if it carried the lent block (the one frame per stream and side whose
+ * fields are NO_COPY), the block goes back. */
+static void hdrs_returned(struct h2_stream *st, int to, const nghttp2_frame *f)
+{
+    if (f->hd.type == NGHTTP2_HEADERS && f->headers.nvlen &&
+        (f->headers.nva[0].flags & NGHTTP2_NV_FLAG_NO_COPY_NAME))
+        hdrs_unlend(st, to);
+}
+
 /* ---- streams ---- */
 
 static struct h2_stream *stream_new(struct fl_conn *c, int32_t cid)
@@ -374,6 +411,7 @@ static void stream_maybe_free(struct fl_conn *c, struct h2_stream *st)
     for (int i = 0; i < 2; i++) {
         fl_chunk_unref(st->hdrs[i]);
         fl_chunk_unref(st->trailers[i]);
+        fl_chunk_unref(st->lent[i]);
     }
     fl_policy_unref(st->policy);
     for (int i = 0; i < 2; i++)
@@ -431,13 +469,14 @@ static ssize_t read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t leng
     if (eos && n == f->len) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         /* The trailers come from the opposite side's block. */
-        struct fl_chunk *t = st->trailers[!to];
-        if (t) {
-            struct h2_hdrs *hd = hdrs_of(t);
+        if (st->trailers[!to]) {
+            struct h2_hdrs *hd = hdrs_lend(st, to, &st->trailers[!to]);
             if (nghttp2_submit_trailer(s, id, hd->nv, hd->n) == 0)
                 *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            else if (!st->trailers[!to])
+                hdrs_unlend(st, to);
+            fl_chunk_unref(st->trailers[!to]);
             st->trailers[!to] = NULL;
-            fl_chunk_unref(t);
         }
     }
     return (ssize_t)n;
@@ -647,11 +686,14 @@ static void go_upstream(struct fl_conn *c, struct h2_stream *st)
         answer_unreachable(c, st, uv_strerror(e));
         return;
     }
-    struct h2_hdrs *hd = hdrs_of(st->hdrs[FL_CLIENT]);
+    struct h2_hdrs *hd = hdrs_lend(st, FL_UPSTREAM, &st->hdrs[FL_CLIENT]);
+    int lent = !st->hdrs[FL_CLIENT];
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_cb};
     int body = !st->req_eos || st->req.len || st->trailers[FL_CLIENT];
     int32_t uid = nghttp2_submit_request(h->us, NULL, hd->nv, hd->n, body ? &prd : NULL, st);
     hdrs_drop(st, FL_CLIENT);
+    if (uid < 0 && lent)
+        hdrs_unlend(st, FL_UPSTREAM);
     if (uid < 0) {
         /* The upstream said GOAWAY: the client may retry elsewhere. */
         st->state = ST_LOCAL;
@@ -1039,9 +1081,14 @@ static void upstream_headers(struct fl_conn *c, struct h2_stream *st, const nght
         }
         st->resp_started = 1;
         st->resp_eos = eos;
+        hdrs_lend(st, FL_CLIENT, &st->hdrs[FL_UPSTREAM]);
+        int lent = !st->hdrs[FL_UPSTREAM];
         nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_cb};
-        if (nghttp2_submit_response(h->cs, st->cid, hd->nv, hd->n, eos ? NULL : &prd) != 0)
+        if (nghttp2_submit_response(h->cs, st->cid, hd->nv, hd->n, eos ? NULL : &prd) != 0) {
+            if (lent)
+                hdrs_unlend(st, FL_CLIENT);
             nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, NGHTTP2_INTERNAL_ERROR);
+        }
         hdrs_drop(st, FL_UPSTREAM);
         return;
     }
@@ -1199,6 +1246,11 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud)
 {
     struct fl_conn *c = ud;
     struct h2 *h = H(c);
+    if (f->hd.type == NGHTTP2_HEADERS) {
+        struct h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+        if (st)
+            hdrs_returned(st, s == h->cs ? FL_CLIENT : FL_UPSTREAM, f);
+    }
     if (s != h->cs)
         return 0;
     if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code != NGHTTP2_NO_ERROR) {
@@ -1221,6 +1273,19 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud)
         if (st && !st->req_eos)
             nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->cid, NGHTTP2_NO_ERROR);
     }
+    return 0;
+}
+
+/* Without this a dropped frame's lent block would wait for its stream's end. */
+static int on_frame_not_send(nghttp2_session *s, const nghttp2_frame *f, int lib_err, void *ud)
+{
+    struct fl_conn *c = ud;
+    struct h2 *h = H(c);
+    struct h2_stream *st;
+    (void)lib_err;
+    if (f->hd.type == NGHTTP2_HEADERS && !(s == h->us && h->up_dead) &&
+        (st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id)))
+        hdrs_returned(st, s == h->cs ? FL_CLIENT : FL_UPSTREAM, f);
     return 0;
 }
 
@@ -1317,6 +1382,7 @@ static void init_once(void)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame);
     for (int server = 0; server < 2; server++) {
