@@ -403,6 +403,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct fl_conn *c = p->data;
     struct h1_scratch *sc = scratch(c->proto);
+    if (!sc)
+        return 0; /* a trailer field: the head was decided; its bytes pass as body */
     char *d = sc_append(sc, at, len);
     if (!d)
         return -1;
@@ -424,6 +426,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct fl_conn *c = p->data;
     struct h1_scratch *sc = scratch(c->proto);
+    if (!sc)
+        return 0; /* trailer value, see on_header_field */
     if (sc->n_hdrs == 0)
         return 0;
     char *d = sc_append(sc, at, len);
