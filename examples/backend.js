@@ -13,6 +13,7 @@
 //   /sleep?ms=M        responds after M milliseconds
 //   /headers           the request's headers as JSON
 //   /ws                with Upgrade: answers 101, then echoes raw bytes
+//   CONNECT any        answers 200, then echoes raw bytes
 // --tcp-echo PORT adds a raw TCP echo server (same hosts), for non-HTTP passthrough.
 // `node backend.js --gen N SEED` writes the /bytes body to stdout (for checksums).
 'use strict';
@@ -136,6 +137,14 @@ function upgrade(req, sock, head) {
   sock.on('error', () => {});
 }
 
+// CONNECT: answer 200, then echo raw bytes (a stand-in for a tunnel).
+function connect(req, sock, head) {
+  sock.on('error', () => {});
+  sock.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+  if (head && head.length) sock.write(head);
+  sock.pipe(sock);
+}
+
 function listenAll(makeServer, port, hosts, label) {
   const started = [];
   let pending = hosts.length;
@@ -183,11 +192,13 @@ function main(argv) {
   if (hosts.length === 0) { hosts.push('127.0.0.1', '::1'); hosts.implied = true; }
 
   const mkHttp = () => {
-    const s = http.createServer(handle);
+    // Heads up to 96 KiB, so the proxy's 64 KiB limit is what tests see.
+    const s = http.createServer({ maxHeaderSize: 96 * 1024 }, handle);
     s.keepAliveTimeout = 30000;
     s.headersTimeout = 60000;
     s.requestTimeout = 0; // 64 MiB uploads through a slow proxy must not be cut off
     s.on('upgrade', upgrade);
+    s.on('connect', connect);
     s.on('clientError', (err, sock) => {
       if (sock.writable) sock.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
     });
