@@ -220,6 +220,26 @@ int fl_conn_write(struct fl_conn *c, int side, struct fl_chunk *ch, const char *
         return -EPIPE;
     if (len == 0)
         return 0;
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) == 0 &&
+        !(side == FL_UPSTREAM && !s->connected)) {
+        /* Most writes fit in the socket buffer: send now and skip the request,
+         * the chunk reference and the deferred callback. */
+        uv_buf_t tb = uv_buf_init((char *)p, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)&s->tcp, &tb, 1);
+        if (n == (int)len)
+            return 0;
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+        } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+            s->failed = 1;
+            if (side == FL_UPSTREAM)
+                c->ops->upstream_error(c, n);
+            else
+                fl_conn_close(c, 0);
+            return n;
+        }
+    }
     struct fl_wreq *r = wreq_get(c->w);
     if (!r)
         goto nomem;
@@ -339,6 +359,7 @@ int fl_conn_switch(struct fl_conn *c, const struct fl_proto_ops *ops)
 {
     if (c->ops && c->ops->destroy)
         c->ops->destroy(c);
+    uv_timer_stop(&c->timer); /* its callback belonged to the old handler */
     c->proto = NULL;
     c->ops = ops;
     c->switched = 1;

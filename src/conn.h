@@ -55,6 +55,7 @@ struct fl_proto_ops {
 
 extern const struct fl_proto_ops fl_raw_ops;
 extern const struct fl_proto_ops fl_http1_ops;
+extern const struct fl_proto_ops fl_h2_ops; /* h2.c: HTTP/2 and gRPC */
 
 struct fl_side {
     uv_tcp_t tcp;

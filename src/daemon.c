@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "conn.h"
 #include "fault.h"
 #include "faultlog.h"
@@ -142,6 +143,21 @@ static void ttl_cb(uv_timer_t *t)
     fl_daemon_event("\"event\":\"expired\",\"policy\":\"%s\"", D.policy->name);
 }
 
+int fl_daemon_check(const struct fl_policy *p, char *err, size_t errlen)
+{
+    if (p->n_targets) {
+        snprintf(err, errlen, "the policy has 'targets' (transparent mode), which this build "
+                              "does not support yet; use 'listeners' (explicit mode)");
+        return -ENOTSUP;
+    }
+    if (p->n_listeners == 0) {
+        snprintf(err, errlen, "the policy has no 'listeners'; add one (listen: 127.0.0.1:15000, "
+                              "upstream: HOST:PORT)");
+        return -EINVAL;
+    }
+    return 0;
+}
+
 int fl_daemon_apply(struct fl_policy *p, char *err, size_t errlen)
 {
     int e = fl_listeners_apply(&D.w0, p, D.n_workers > 1, err, errlen);
@@ -160,12 +176,31 @@ int fl_daemon_apply(struct fl_policy *p, char *err, size_t errlen)
     return 0;
 }
 
+int fl_daemon_workers(void)
+{
+    return D.n_workers;
+}
+
+unsigned long fl_daemon_active_connections(void)
+{
+    /* Each worker owns its count; a relaxed read of another thread's is enough
+     * for a gauge. */
+    unsigned long n = __atomic_load_n(&D.w0.n_conns, __ATOMIC_RELAXED);
+    for (int i = 1; i < D.n_workers; i++)
+        n += __atomic_load_n(&D.wt[i]->w.n_conns, __ATOMIC_RELAXED);
+    return n;
+}
+
 void fl_daemon_halt(const char *reason)
 {
+    char esc[512];
+    /* The reason may come from an API client: escape it for the JSON event. */
+    size_t n = reason ? fl_json_escape(esc, sizeof(esc), 0, reason, strlen(reason)) : 0;
+    esc[n] = '\0';
     atomic_store(&fl_global.halted, 1);
     fl_warn("injection halted%s%s; resume with 'faultctl resume'", reason ? ": " : "",
             reason ? reason : "");
-    fl_daemon_event("\"event\":\"halt\",\"reason\":\"%s\"", reason ? reason : "");
+    fl_daemon_event("\"event\":\"halt\",\"reason\":\"%s\"", esc);
 }
 
 void fl_daemon_resume(void)
@@ -202,7 +237,8 @@ static void reload_after_cb(uv_work_t *req, int status)
             fl_error("%s", rw->errs.msgs[i]);
         fl_error("reload of %s rejected (%zu error%s); the running policy '%s' stays in force",
                  rw->path, rw->errs.n, rw->errs.n == 1 ? "" : "s", D.policy->name);
-    } else if (fl_daemon_apply(rw->p, err, sizeof(err)) < 0) {
+    } else if (fl_daemon_check(rw->p, err, sizeof(err)) < 0 ||
+               fl_daemon_apply(rw->p, err, sizeof(err)) < 0) {
         fl_error("reload of %s rejected: %s; the running policy stays in force", rw->path, err);
     } else {
         fl_info("reloaded %s: policy '%s', %zu rule%s", rw->path, rw->p->name, rw->p->n_rules,
@@ -282,6 +318,7 @@ static void begin_drain(const char *why)
         return;
     }
     D.draining = 1;
+    fl_admin_stop(); /* event streams end; a second daemon may now take the socket */
     fl_info("%s: no longer accepting; finishing in-flight requests (up to %d ms)", why,
             FL_DRAIN_MS);
     fl_worker_drain(&D.w0);
@@ -387,19 +424,10 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
         return 1;
     }
     fl_policy_errors_free(&errs);
-    if (p->n_targets) {
-        fprintf(stderr, "faultline: %s has 'targets' (transparent mode), which this build "
-                        "does not support yet; use 'listeners' (explicit mode)\n",
-                o->policy_path);
+    if ((e = fl_daemon_check(p, err, sizeof(err))) < 0) {
+        fprintf(stderr, "faultline: %s: %s\n", o->policy_path, err);
         fl_policy_unref(p);
-        return 2;
-    }
-    if (p->n_listeners == 0) {
-        fprintf(stderr, "faultline: %s has no 'listeners'; add one (listen: 127.0.0.1:15000, "
-                        "upstream: HOST:PORT)\n",
-                o->policy_path);
-        fl_policy_unref(p);
-        return 1;
+        return e == -ENOTSUP ? 2 : 1;
     }
     e = fl_faultlog_open(o->fault_log);
     if (e < 0) {
@@ -412,6 +440,17 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
 
     fl_worker_init(&D.w0, D.loop, 0);
     D.n_workers = 1;
+    /* Before the policy's listeners: a second daemon on the same socket is
+     * refused with a message about the socket, not about a busy port. */
+    if (fl_admin_start(D.loop, o->admin_path, o->metrics_listen, err, sizeof(err)) < 0) {
+        fprintf(stderr, "faultline: %s\n", err);
+        fl_worker_fini(&D.w0);
+        fl_policy_unref(p);
+        fl_faultlog_close();
+        uv_run(D.loop, UV_RUN_DEFAULT);
+        uv_loop_close(D.loop);
+        return 1;
+    }
     uv_timer_init(D.loop, &D.ttl_timer);
     uv_timer_init(D.loop, &D.drain_timer);
     uv_signal_init(D.loop, &D.sig_term);
@@ -456,6 +495,7 @@ out:
             wt_post(D.wt[i], NULL, 1, 1);
     }
     stop_workers();
+    fl_admin_stop();
     close_main_handles();
     /* Let pending closes and fault-log writes complete. */
     uv_run(D.loop, UV_RUN_DEFAULT);

@@ -15,6 +15,7 @@ struct fl_daemon_opts {
     const char *policy_path;
     const char *admin_path; /* NULL: default per DESIGN.md 3.2 */
     const char *fault_log;  /* NULL or "-": stdout */
+    const char *metrics_listen; /* NULL, or ADDR:PORT serving only /metrics */
     int workers;
     int no_sockmap;
 };
@@ -30,10 +31,19 @@ uv_loop_t *fl_daemon_loop(void);
 /* The policy in force (borrowed; valid until the next apply). */
 struct fl_policy *fl_daemon_policy(void);
 
+/* Can this build run p (transparent mode, listeners)? Returns 0, or -ENOTSUP /
+ * -EINVAL with err saying why and what to do. Every way in (startup, SIGHUP,
+ * the admin API) asks before applying. */
+int fl_daemon_check(const struct fl_policy *p, char *err, size_t errlen) __attribute__((warn_unused_result));
+
 /* Makes p the policy in force on every worker, atomically: listeners are
  * opened first and nothing changes when that fails (err says why). Takes a
  * reference of its own. Returns 0 or a negative errno. */
 int fl_daemon_apply(struct fl_policy *p, char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* Worker threads running, and client connections open across all of them. */
+int fl_daemon_workers(void);
+unsigned long fl_daemon_active_connections(void);
 
 /* Halts or resumes all injection; reason is logged. */
 void fl_daemon_halt(const char *reason);

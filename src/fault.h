@@ -23,7 +23,7 @@ struct fl_rng {
 
 void fl_rng_seed(struct fl_rng *r, uint64_t seed);
 uint64_t fl_rng_next(struct fl_rng *r);
-/* Uniform in [0, n). */
+/* Uniform in [0, n), without modulo bias; n == 0 means the full 64-bit range. */
 uint64_t fl_rng_below(struct fl_rng *r, uint64_t n);
 
 struct fl_decision {
@@ -48,8 +48,11 @@ extern struct fl_global fl_global;
 
 /* Decides what happens to req, arriving through scope (listener or target name).
  * now_ms is the loop's monotonic time. Fills *d; returns 1 if any fault is to be
- * injected, else 0. When it returns 1 with delay or abort set, the caller must
- * call fl_fault_release() once the fault has completed. */
+ * injected, else 0. When it returns 1, active_faults was raised by one for each
+ * of delay and abort that is set (reset holds nothing): the caller calls
+ * fl_fault_release() once per such kind when that part has completed. When
+ * max_active_faults is reached it returns 0 with d->overflow set and d->rule
+ * naming the rule. */
 int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct fl_request *req,
                     struct fl_rng *rng, uint64_t now_ms, struct fl_decision *d);
 

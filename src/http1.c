@@ -34,6 +34,10 @@
 #define H1_MAX_HEAD FL_CHUNK_CAP /* request head limit (about 64 KiB): 431 above */
 #define H1_MAX_HDRS 100
 #define H1_LINGER_MS 2000
+/* A client must send a whole request head within this time once it started
+ * one (slowloris); an idle keep-alive connection is closed after the other. */
+#define H1_HEADER_TIMEOUT_MS 30000
+#define H1_IDLE_TIMEOUT_MS (15 * 60 * 1000)
 #define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 enum rq_state {
@@ -102,6 +106,7 @@ struct h1 {
     unsigned finishing : 1;
     unsigned wait_upstream : 1; /* a dead upstream handle is closing; dispatch waits */
     unsigned lingering : 1;
+    unsigned resp_until_eof : 1; /* the current response ends with the upstream's FIN */
 };
 
 enum { EV_NONE, EV_HEADERS, EV_DONE, EV_STATUS };
@@ -109,6 +114,7 @@ enum { EV_NONE, EV_HEADERS, EV_DONE, EV_STATUS };
 static const llhttp_settings_t *req_settings(void);
 static const llhttp_settings_t *resp_settings(void);
 static void client_pump(struct fl_conn *c);
+static void release_input(struct h1 *h);
 static void flush_front(struct fl_conn *c);
 
 static struct h1_scratch *scratch(struct h1 *h)
@@ -310,11 +316,39 @@ static void flush_front(struct fl_conn *c)
 
 /* ---- request side ---- */
 
+static void client_timer_cb(uv_timer_t *t)
+{
+    struct fl_conn *c = t->data;
+    struct h1 *h = c->proto;
+    if (c->closing || h->rs != RQ_HEAD || h->lingering)
+        return;
+    if (h->head_bytes > 0 || h->scratch_ch) {
+        char peer[64];
+        fl_addr_str((struct sockaddr *)&c->src, peer, sizeof(peer));
+        fl_warn("request from %s: header section not complete after %d ms; answered 408", peer,
+                H1_HEADER_TIMEOUT_MS);
+        head_release(h);
+        scratch_release(h);
+        release_input(h);
+        push_error(c, 408, "faultline: request header section not received in time\n");
+    } else if (h->sl_count == 0) {
+        fl_conn_close(c, 0);
+    }
+}
+
+/* Arms the header or idle timer for the state the request side is now in. */
+static void arm_client_timer(struct fl_conn *c, int header)
+{
+    uv_timer_start(&c->timer, client_timer_cb, header ? H1_HEADER_TIMEOUT_MS : H1_IDLE_TIMEOUT_MS,
+                   0);
+}
+
 static int on_message_begin(llhttp_t *p)
 {
     struct fl_conn *c = p->data;
     struct h1 *h = c->proto;
     h->seen_request = 1;
+    arm_client_timer(c, 1);
     if (!h->scratch_ch) {
         h->scratch_ch = fl_chunk_get(&c->w->pool);
         if (!h->scratch_ch)
@@ -524,6 +558,8 @@ static void on_head(struct fl_conn *c)
     struct fl_decision d;
     uint8_t method = (uint8_t)h->req.method;
     int keep_alive = llhttp_should_keep_alive(&h->req);
+
+    uv_timer_stop(&c->timer);
 
     if (c->policy != w->policy) {
         fl_policy_unref(c->policy);
@@ -760,6 +796,7 @@ static int on_resp_headers_complete(llhttp_t *p)
         return 2; /* tunnel established: no body, the rest is raw */
     if (s->method == HTTP_HEAD)
         return 1;
+    h->resp_until_eof = llhttp_message_needs_eof(p);
     return 0;
 }
 
@@ -775,6 +812,8 @@ static void response_done(struct fl_conn *c)
     flush_front(c);
     if (c->closing)
         return;
+    if (h->sl_count == 0 && h->rs == RQ_HEAD && h->head_bytes == 0 && !h->in)
+        arm_client_timer(c, 0);
     if (h->in && h->rs == RQ_HEAD)
         client_pump(c);
     else if (c->s[FL_CLIENT].want_read == 0 && h->rs == RQ_HEAD && !h->in) {
@@ -878,11 +917,13 @@ static void h1_data(struct fl_conn *c, int side, struct fl_chunk *ch, size_t off
     }
     if (!h->seen_request && h->head_bytes == 0 && len >= 3 && memcmp(ch->data + off, "PRI", 3) == 0 &&
         memcmp(ch->data + off, H2_PREFACE, len < sizeof(H2_PREFACE) - 1 ? len : sizeof(H2_PREFACE) - 1) == 0) {
-        /* HTTP/2 prior knowledge: not HTTP/1.1. */
-        h->in = fl_chunk_ref(ch);
-        h->in_off = off;
-        h->in_len = off + len;
-        switch_to_raw(c);
+        /* HTTP/2 prior knowledge: the h2 handler takes the connection from
+         * its first byte (nghttp2 checks the rest of the preface). */
+        if (fl_conn_switch(c, &fl_h2_ops) < 0) {
+            fl_conn_close(c, 0);
+            return;
+        }
+        c->ops->data(c, side, ch, off, len);
         return;
     }
     h->in = fl_chunk_ref(ch);
@@ -962,8 +1003,15 @@ static void h1_eof(struct fl_conn *c, int side)
         }
         return;
     }
-    if (h->rs == RQ_RAW || h->client_eof) {
+    if (h->rs == RQ_RAW) {
         fl_conn_shutdown(c, FL_CLIENT);
+        maybe_finish(c);
+        return;
+    }
+    if (h->rs == RQ_DONE || h->client_eof || h->resp_until_eof) {
+        /* The client was told (or told us) this is the last response, or the
+         * response ended with the upstream's FIN: pass the close on. */
+        h->close_after_flush = 1;
         maybe_finish(c);
         return;
     }
@@ -1021,6 +1069,7 @@ static int h1_init(struct fl_conn *c)
     h->resp.data = c;
     h->rs = RQ_HEAD;
     c->proto = h;
+    arm_client_timer(c, 0);
     return 0;
 }
 

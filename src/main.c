@@ -13,12 +13,15 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: faultline run -f POLICY.yaml [--admin PATH] [--fault-log PATH|-] [--workers N]\n"
-            "                     [--no-sockmap] [-v]\n"
+            "                     [--metrics-listen ADDR:PORT] [--no-sockmap] [-v]\n"
             "       faultline validate -f POLICY.yaml\n"
             "       faultline version\n"
             "\n"
             "run       start the fault-injection proxy with the policy (SIGHUP reloads it,\n"
-            "          SIGTERM/SIGINT stop gracefully, SIGUSR1 halts injection, SIGUSR2 resumes)\n"
+            "          SIGTERM/SIGINT stop gracefully, SIGUSR1 halts injection, SIGUSR2 resumes;\n"
+            "          a file named HALT beside the admin socket halts while it exists;\n"
+            "          faultctl talks to the admin socket; --metrics-listen also serves\n"
+            "          /metrics over TCP for Prometheus)\n"
             "validate  check a policy; prints every error as file:line:col: message\n");
 }
 
@@ -62,6 +65,7 @@ static int cmd_run(int argc, char **argv)
     static const struct option opts[] = {{"file", required_argument, NULL, 'f'},
                                          {"admin", required_argument, NULL, 'a'},
                                          {"fault-log", required_argument, NULL, 'l'},
+                                         {"metrics-listen", required_argument, NULL, 'm'},
                                          {"workers", required_argument, NULL, 'w'},
                                          {"no-sockmap", no_argument, NULL, 'S'},
                                          {"verbose", no_argument, NULL, 'v'},
@@ -75,6 +79,7 @@ static int cmd_run(int argc, char **argv)
         case 'f': o.policy_path = optarg; break;
         case 'a': o.admin_path = optarg; break;
         case 'l': o.fault_log = optarg; break;
+        case 'm': o.metrics_listen = optarg; break;
         case 'w':
             o.workers = (int)strtol(optarg, &end, 10);
             if (*end || o.workers < 1 || o.workers > 64) {

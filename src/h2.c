@@ -1,0 +1,1458 @@
+/* h2: HTTP/2 and gRPC proxying with nghttp2. See h2.h for the model.
+ *
+ * Bytes from a socket go into that side's session with nghttp2_session_mem_recv;
+ * frames a session wants to send are collected by send_cb into one pool chunk
+ * per side and written once per pump, so many small frames cost one write.
+ *
+ * A stream (struct h2_stream) lives from the client's HEADERS until both of its
+ * halves (client stream, upstream stream) are closed. DATA is copied into the
+ * stream's FIFO for the other side and leaves it through a NO_COPY data source,
+ * straight into the output chunk; only then is it "consumed" toward the sender,
+ * which is what lets a slow reader stop the other side.
+ */
+#include "h2.h"
+
+#include <errno.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "conn.h"
+#include "fault.h"
+#include "faultlog.h"
+#include "log.h"
+#include "match.h"
+#include "worker.h"
+
+#define H2_FREE_STREAMS 16
+
+enum st_state {
+    ST_HEAD,   /* collecting the request's header block */
+    ST_HOLD,   /* held by a delay */
+    ST_WAITUP, /* waiting for a dead upstream socket to be replaced */
+    ST_UP,     /* forwarded; upstream half exists (or existed) */
+    ST_LOCAL,  /* answered or reset here; request bytes are dropped */
+};
+
+/* Header fields of one block, kept in a pool chunk while the block is
+ * collected and until it has been submitted to the other session (which
+ * copies it). */
+struct h2_hdrs {
+    uint32_t n, used, list_size;
+    nghttp2_nv nv[FL_H2_MAX_HEADERS];
+    uint8_t str[];
+};
+#define H2_HDRS_ROOM (FL_CHUNK_CAP - offsetof(struct h2_hdrs, str))
+_Static_assert(sizeof(struct h2_hdrs) < FL_CHUNK_CAP / 4, "header table too large for a chunk");
+
+/* Bytes waiting for the other side, in pool chunks linked through ch->next.
+ * Never more than the flow-control window granted for them. */
+struct h2_fifo {
+    struct fl_chunk *head, *tail;
+    uint32_t rd; /* read offset in head */
+    size_t len;
+};
+
+struct h2_stream {
+    struct h2_stream *prev, *next; /* all streams of the connection */
+    struct h2_stream *hnext;       /* held streams, by due time */
+    int32_t cid;                   /* stream id toward the client */
+    int32_t uid;                   /* toward the upstream; 0 = none */
+    uint8_t state;
+    unsigned client_open : 1;
+    unsigned up_open : 1;
+    unsigned req_eos : 1;       /* client finished the request */
+    unsigned resp_eos : 1;      /* response complete (upstream or synthetic) */
+    unsigned resp_started : 1;  /* final response headers submitted toward the client */
+    unsigned grpc : 1;
+    unsigned synthetic : 1;     /* response made here: nothing to consume upstream */
+    unsigned head_done : 1;     /* request header block complete; later blocks are trailers */
+    unsigned too_big : 1;       /* request header block beyond the limits: answered 431 */
+    struct fl_chunk *hdrs[2];   /* header block being collected, by side it came from */
+    struct fl_chunk *trailers[2]; /* trailers waiting for the body before them, by side */
+    struct h2_fifo req, resp;
+    struct fl_decision d;
+    struct fl_policy *policy; /* keeps d.rule alive while held */
+    uint64_t due;
+};
+
+struct h2 {
+    nghttp2_session *cs; /* server session, toward the client */
+    nghttp2_session *us; /* client session, toward the upstream; NULL until needed */
+    struct fl_chunk *out[2];
+    struct h2_stream *streams;
+    struct h2_stream *held;
+    struct h2_stream *free_streams;
+    unsigned n_free;
+    unsigned n_streams;
+    uint64_t rst_window_start;
+    unsigned rst_count;
+    uint64_t linger_until; /* closing: deadline for the last bytes to leave */
+    unsigned recycling : 1;   /* the upstream socket is being replaced */
+    unsigned up_dead : 1;     /* h->us is being torn down; ignore its callbacks */
+    unsigned closing : 1;     /* close once the client queue is empty */
+    unsigned warned : 1;      /* one protocol-error line per connection */
+    unsigned pumping : 1;
+    unsigned up_err_pending : 1; /* the upstream failed inside a session call */
+    int up_err;
+    unsigned depth; /* > 0 while inside nghttp2 or our output flush */
+};
+
+static void pump(struct fl_conn *c);
+static void arm_timer(struct fl_conn *c);
+
+static struct h2 *H(struct fl_conn *c)
+{
+    return c->proto;
+}
+
+static const char *peer(struct fl_conn *c, char *buf, unsigned len)
+{
+    return fl_addr_str((struct sockaddr *)&c->src, buf, len);
+}
+
+/* ---- FIFO ---- */
+
+static int fifo_put(struct fl_conn *c, struct h2_fifo *f, const uint8_t *p, size_t n)
+{
+    while (n) {
+        struct fl_chunk *t = f->tail;
+        if (!t || t->len == FL_CHUNK_CAP) {
+            t = fl_chunk_get(&c->w->pool);
+            if (!t)
+                return -ENOMEM;
+            t->len = 0;
+            t->next = NULL;
+            if (f->tail)
+                f->tail->next = t;
+            else
+                f->head = t;
+            f->tail = t;
+        }
+        size_t k = FL_CHUNK_CAP - t->len;
+        if (k > n)
+            k = n;
+        memcpy(t->data + t->len, p, k);
+        t->len += (uint32_t)k;
+        f->len += k;
+        p += k;
+        n -= k;
+    }
+    return 0;
+}
+
+/* Moves n bytes (n <= f->len) from the FIFO to dst, or drops them if dst is NULL. */
+static void fifo_take(struct h2_fifo *f, uint8_t *dst, size_t n)
+{
+    while (n) {
+        struct fl_chunk *h = f->head;
+        size_t k = h->len - f->rd;
+        if (k > n)
+            k = n;
+        if (dst) {
+            memcpy(dst, h->data + f->rd, k);
+            dst += k;
+        }
+        f->rd += (uint32_t)k;
+        f->len -= k;
+        n -= k;
+        if (f->rd == h->len) {
+            f->head = h->next;
+            if (!f->head)
+                f->tail = NULL;
+            f->rd = 0;
+            h->next = NULL;
+            fl_chunk_unref(h);
+        }
+    }
+}
+
+static void fifo_clear(struct h2_fifo *f)
+{
+    if (f->len)
+        fifo_take(f, NULL, f->len);
+    while (f->head) { /* an emptied tail chunk */
+        struct fl_chunk *h = f->head;
+        f->head = h->next;
+        h->next = NULL;
+        fl_chunk_unref(h);
+    }
+    f->tail = NULL;
+    f->rd = 0;
+}
+
+/* ---- output ---- */
+
+static int out_put(struct fl_conn *c, int side, const uint8_t *p, size_t n)
+{
+    struct h2 *h = H(c);
+    while (n) {
+        struct fl_chunk *o = h->out[side];
+        if (!o) {
+            o = h->out[side] = fl_chunk_get(&c->w->pool);
+            if (!o)
+                return -ENOMEM;
+            o->len = 0;
+        }
+        size_t k = FL_CHUNK_CAP - o->len;
+        if (k > n)
+            k = n;
+        memcpy(o->data + o->len, p, k);
+        o->len += (uint32_t)k;
+        p += k;
+        n -= k;
+        if (o->len == FL_CHUNK_CAP) {
+            h->out[side] = NULL;
+            fl_conn_write(c, side, o, o->data, o->len);
+            fl_chunk_unref(o);
+        }
+    }
+    return 0;
+}
+
+static int out_fifo(struct fl_conn *c, int side, struct h2_fifo *f, size_t n)
+{
+    struct h2 *h = H(c);
+    while (n) {
+        struct fl_chunk *o = h->out[side];
+        if (!o) {
+            o = h->out[side] = fl_chunk_get(&c->w->pool);
+            if (!o)
+                return -ENOMEM;
+            o->len = 0;
+        }
+        size_t k = FL_CHUNK_CAP - o->len;
+        if (k > n)
+            k = n;
+        fifo_take(f, (uint8_t *)o->data + o->len, k);
+        o->len += (uint32_t)k;
+        n -= k;
+        if (o->len == FL_CHUNK_CAP) {
+            h->out[side] = NULL;
+            fl_conn_write(c, side, o, o->data, o->len);
+            fl_chunk_unref(o);
+        }
+    }
+    return 0;
+}
+
+static void out_flush(struct fl_conn *c)
+{
+    struct h2 *h = H(c);
+    for (int side = 0; side < 2; side++) {
+        struct fl_chunk *o = h->out[side];
+        if (!o || o->len == 0)
+            continue;
+        h->out[side] = NULL;
+        if (!c->closing)
+            fl_conn_write(c, side, o, o->data, o->len);
+        fl_chunk_unref(o);
+    }
+}
+
+/* ---- header blocks ---- */
+
+static struct h2_hdrs *hdrs_of(struct fl_chunk *ch)
+{
+    return (struct h2_hdrs *)ch->data;
+}
+
+/* Starts collecting a header block into *slot (a fresh pool chunk). */
+static int hdrs_begin(struct fl_conn *c, struct fl_chunk **slot)
+{
+    fl_chunk_unref(*slot);
+    *slot = fl_chunk_get(&c->w->pool);
+    if (!*slot)
+        return -ENOMEM;
+    struct h2_hdrs *hd = hdrs_of(*slot);
+    hd->n = hd->used = hd->list_size = 0;
+    return 0;
+}
+
+/* Where a header block from side goes: the client's request head, else its
+ * trailers; the upstream's response heads, else (no :status) its trailers,
+ * which are told apart once complete. */
+static struct fl_chunk **hdrs_slot(struct h2_stream *st, int side)
+{
+    if (side == FL_CLIENT && st->head_done)
+        return &st->trailers[FL_CLIENT];
+    return &st->hdrs[side];
+}
+
+static void hdrs_drop(struct h2_stream *st, int side)
+{
+    fl_chunk_unref(st->hdrs[side]);
+    st->hdrs[side] = NULL;
+}
+
+/* Returns 0, or -E2BIG when the block exceeds the header list limits. */
+static int hdrs_add(struct h2_hdrs *hd, const uint8_t *name, size_t nl, const uint8_t *value,
+                    size_t vl)
+{
+    /* RFC 9113 6.5.2: each field counts its lengths plus 32. */
+    size_t ls = (size_t)hd->list_size + nl + vl + 32;
+    if (hd->n == FL_H2_MAX_HEADERS || ls > FL_H2_MAX_HEADER_LIST || hd->used + nl + vl > H2_HDRS_ROOM)
+        return -E2BIG;
+    uint8_t *d = hd->str + hd->used;
+    memcpy(d, name, nl);
+    memcpy(d + nl, value, vl);
+    hd->nv[hd->n++] = (nghttp2_nv){d, d + nl, nl, vl, NGHTTP2_NV_FLAG_NONE};
+    hd->used += (uint32_t)(nl + vl);
+    hd->list_size = (uint32_t)ls;
+    return 0;
+}
+
+static const nghttp2_nv *hdrs_find(const struct h2_hdrs *hd, const char *name)
+{
+    size_t nl = strlen(name);
+    for (uint32_t i = 0; i < hd->n; i++)
+        if (hd->nv[i].namelen == nl && memcmp(hd->nv[i].name, name, nl) == 0)
+            return &hd->nv[i];
+    return NULL;
+}
+
+/* ---- streams ---- */
+
+static struct h2_stream *stream_new(struct fl_conn *c, int32_t cid)
+{
+    struct h2 *h = H(c);
+    struct h2_stream *st = h->free_streams;
+    if (st) {
+        h->free_streams = st->next;
+        h->n_free--;
+    } else {
+        st = malloc(sizeof(*st));
+        if (!st)
+            return NULL;
+    }
+    memset(st, 0, sizeof(*st));
+    st->cid = cid;
+    st->client_open = 1;
+    st->state = ST_HEAD;
+    st->next = h->streams;
+    if (h->streams)
+        h->streams->prev = st;
+    h->streams = st;
+    h->n_streams++;
+    return st;
+}
+
+static void held_remove(struct h2 *h, struct h2_stream *st)
+{
+    for (struct h2_stream **pp = &h->held; *pp; pp = &(*pp)->hnext) {
+        if (*pp == st) {
+            *pp = st->hnext;
+            st->hnext = NULL;
+            return;
+        }
+    }
+}
+
+/* Releases the fault accounting a held stream still owns. */
+static void held_release(struct fl_conn *c, struct h2_stream *st)
+{
+    if (st->state != ST_HOLD)
+        return;
+    held_remove(H(c), st);
+    fl_fault_release();
+    if (st->d.abort)
+        fl_fault_release();
+    st->state = ST_LOCAL;
+}
+
+/* Frees st once neither session refers to it any more. Bytes still buffered
+ * were received and never forwarded: give their window back so the
+ * connection-level window does not shrink. */
+static void stream_maybe_free(struct fl_conn *c, struct h2_stream *st)
+{
+    struct h2 *h = H(c);
+    if (st->client_open || st->up_open)
+        return;
+    held_release(c, st);
+    if (st->req.len && h->cs)
+        nghttp2_session_consume_connection(h->cs, st->req.len);
+    if (st->resp.len && h->us && !h->up_dead && !st->synthetic)
+        nghttp2_session_consume_connection(h->us, st->resp.len);
+    fifo_clear(&st->req);
+    fifo_clear(&st->resp);
+    for (int i = 0; i < 2; i++) {
+        fl_chunk_unref(st->hdrs[i]);
+        fl_chunk_unref(st->trailers[i]);
+    }
+    fl_policy_unref(st->policy);
+    if (st->prev)
+        st->prev->next = st->next;
+    else
+        h->streams = st->next;
+    if (st->next)
+        st->next->prev = st->prev;
+    h->n_streams--;
+    if (h->n_free < H2_FREE_STREAMS) {
+        st->next = h->free_streams;
+        h->free_streams = st;
+        h->n_free++;
+    } else {
+        free(st);
+    }
+}
+
+/* Drops the request bytes of a stream answered here, giving their window back. */
+static void drop_request(struct fl_conn *c, struct h2_stream *st)
+{
+    struct h2 *h = H(c);
+    if (st->req.len)
+        nghttp2_session_consume(h->cs, st->cid, st->req.len);
+    fifo_clear(&st->req);
+    hdrs_drop(st, FL_CLIENT);
+    fl_chunk_unref(st->trailers[FL_CLIENT]);
+    st->trailers[FL_CLIENT] = NULL;
+}
+
+/* ---- data sources ---- */
+
+/* Both directions use this: the FIFO and trailers named by the side the bytes
+ * go to. Returns how much to put in the next DATA frame without copying. */
+static ssize_t read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t length,
+                       uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    struct fl_conn *c = ud;
+    struct h2 *h = H(c);
+    struct h2_stream *st = src->ptr;
+    int to = s == h->cs ? FL_CLIENT : FL_UPSTREAM;
+    struct h2_fifo *f = to == FL_CLIENT ? &st->resp : &st->req;
+    int eos = to == FL_CLIENT ? st->resp_eos : st->req_eos;
+    (void)buf;
+    (void)id;
+
+    size_t n = f->len < length ? f->len : length;
+    if (n == 0 && !eos)
+        return NGHTTP2_ERR_DEFERRED;
+    if (n)
+        *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (eos && n == f->len) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        /* The trailers come from the opposite side's block. */
+        struct fl_chunk *t = st->trailers[!to];
+        if (t) {
+            struct h2_hdrs *hd = hdrs_of(t);
+            if (nghttp2_submit_trailer(s, id, hd->nv, hd->n) == 0)
+                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            st->trailers[!to] = NULL;
+            fl_chunk_unref(t);
+        }
+    }
+    return (ssize_t)n;
+}
+
+static int send_data_cb(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd,
+                        size_t length, nghttp2_data_source *src, void *ud)
+{
+    struct fl_conn *c = ud;
+    struct h2 *h = H(c);
+    struct h2_stream *st = src->ptr;
+    int to = s == h->cs ? FL_CLIENT : FL_UPSTREAM;
+    struct h2_fifo *f = to == FL_CLIENT ? &st->resp : &st->req;
+    static const uint8_t zeros[256];
+
+    if (out_put(c, to, framehd, 9) < 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (frame->data.padlen > 0) {
+        uint8_t pl = (uint8_t)(frame->data.padlen - 1);
+        out_put(c, to, &pl, 1);
+    }
+    if (out_fifo(c, to, f, length) < 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (frame->data.padlen > 1)
+        out_put(c, to, zeros, frame->data.padlen - 1);
+    /* The bytes are on their way: let the sender send as many more. */
+    if (to == FL_CLIENT) {
+        if (!st->synthetic && h->us && !h->up_dead)
+            nghttp2_session_consume(h->us, st->uid, length);
+    } else {
+        nghttp2_session_consume(h->cs, st->cid, length);
+    }
+    return 0;
+}
+
+static int send_cb_common(struct fl_conn *c, int side, const uint8_t *data, size_t len)
+{
+    return out_put(c, side, data, len) < 0 ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+}
+
+static ssize_t send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *ud)
+{
+    struct fl_conn *c = ud;
+    (void)flags;
+    int e = send_cb_common(c, s == H(c)->cs ? FL_CLIENT : FL_UPSTREAM, data, len);
+    return e ? e : (ssize_t)len;
+}
+
+/* ---- answers made here ---- */
+
+/* gRPC's grpc-message is percent-encoded (PROTOCOL-HTTP2.md). */
+static size_t pct_encode(char *out, size_t cap, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (size_t i = 0; i < len && o + 4 < cap; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch <= 0x7e && ch != '%') {
+            out[o++] = (char)ch;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[ch >> 4];
+            out[o++] = hex[ch & 15];
+        }
+    }
+    return o;
+}
+
+#define NV(n, v, vl) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl), NGHTTP2_NV_FLAG_NONE}
+
+/* Answers st toward the client and stops forwarding its request.
+ * grpc_status >= 0 makes a trailers-only gRPC response; otherwise an HTTP
+ * response with status, body and extra headers. rule names the injecting
+ * rule for the marker header, or NULL for the proxy's own errors.
+ * Returns 0 or a negative errno (the stream is then reset). */
+static int answer(struct fl_conn *c, struct h2_stream *st, int status, int grpc_status,
+                  const char *msg, const struct fl_kv *extra, size_t n_extra, const char *body,
+                  size_t body_len, const char *rule)
+{
+    struct h2 *h = H(c);
+    nghttp2_nv nv[8 + 32];
+    size_t n = 0;
+    char sbuf[12], gbuf[12], clen[24], mbuf[1024];
+    char lname[32][64];
+
+    drop_request(c, st);
+    fifo_clear(&st->resp);
+    st->state = ST_LOCAL;
+    st->synthetic = 1;
+    st->resp_eos = 1;
+    st->resp_started = 1;
+    if (grpc_status >= 0) {
+        snprintf(gbuf, sizeof(gbuf), "%d", grpc_status);
+        nv[n++] = (nghttp2_nv)NV(":status", "200", 3);
+        nv[n++] = (nghttp2_nv)NV("content-type", "application/grpc", 16);
+        nv[n++] = (nghttp2_nv)NV("grpc-status", gbuf, strlen(gbuf));
+        if (msg && *msg) {
+            size_t ml = pct_encode(mbuf, sizeof(mbuf), msg, strlen(msg));
+            nv[n++] = (nghttp2_nv)NV("grpc-message", mbuf, ml);
+        }
+        body_len = 0;
+    } else {
+        int has_ct = 0;
+        snprintf(sbuf, sizeof(sbuf), "%d", status);
+        nv[n++] = (nghttp2_nv)NV(":status", sbuf, strlen(sbuf));
+        for (size_t i = 0; i < n_extra; i++)
+            if (strcasecmp(extra[i].name, "content-type") == 0)
+                has_ct = 1;
+        if (body_len && !has_ct)
+            nv[n++] = (nghttp2_nv)NV("content-type", "text/plain", 10);
+        snprintf(clen, sizeof(clen), "%zu", body_len);
+        nv[n++] = (nghttp2_nv)NV("content-length", clen, strlen(clen));
+    }
+    if (rule)
+        nv[n++] = (nghttp2_nv){(uint8_t *)"x-faultline-injected", (uint8_t *)rule, 20, strlen(rule),
+                               NGHTTP2_NV_FLAG_NONE};
+    /* HTTP/2 field names are lower case; policies may spell them otherwise. */
+    for (size_t i = 0; i < n_extra && i < 32; i++) {
+        size_t nl = strlen(extra[i].name);
+        if (nl >= sizeof(lname[i]))
+            continue;
+        for (size_t k = 0; k < nl; k++)
+            lname[i][k] = (char)(extra[i].name[k] >= 'A' && extra[i].name[k] <= 'Z'
+                                     ? extra[i].name[k] + 32
+                                     : extra[i].name[k]);
+        nv[n++] = (nghttp2_nv){(uint8_t *)lname[i], (uint8_t *)extra[i].value, nl,
+                               strlen(extra[i].value), NGHTTP2_NV_FLAG_NONE};
+    }
+    int e = 0;
+    if (body_len) {
+        e = fifo_put(c, &st->resp, (const uint8_t *)body, body_len);
+        if (e == 0) {
+            nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_cb};
+            e = nghttp2_submit_response(h->cs, st->cid, nv, n, &prd);
+        }
+    } else {
+        e = nghttp2_submit_response(h->cs, st->cid, nv, n, NULL);
+    }
+    if (e != 0) {
+        nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, NGHTTP2_INTERNAL_ERROR);
+        return -EIO;
+    }
+    return 0;
+}
+
+/* The upstream could not take the stream: 502 for HTTP/2, UNAVAILABLE for gRPC,
+ * as a direct client would see a refused connection. */
+static void answer_unreachable(struct fl_conn *c, struct h2_stream *st, const char *why)
+{
+    char up[64], msg[256];
+    fl_addr_str((struct sockaddr *)&c->dst, up, sizeof(up));
+    snprintf(msg, sizeof(msg), "faultline: upstream %s (listener '%s'): %s\n", up, c->scope, why);
+    if (st->grpc)
+        (void)answer(c, st, 0, 14, msg, NULL, 0, NULL, 0, NULL);
+    else
+        (void)answer(c, st, 502, -1, NULL, NULL, 0, msg, strlen(msg), NULL);
+}
+
+/* ---- upstream session ---- */
+
+static nghttp2_session_callbacks *callbacks(void);
+static nghttp2_option *options(int server);
+static void upstream_recycled(struct fl_conn *c);
+
+static int upstream_session(struct fl_conn *c)
+{
+    struct h2 *h = H(c);
+    if (h->us)
+        return 0;
+    int e = nghttp2_session_client_new2(&h->us, callbacks(), c, options(0));
+    if (e != 0)
+        return -ENOMEM;
+    h->up_dead = 0;
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, FL_H2_STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, FL_H2_MAX_HEADER_LIST},
+    };
+    nghttp2_submit_settings(h->us, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
+    nghttp2_session_set_local_window_size(h->us, NGHTTP2_FLAG_NONE, 0, FL_H2_CONN_WINDOW);
+    e = fl_conn_connect_upstream(c);
+    if (e < 0) {
+        /* Nothing rides on the new session yet: drop it, and the socket with it. */
+        nghttp2_session_del(h->us);
+        h->us = NULL;
+        if (c->s[FL_UPSTREAM].open) {
+            h->recycling = 1;
+            fl_conn_recycle_upstream(c, upstream_recycled);
+        }
+        return e;
+    }
+    return 0;
+}
+
+/* Sends st's request upstream (after the rules let it pass). */
+static void go_upstream(struct fl_conn *c, struct h2_stream *st)
+{
+    struct h2 *h = H(c);
+    if (h->recycling) {
+        st->state = ST_WAITUP;
+        return;
+    }
+    int e = upstream_session(c);
+    if (e < 0) {
+        answer_unreachable(c, st, uv_strerror(e));
+        return;
+    }
+    struct h2_hdrs *hd = hdrs_of(st->hdrs[FL_CLIENT]);
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_cb};
+    int body = !st->req_eos || st->req.len || st->trailers[FL_CLIENT];
+    int32_t uid = nghttp2_submit_request(h->us, NULL, hd->nv, hd->n, body ? &prd : NULL, st);
+    hdrs_drop(st, FL_CLIENT);
+    if (uid < 0) {
+        /* The upstream said GOAWAY: the client may retry elsewhere. */
+        st->state = ST_LOCAL;
+        drop_request(c, st);
+        nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, NGHTTP2_REFUSED_STREAM);
+        return;
+    }
+    st->uid = uid;
+    st->up_open = 1;
+    st->state = ST_UP;
+}
+
+/* The upstream socket failed or closed: streams it carried fail (answered if
+ * nothing was sent yet, reset otherwise); the session goes and the next
+ * stream dials a new socket. */
+static void upstream_recycled(struct fl_conn *c)
+{
+    struct h2 *h = H(c);
+    h->recycling = 0;
+    for (struct h2_stream *st = h->streams; st && !c->closing; st = st->next)
+        if (st->state == ST_WAITUP)
+            go_upstream(c, st);
+    pump(c);
+}
+
+static void upstream_gone(struct fl_conn *c, int err)
+{
+    struct h2 *h = H(c);
+    char up[64];
+    int failed = 0;
+
+    for (struct h2_stream *st = h->streams, *next; st; st = next) {
+        next = st->next;
+        if (!st->up_open)
+            continue;
+        st->up_open = 0;
+        st->uid = 0;
+        failed++;
+        if (st->client_open) {
+            if (!st->resp_started) {
+                answer_unreachable(c, st, err ? uv_strerror(err) : "closed the connection");
+            } else if (!st->resp_eos) {
+                fifo_clear(&st->resp);
+                nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid,
+                                          NGHTTP2_INTERNAL_ERROR);
+            }
+        }
+        stream_maybe_free(c, st);
+    }
+    if (failed) {
+        fl_addr_str((struct sockaddr *)&c->dst, up, sizeof(up));
+        fl_warn("conn %llu: upstream %s (listener '%s') %s with %d stream(s) open",
+                (unsigned long long)c->id, up, c->scope,
+                err ? uv_strerror(err) : "closed the connection", failed);
+    }
+    if (h->us) {
+        h->up_dead = 1;
+        nghttp2_session_del(h->us);
+        h->us = NULL;
+        h->up_dead = 0;
+    }
+    fl_chunk_unref(h->out[FL_UPSTREAM]);
+    h->out[FL_UPSTREAM] = NULL;
+    if (c->s[FL_UPSTREAM].open) {
+        h->recycling = 1;
+        fl_conn_recycle_upstream(c, upstream_recycled);
+    }
+    pump(c);
+}
+
+/* ---- faults ---- */
+
+static void log_fault(struct fl_conn *c, struct h2_stream *st, enum fl_fault_kind kind,
+                      const struct fl_request *rq)
+{
+    const struct fl_rule *r = st->d.rule;
+    struct fl_fault_event ev = {
+        .policy = st->policy->name,
+        .rule = r->name,
+        .kind = kind,
+        .delay_ms = kind == FL_FAULT_DELAY ? st->d.delay_ms : 0,
+        .status = 0,
+        .grpc_status = -1,
+        .req = rq,
+        .src = (const struct sockaddr *)&c->src,
+        .dst = (const struct sockaddr *)&c->dst,
+        .conn = c->id,
+    };
+    if (kind == FL_FAULT_ABORT) {
+        if (st->grpc && r->abort.grpc_status >= 0)
+            ev.grpc_status = r->abort.grpc_status;
+        else
+            ev.status = r->abort.status ? r->abort.status : 503;
+    }
+    fl_faultlog_emit(&c->w->log, &ev);
+}
+
+static void do_abort(struct fl_conn *c, struct h2_stream *st)
+{
+    const struct fl_rule *r = st->d.rule;
+    const struct fl_abort *a = &r->abort;
+    if (st->grpc && a->grpc_status >= 0)
+        (void)answer(c, st, 0, a->grpc_status, a->message, a->headers, a->n_headers, NULL, 0,
+                     r->name);
+    else
+        (void)answer(c, st, a->status ? a->status : 503, -1, NULL, a->headers, a->n_headers,
+                     a->body, a->body_len, r->name);
+    fl_fault_release();
+}
+
+/* Describes the request for the rules. hd must outlive rq; fields points at
+ * caller storage for FL_H2_MAX_HEADERS entries. */
+static void fill_request(struct h2_stream *st, const struct h2_hdrs *hd, struct fl_request *rq,
+                         struct fl_hdr *fields)
+{
+    memset(rq, 0, sizeof(*rq));
+    size_t nf = 0;
+    for (uint32_t i = 0; i < hd->n; i++) {
+        const nghttp2_nv *nv = &hd->nv[i];
+        const char *name = (const char *)nv->name;
+        if (nv->namelen && name[0] == ':') {
+            if (nv->namelen == 7 && memcmp(name, ":method", 7) == 0) {
+                rq->method_str = (const char *)nv->value;
+                rq->method_len = nv->valuelen;
+            } else if (nv->namelen == 5 && memcmp(name, ":path", 5) == 0) {
+                rq->path = (const char *)nv->value;
+                rq->target_len = nv->valuelen;
+            } else if (nv->namelen == 10 && memcmp(name, ":authority", 10) == 0) {
+                rq->authority = (const char *)nv->value;
+                rq->authority_len = nv->valuelen;
+            }
+            continue;
+        }
+        if (nv->namelen == 4 && memcmp(name, "host", 4) == 0 && !rq->authority) {
+            rq->authority = (const char *)nv->value;
+            rq->authority_len = nv->valuelen;
+        }
+        if (nv->namelen == 12 && memcmp(name, "content-type", 12) == 0 && nv->valuelen >= 16 &&
+            memcmp(nv->value, "application/grpc", 16) == 0)
+            st->grpc = 1;
+        fields[nf++] = (struct fl_hdr){name, nv->namelen, (const char *)nv->value, nv->valuelen};
+    }
+    rq->headers = fields;
+    rq->n_headers = nf;
+    if (!rq->method_str) {
+        rq->method_str = "";
+    }
+    rq->method = fl_method_from_str(rq->method_str, rq->method_len);
+    if (!rq->path)
+        rq->path = "";
+    const char *q = memchr(rq->path, '?', rq->target_len);
+    rq->path_len = q ? (size_t)(q - rq->path) : rq->target_len;
+    rq->proto = st->grpc ? FL_PROTO_GRPC : FL_PROTO_H2;
+    if (st->grpc && fl_request_set_grpc_path(rq) < 0) {
+        rq->grpc_service = NULL;
+        rq->grpc_method = NULL;
+    }
+}
+
+static void hold(struct fl_conn *c, struct h2_stream *st)
+{
+    struct h2 *h = H(c);
+    st->state = ST_HOLD;
+    st->due = fl_worker_now(c->w) + st->d.delay_ms;
+    struct h2_stream **pp = &h->held;
+    while (*pp && (*pp)->due <= st->due)
+        pp = &(*pp)->hnext;
+    st->hnext = *pp;
+    *pp = st;
+    arm_timer(c);
+}
+
+/* The request's header block is complete: decide its fate. */
+static void request_ready(struct fl_conn *c, struct h2_stream *st)
+{
+    struct h2 *h = H(c);
+    struct fl_worker *w = c->w;
+    struct fl_request rq;
+    struct fl_hdr fields[FL_H2_MAX_HEADERS];
+
+    if (c->policy != w->policy) {
+        fl_policy_unref(c->policy);
+        c->policy = fl_policy_ref(w->policy);
+    }
+    fill_request(st, hdrs_of(st->hdrs[FL_CLIENT]), &rq, fields);
+    if (!c->policy ||
+        !fl_fault_decide(c->policy, c->scope, &rq, &w->rng, fl_worker_now(w), &st->d)) {
+        go_upstream(c, st);
+        return;
+    }
+    st->policy = fl_policy_ref(c->policy);
+    if (st->d.reset) {
+        log_fault(c, st, FL_FAULT_RESET, &rq);
+        st->state = ST_LOCAL;
+        drop_request(c, st);
+        nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    if (st->d.delay)
+        log_fault(c, st, FL_FAULT_DELAY, &rq);
+    if (st->d.abort)
+        log_fault(c, st, FL_FAULT_ABORT, &rq);
+    if (st->d.delay) {
+        hold(c, st);
+        return;
+    }
+    do_abort(c, st);
+}
+
+static void timer_cb(uv_timer_t *t)
+{
+    struct fl_conn *c = t->data;
+    struct h2 *h = H(c);
+    uint64_t now = fl_worker_now(c->w);
+    if (c->closing)
+        return;
+    if (h->linger_until && now >= h->linger_until) {
+        fl_conn_close(c, 0);
+        return;
+    }
+    while (h->held && h->held->due <= now && !c->closing) {
+        struct h2_stream *st = h->held;
+        h->held = st->hnext;
+        st->hnext = NULL;
+        fl_fault_release(); /* the delay's share; do_abort releases the abort's */
+        if (st->d.abort) {
+            do_abort(c, st);
+        } else {
+            go_upstream(c, st);
+        }
+    }
+    arm_timer(c);
+    pump(c);
+}
+
+static void arm_timer(struct fl_conn *c)
+{
+    struct h2 *h = H(c);
+    uint64_t next = UINT64_MAX;
+    if (h->held)
+        next = h->held->due;
+    if (h->linger_until && h->linger_until < next)
+        next = h->linger_until;
+    if (next == UINT64_MAX) {
+        uv_timer_stop(&c->timer);
+        return;
+    }
+    uint64_t now = fl_worker_now(c->w);
+    uv_timer_start(&c->timer, timer_cb, next > now ? next - now : 0, 0);
+}
+
+/* ---- session callbacks ---- */
+
+static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    struct fl_conn *c = ud;
+    struct h2 *h = H(c);
+    if (f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    int side = s == h->cs ? FL_CLIENT : FL_UPSTREAM;
+    if (side == FL_UPSTREAM && h->up_dead)
+        return 0;
+    struct h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (side == FL_CLIENT && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        st = stream_new(c, f->hd.stream_id);
+        if (!st)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        nghttp2_session_set_stream_user_data(s, f->hd.stream_id, st);
+    }
+    if (!st || hdrs_begin(c, hdrs_slot(st, side)) < 0)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    return 0;
+}
+
+static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nl,
+                     const uint8_t *value, size_t vl, uint8_t flags, void *ud)
+{
+    struct fl_conn *c = ud;
+    struct h2 *h = H(c);
+    (void)flags;
+    if (f->hd.type != NGHTTP2_HEADERS || h->up_dead)
+        return 0;
+    int side = s == h->cs ? FL_CLIENT : FL_UPSTREAM;
+    struct h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (!st)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    struct fl_chunk **slot = hdrs_slot(st, side);
+    if (side == FL_CLIENT && st->too_big)
+        return 0;
+    if (!*slot)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (hdrs_add(hdrs_of(*slot), name, nl, value, vl) == 0)
+        return 0;
+    /* Beyond SETTINGS_MAX_HEADER_LIST_SIZE: that stream only. A request head
+     * is answered 431 once complete; anything else resets the stream. */
+    if (side == FL_CLIENT && !st->head_done) {
+        st->too_big = 1;
+        return 0;
+    }
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+}
+
+static void resume(nghttp2_session *s, int32_t id)
+{
+    if (s && id > 0)
+        nghttp2_session_resume_data(s, id);
+}
+
+/* A header block from the client after the request: trailers, already in
+ * trailers[FL_CLIENT]; they follow the body upstream (read_cb). */
+static void client_trailers(struct fl_conn *c, struct h2_stream *st)
+{
+    struct h2 *h = H(c);
+    st->req_eos = 1;
+    if (st->state == ST_LOCAL) {
+        fl_chunk_unref(st->trailers[FL_CLIENT]);
+        st->trailers[FL_CLIENT] = NULL;
+        return;
+    }
+    if (st->state == ST_UP)
+        resume(h->us, st->uid);
+}
+
+static void upstream_headers(struct fl_conn *c, struct h2_stream *st, const nghttp2_frame *f)
+{
+    struct h2 *h = H(c);
+    struct h2_hdrs *hd = hdrs_of(st->hdrs[FL_UPSTREAM]);
+    const nghttp2_nv *status = hdrs_find(hd, ":status");
+    int eos = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+
+    if (!st->client_open || st->state != ST_UP) {
+        hdrs_drop(st, FL_UPSTREAM);
+        return;
+    }
+    if (status && !st->resp_started) {
+        if (status->valuelen == 3 && status->value[0] == '1') {
+            /* Interim (1xx): forward; the final response follows. */
+            nghttp2_submit_headers(h->cs, NGHTTP2_FLAG_NONE, st->cid, NULL, hd->nv, hd->n, NULL);
+            hdrs_drop(st, FL_UPSTREAM);
+            return;
+        }
+        st->resp_started = 1;
+        st->resp_eos = eos;
+        nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_cb};
+        if (nghttp2_submit_response(h->cs, st->cid, hd->nv, hd->n, eos ? NULL : &prd) != 0)
+            nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, NGHTTP2_INTERNAL_ERROR);
+        hdrs_drop(st, FL_UPSTREAM);
+        return;
+    }
+    /* Trailers: sent after the body before them (read_cb). */
+    st->resp_eos = 1;
+    fl_chunk_unref(st->trailers[FL_UPSTREAM]);
+    st->trailers[FL_UPSTREAM] = st->hdrs[FL_UPSTREAM];
+    st->hdrs[FL_UPSTREAM] = NULL;
+    resume(h->cs, st->cid);
+}
+
+static void protocol_warn(struct fl_conn *c, const char *what, const char *detail)
+{
+    struct h2 *h = H(c);
+    char p[64];
+    if (h->warned)
+        return;
+    h->warned = 1;
+    fl_warn("conn %llu: HTTP/2 client %s: %s%s%s; closing the connection",
+            (unsigned long long)c->id, peer(c, p, sizeof(p)), what, detail ? ": " : "",
+            detail ? detail : "");
+}
+
+/* Ends the connection: GOAWAY with code to the client, then close once it is
+ * written (or after FL_H2_LINGER_MS). */
+static void go_away(struct fl_conn *c, uint32_t code)
+{
+    struct h2 *h = H(c);
+    if (h->closing)
+        return;
+    h->closing = 1;
+    nghttp2_session_terminate_session(h->cs, code);
+    h->linger_until = fl_worker_now(c->w) + FL_H2_LINGER_MS;
+    arm_timer(c);
+}
+
+static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    struct fl_conn *c = ud;
+    struct h2 *h = H(c);
+    int eos = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    struct h2_stream *st =
+        f->hd.stream_id ? nghttp2_session_get_stream_user_data(s, f->hd.stream_id) : NULL;
+
+    if (s == h->cs) {
+        switch (f->hd.type) {
+        case NGHTTP2_HEADERS:
+            if (!st)
+                return 0;
+            if (f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+                st->req_eos = eos;
+                st->head_done = 1;
+                if (st->too_big) {
+                    char p[64];
+                    hdrs_drop(st, FL_CLIENT);
+                    fl_warn("conn %llu: HTTP/2 request from %s: header list exceeds %d bytes or "
+                            "%d fields; answered 431",
+                            (unsigned long long)c->id, peer(c, p, sizeof(p)),
+                            FL_H2_MAX_HEADER_LIST, FL_H2_MAX_HEADERS);
+                    (void)answer(c, st, 431, -1, NULL, NULL, 0, NULL, 0, NULL);
+                    return 0;
+                }
+                if (st->hdrs[FL_CLIENT])
+                    request_ready(c, st);
+            } else {
+                client_trailers(c, st);
+            }
+            return 0;
+        case NGHTTP2_DATA:
+            if (st && eos) {
+                st->req_eos = 1;
+                if (st->state == ST_UP)
+                    resume(h->us, st->uid);
+            }
+            return 0;
+        case NGHTTP2_RST_STREAM: {
+            uint64_t now = fl_worker_now(c->w);
+            if (now - h->rst_window_start >= FL_H2_RST_WINDOW_MS) {
+                h->rst_window_start = now;
+                h->rst_count = 0;
+            }
+            if (++h->rst_count > FL_H2_RST_MAX && !h->closing) {
+                char detail[96];
+                snprintf(detail, sizeof(detail), "more than %d stream resets within %d ms",
+                         FL_H2_RST_MAX, FL_H2_RST_WINDOW_MS);
+                protocol_warn(c, "rapid reset", detail);
+                go_away(c, NGHTTP2_ENHANCE_YOUR_CALM);
+            }
+            return 0;
+        }
+        case NGHTTP2_GOAWAY:
+            /* The client opens no more streams; tell the upstream likewise. */
+            if (h->us && !h->up_dead)
+                nghttp2_submit_goaway(h->us, NGHTTP2_FLAG_NONE, 0, f->goaway.error_code, NULL, 0);
+            return 0;
+        default:
+            return 0;
+        }
+    }
+    if (h->up_dead)
+        return 0;
+    switch (f->hd.type) {
+    case NGHTTP2_HEADERS:
+        if (st && st->hdrs[FL_UPSTREAM])
+            upstream_headers(c, st, f);
+        return 0;
+    case NGHTTP2_DATA:
+        if (st && eos) {
+            st->resp_eos = 1;
+            resume(h->cs, st->cid);
+        }
+        return 0;
+    case NGHTTP2_GOAWAY:
+        /* Streams above last_stream_id are closed by nghttp2 with
+         * REFUSED_STREAM and reset toward the client, which may retry them. */
+        nghttp2_submit_goaway(h->cs, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->cs),
+                              f->goaway.error_code, NULL, 0);
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *ud)
+{
+    struct fl_conn *c = ud;
+    struct h2 *h = H(c);
+    struct h2_stream *st = nghttp2_session_get_stream_user_data(s, id);
+    (void)flags;
+    if (s == h->cs) {
+        if (!st || st->state == ST_LOCAL || (st->state == ST_UP && !st->up_open)) {
+            nghttp2_session_consume(s, id, len);
+            return 0;
+        }
+        if (fifo_put(c, &st->req, data, len) < 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        if (st->state == ST_UP)
+            resume(h->us, st->uid);
+        return 0;
+    }
+    if (h->up_dead)
+        return 0;
+    if (!st || !st->client_open || st->state != ST_UP) {
+        nghttp2_session_consume(s, id, len);
+        return 0;
+    }
+    if (fifo_put(c, &st->resp, data, len) < 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    resume(h->cs, st->cid);
+    return 0;
+}
+
+static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    struct fl_conn *c = ud;
+    struct h2 *h = H(c);
+    if (s != h->cs)
+        return 0;
+    if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code != NGHTTP2_NO_ERROR) {
+        char detail[64];
+        snprintf(detail, sizeof(detail), "sent GOAWAY(%s)",
+                 nghttp2_http2_strerror(f->goaway.error_code));
+        protocol_warn(c, "protocol error", detail);
+        if (!h->closing) {
+            h->closing = 1;
+            h->linger_until = fl_worker_now(c->w) + FL_H2_LINGER_MS;
+            arm_timer(c);
+        }
+        return 0;
+    }
+    if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
+        (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        struct h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+        /* RFC 9113 8.1: a complete response before the complete request: tell
+         * the client to stop sending. */
+        if (st && !st->req_eos)
+            nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->cid, NGHTTP2_NO_ERROR);
+    }
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t err, void *ud)
+{
+    struct fl_conn *c = ud;
+    struct h2 *h = H(c);
+    struct h2_stream *st = nghttp2_session_get_stream_user_data(s, id);
+    if (!st)
+        return 0;
+    if (s == h->cs) {
+        st->client_open = 0;
+        held_release(c, st);
+        if (st->up_open && h->us && !h->up_dead &&
+            !(st->resp_eos && st->req_eos && !st->req.len && !st->trailers[FL_CLIENT]))
+            nghttp2_submit_rst_stream(h->us, NGHTTP2_FLAG_NONE, st->uid,
+                                      err == NGHTTP2_NO_ERROR ? NGHTTP2_CANCEL : err);
+        stream_maybe_free(c, st);
+        return 0;
+    }
+    if (h->up_dead)
+        return 0;
+    nghttp2_session_set_stream_user_data(s, id, NULL);
+    st->up_open = 0;
+    if (st->client_open && err != NGHTTP2_NO_ERROR) {
+        fifo_clear(&st->resp);
+        nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, err);
+    } else if (st->client_open && !st->resp_eos) {
+        /* Closed without a complete response. */
+        fifo_clear(&st->resp);
+        nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, NGHTTP2_INTERNAL_ERROR);
+    }
+    stream_maybe_free(c, st);
+    return 0;
+}
+
+static int on_invalid_frame(nghttp2_session *s, const nghttp2_frame *f, int lib_err, void *ud)
+{
+    struct fl_conn *c = ud;
+    char p[64];
+    if (s == H(c)->cs)
+        fl_debug("conn %llu: invalid frame type %u on stream %d from %s: %s",
+                 (unsigned long long)c->id, f->hd.type, f->hd.stream_id, peer(c, p, sizeof(p)),
+                 nghttp2_strerror(lib_err));
+    return 0;
+}
+
+static nghttp2_session_callbacks *cbs;
+static nghttp2_option *opts[2];
+
+static void init_once(void)
+{
+    nghttp2_session_callbacks_new(&cbs);
+    nghttp2_session_callbacks_set_send_callback(cbs, send_cb);
+    nghttp2_session_callbacks_set_send_data_callback(cbs, send_data_cb);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame);
+    for (int server = 0; server < 2; server++) {
+        nghttp2_option_new(&opts[server]);
+        /* Window updates only once bytes left toward the other side. */
+        nghttp2_option_set_no_auto_window_update(opts[server], 1);
+    }
+}
+
+static nghttp2_session_callbacks *callbacks(void)
+{
+    static uv_once_t once = UV_ONCE_INIT;
+    uv_once(&once, init_once);
+    return cbs;
+}
+
+static nghttp2_option *options(int server)
+{
+    callbacks();
+    return opts[server];
+}
+
+/* ---- pump ---- */
+
+/* Lets both sessions write what they have, then decides whether the
+ * connection is done. Sending toward one side consumes window on the other,
+ * so a few rounds may be needed. */
+static void pump(struct fl_conn *c)
+{
+    struct h2 *h = H(c);
+    int e = 0, ue = 0;
+    if (c->closing || h->pumping)
+        return;
+    h->pumping = 1;
+    h->depth++;
+    for (int round = 0; round < 4 && !c->closing; round++) {
+        e = nghttp2_session_send(h->cs);
+        if (e != 0)
+            break;
+        if (h->us && !h->up_err_pending && !c->closing) {
+            ue = nghttp2_session_send(h->us);
+            if (ue != 0)
+                break;
+        }
+        if (!nghttp2_session_want_write(h->cs) && !(h->us && nghttp2_session_want_write(h->us)))
+            break;
+    }
+    out_flush(c);
+    h->depth--;
+    h->pumping = 0;
+    if (c->closing)
+        return;
+    if (e != 0) {
+        protocol_warn(c, "session error", nghttp2_strerror(e));
+        fl_conn_close(c, 0);
+        return;
+    }
+    if (ue != 0 || h->up_err_pending) {
+        /* Deferred to here: tearing the upstream session down from inside
+         * one of its own callbacks would free it under nghttp2's feet. */
+        int err = h->up_err_pending ? h->up_err : -EPROTO;
+        h->up_err_pending = 0;
+        upstream_gone(c, err);
+        return;
+    }
+    int done = !nghttp2_session_want_read(h->cs) && !nghttp2_session_want_write(h->cs);
+    if (done) {
+        if (fl_conn_queued(c, FL_CLIENT) == 0) {
+            fl_conn_close(c, 0);
+            return;
+        }
+        if (!h->linger_until) {
+            h->closing = 1;
+            h->linger_until = fl_worker_now(c->w) + FL_H2_LINGER_MS;
+            arm_timer(c);
+        }
+    }
+}
+
+/* ---- ops ---- */
+
+static void h2_data(struct fl_conn *c, int side, struct fl_chunk *ch, size_t off, size_t len)
+{
+    struct h2 *h = H(c);
+    const uint8_t *p = (const uint8_t *)ch->data + off;
+    if (side == FL_CLIENT) {
+        if (h->closing)
+            return; /* going away: what the client says no longer matters */
+        h->depth++;
+        ssize_t n = nghttp2_session_mem_recv(h->cs, p, len);
+        h->depth--;
+        if (n < 0) {
+            protocol_warn(c, n == NGHTTP2_ERR_BAD_CLIENT_MAGIC ? "bad connection preface"
+                                                               : "protocol error",
+                          nghttp2_strerror((int)n));
+            if (n != NGHTTP2_ERR_BAD_CLIENT_MAGIC)
+                go_away(c, NGHTTP2_PROTOCOL_ERROR);
+            else {
+                fl_conn_close(c, 0);
+                return;
+            }
+        }
+    } else {
+        if (!h->us)
+            return;
+        h->depth++;
+        ssize_t n = nghttp2_session_mem_recv(h->us, p, len);
+        h->depth--;
+        if (n < 0 && !h->up_err_pending) {
+            char up[64];
+            fl_addr_str((struct sockaddr *)&c->dst, up, sizeof(up));
+            fl_warn("conn %llu: HTTP/2 upstream %s: %s; dropping that upstream connection",
+                    (unsigned long long)c->id, up, nghttp2_strerror((int)n));
+            upstream_gone(c, -EPROTO);
+            return;
+        }
+    }
+    pump(c);
+}
+
+static void h2_eof(struct fl_conn *c, int side)
+{
+    if (side == FL_CLIENT) {
+        /* HTTP/2 has no half-close at the connection level: a client that
+         * sent FIN is gone, and its streams' responses could only pile up. */
+        fl_conn_close(c, 0);
+        return;
+    }
+    upstream_gone(c, 0);
+}
+
+/* May be called from inside fl_conn_write (a failed immediate write), that is
+ * from inside a session callback: then the teardown waits for pump(). */
+static void h2_upstream_error(struct fl_conn *c, int err)
+{
+    struct h2 *h = H(c);
+    if (h->depth) {
+        if (!h->up_err_pending) {
+            h->up_err_pending = 1;
+            h->up_err = err;
+        }
+        return;
+    }
+    upstream_gone(c, err);
+}
+
+static void h2_drained(struct fl_conn *c, int side)
+{
+    struct h2 *h = H(c);
+    if (side == FL_CLIENT && h->closing)
+        fl_conn_close(c, 0);
+}
+
+static int h2_idle(struct fl_conn *c)
+{
+    return H(c)->n_streams == 0;
+}
+
+static int h2_init(struct fl_conn *c)
+{
+    struct h2 *h = calloc(1, sizeof(*h));
+    if (!h)
+        return -ENOMEM;
+    c->proto = h;
+    c->timer.data = c;
+    if (nghttp2_session_server_new2(&h->cs, callbacks(), c, options(1)) != 0) {
+        free(h);
+        c->proto = NULL;
+        return -ENOMEM;
+    }
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, FL_H2_MAX_STREAMS},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, FL_H2_STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, FL_H2_MAX_HEADER_LIST},
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+    };
+    nghttp2_submit_settings(h->cs, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
+    nghttp2_session_set_local_window_size(h->cs, NGHTTP2_FLAG_NONE, 0, FL_H2_CONN_WINDOW);
+    c->s[FL_CLIENT].want_read = 1;
+    fl_conn_update_reading(c);
+    return 0;
+}
+
+static void h2_destroy(struct fl_conn *c)
+{
+    struct h2 *h = c->proto;
+    if (!h)
+        return;
+    h->up_dead = 1;
+    while (h->streams) {
+        struct h2_stream *st = h->streams;
+        st->client_open = st->up_open = 0;
+        stream_maybe_free(c, st);
+    }
+    while (h->free_streams) {
+        struct h2_stream *st = h->free_streams;
+        h->free_streams = st->next;
+        free(st);
+    }
+    /* Deleting a session runs no callbacks that reach streams. */
+    nghttp2_session_del(h->us);
+    nghttp2_session_del(h->cs);
+    for (int i = 0; i < 2; i++)
+        fl_chunk_unref(h->out[i]);
+    free(h);
+    c->proto = NULL;
+}
+
+const struct fl_proto_ops fl_h2_ops = {
+    .name = "h2",
+    .init = h2_init,
+    .data = h2_data,
+    .eof = h2_eof,
+    .upstream_error = h2_upstream_error,
+    .drained = h2_drained,
+    .idle = h2_idle,
+    .destroy = h2_destroy,
+};
