@@ -8,12 +8,16 @@ fl_ports 18100
 need node
 
 start_backend TCP_ECHO || { fail "backend starts"; fl_finish; }
-DEAD=127.0.0.1:$(next_port) # nothing listens here
+next_port dead_port
+DEAD=127.0.0.1:$dead_port # nothing listens here (it is never handed out again below)
+FL_NEXT_PORT=$((dead_port + 1))
 export BACKEND BACKEND_PORT TCP_ECHO="127.0.0.1:$TCP_ECHO_PORT" DEAD
 
 for case in "$FL_IT"/cases/${1:-*}.case; do
     name=$(basename "$case" .case)
-    pa=$(next_port) && pb=$(next_port) || { fail "$name: no free ports"; continue; }
+    next_port pa && next_port pb || { fail "$name: no free ports"; continue; }
+    [ "$pa" = "$dead_port" ] && next_port pa
+    [ "$pb" = "$dead_port" ] && next_port pb
     export LISTEN_A=127.0.0.1:$pa LISTEN_B=127.0.0.1:$pb
     policy="$FL_TMP/$name.yaml"
     if ! node "$FL_IT/casecheck.js" policy "$case" >"$policy"; then
@@ -38,6 +42,5 @@ for case in "$FL_IT"/cases/${1:-*}.case; do
         echo "       policy: $policy; daemon stderr (last lines):"
         tail -n 5 "$FL_ERR" | sed 's/^/       | /'
     fi
-    FL_NEXT_PORT=$((FL_NEXT_PORT > 18190 ? 18103 : FL_NEXT_PORT))
 done
 fl_finish

@@ -3,20 +3,27 @@
 #
 #   source "$(dirname "$0")/lib.sh"
 #   fl_ports 18200                      # this script's port range (100 ports)
+#   next_port PORT                      # sets PORT to a free port of that range
 #   start_backend                       # sets BACKEND_PORT, BACKEND
 #   p=$(write_policy name <<EOF ... EOF)
 #   start_faultline "$p" "$PORT"        # sets FL_PID, FL_LOG, FL_ERR
 #   assert_eq "what" expected actual
 #   fl_finish                           # prints the counts, exits 1 on any failure
 #
-# The binary under test is $FAULTLINE (default build/faultline). Everything a test
+# The binary under test is $FAULTLINE (default build/faultline, see --build below). Everything a test
 # starts is killed by an EXIT trap, also when the test fails or is interrupted.
 # FL_RESULTS, when set, names a file that receives "passed failed" for test/run.
 
 set -u
 FL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 FL_IT="$FL_ROOT/test/integration"
-FAULTLINE=${FAULTLINE:-$FL_ROOT/build/faultline}
+# `--build DIR` as the test's first arguments (as test/run passes them) or $BUILD
+# picks the build tree; $FAULTLINE overrides the binary itself.
+if [ "${1:-}" = --build ] && [ $# -ge 2 ]; then
+    BUILD=$2
+    shift 2
+fi
+FAULTLINE=${FAULTLINE:-${BUILD:-$FL_ROOT/build}/faultline}
 FL_TEST=$(basename "$0" .sh)
 FL_TMP=$(mktemp -d "${TMPDIR:-/tmp}/faultline-$FL_TEST.XXXXXX")
 FL_PIDS=()
@@ -111,13 +118,17 @@ fl_ports() { # BASE: this script owns BASE..BASE+99
     FL_PORT_END=$(($1 + 99))
 }
 
-next_port() { # prints a port from this script's range that nothing listens on
-    local p
-    while [ "$FL_NEXT_PORT" -le "$FL_PORT_END" ]; do
+# next_port VAR: sets VAR to a port of this script's range that nothing listens on
+# (not in a subshell: the counter must advance). Wraps around at the range's end.
+next_port() {
+    local p i
+    for ((i = 0; i < 100; i++)); do
         p=$FL_NEXT_PORT
         FL_NEXT_PORT=$((FL_NEXT_PORT + 1))
-        if ! port_open 127.0.0.1 "$p"; then
-            echo "$p"
+        [ "$FL_NEXT_PORT" -gt "$FL_PORT_END" ] && FL_NEXT_PORT=$((FL_PORT_END - 99))
+        if [ "$p" != "${BACKEND_PORT:-}" ] && [ "$p" != "${TCP_ECHO_PORT:-}" ] &&
+            ! port_open 127.0.0.1 "$p"; then
+            printf -v "$1" %s "$p"
             return 0
         fi
     done
@@ -151,10 +162,10 @@ fl_untrack() {
 # start_backend [TCP_ECHO]: sets BACKEND_PORT, BACKEND (127.0.0.1:port), BACKEND_PID,
 # and TCP_ECHO_PORT when asked for an echo server.
 start_backend() {
-    BACKEND_PORT=$(next_port) || return 1
+    next_port BACKEND_PORT || return 1
     local args=(--port "$BACKEND_PORT")
     if [ "${1:-}" = TCP_ECHO ]; then
-        TCP_ECHO_PORT=$(next_port) || return 1
+        next_port TCP_ECHO_PORT || return 1
         args+=(--tcp-echo "$TCP_ECHO_PORT")
     fi
     node "$FL_ROOT/examples/backend.js" "${args[@]}" >"$FL_TMP/backend.out" 2>&1 &
