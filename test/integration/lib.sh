@@ -244,7 +244,7 @@ fl_cleanup_daemons() {
 log_count() {
     node -e '
         const fs = require("fs");
-        const want = process.argv.slice(2).map((kv) => kv.split(/=(.*)/s).slice(0, 2));
+        const want = process.argv.slice(1).map((kv) => kv.split(/=(.*)/s).slice(0, 2));
         let n = 0, bad = 0;
         for (const l of fs.readFileSync(process.env.FL_LOG, "utf8").split("\n")) {
             if (!l.trim()) continue;
