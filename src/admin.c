@@ -17,6 +17,7 @@
 
 #include "cli.h"
 #include "daemon.h"
+#include "transparent.h"
 #include "fault.h"
 #include "faultlog.h"
 #include "log.h"
@@ -854,6 +855,20 @@ static json_t *status_json(void)
         json_object_set_new(o, "ttl_remaining_s", json_null());
     }
     json_object_set_new(o, "events_dropped", json_integer((json_int_t)Q.dropped));
+    struct fl_tp_stats tp;
+    fl_tp_stats(&tp);
+    if (tp.active) {
+        json_object_set_new(
+            o, "transparent",
+            json_pack("{s:b,s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:i,s:i}", "redirecting", tp.enabled,
+                      "sockmap", tp.sockmap, "redirected", (json_int_t)tp.redirected, "accepted",
+                      (json_int_t)tp.accepted, "no_orig_dst", (json_int_t)tp.no_orig,
+                      "fail_open_no_listener", (json_int_t)tp.no_listener, "sk_msg_redirects",
+                      (json_int_t)tp.msg_redirects, "sk_msg_fallbacks",
+                      (json_int_t)tp.msg_fallbacks, "fail_open_events",
+                      (json_int_t)tp.fail_open_events, "pods", (int)tp.pods, "netns",
+                      (int)tp.netns));
+    }
     return o;
 }
 
@@ -1248,6 +1263,26 @@ static void get_metrics(struct adm_client *c)
               "# TYPE faultline_fault_log_dropped_total counter\n"
               "faultline_fault_log_dropped_total %llu\n",
               (unsigned long long)atomic_load(&fl_faultlog_dropped));
+    struct fl_tp_stats tp;
+    fl_tp_stats(&tp);
+    if (tp.active) {
+        sb_printf(&b,
+                  "# HELP faultline_transparent_redirected_total Connections the kernel steered "
+                  "to the proxy.\n# TYPE faultline_transparent_redirected_total counter\n"
+                  "faultline_transparent_redirected_total %llu\n"
+                  "# HELP faultline_transparent_skmsg_redirects_total Messages moved by sk_msg "
+                  "between app and proxy.\n# TYPE faultline_transparent_skmsg_redirects_total "
+                  "counter\nfaultline_transparent_skmsg_redirects_total %llu\n"
+                  "# HELP faultline_transparent_fail_open_total Fail-open events (watchdog, or "
+                  "no listener in the pod netns).\n# TYPE faultline_transparent_fail_open_total "
+                  "counter\nfaultline_transparent_fail_open_total{cause=\"watchdog\"} %llu\n"
+                  "faultline_transparent_fail_open_total{cause=\"no_listener\"} %llu\n"
+                  "# HELP faultline_transparent_pods Pod cgroups enrolled.\n"
+                  "# TYPE faultline_transparent_pods gauge\nfaultline_transparent_pods %u\n",
+                  (unsigned long long)tp.redirected, (unsigned long long)tp.msg_redirects,
+                  (unsigned long long)tp.fail_open_events, (unsigned long long)tp.no_listener,
+                  tp.pods);
+    }
     sb_printf(&b, "# HELP faultline_build_info Build information.\n"
                   "# TYPE faultline_build_info gauge\nfaultline_build_info{version=\"" FL_VERSION
                   "\"} 1\n");

@@ -3,8 +3,10 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
+#include "transparent.h"
 #include "worker.h"
 
 #define FL_WREQ_MAX_FREE 256
@@ -25,6 +27,8 @@ static void conn_free(struct fl_conn *c)
         c->ops->destroy(c);
     fl_policy_unref(c->policy);
     free(c->scope);
+    if (c->upstream_netns >= 0)
+        close(c->upstream_netns);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -339,9 +343,26 @@ int fl_conn_connect_upstream(struct fl_conn *c)
     struct fl_side *s = &c->s[FL_UPSTREAM];
     if (s->open)
         return s->failed ? -EPIPE : 0;
-    int e = uv_tcp_init_ex(c->w->loop, &s->tcp, c->dst.ss_family);
-    if (e < 0)
-        return e;
+    int e;
+    if (c->upstream_netns >= 0) {
+        /* Transparent mode: from inside the pod's netns, so the server sees
+         * the pod's own address. */
+        int fd;
+        e = fl_tp_socket_in(c->upstream_netns, c->dst.ss_family, &fd);
+        if (e < 0)
+            return e;
+        e = uv_tcp_init(c->w->loop, &s->tcp);
+        if (e == 0 && (e = uv_tcp_open(&s->tcp, fd)) < 0)
+            uv_close((uv_handle_t *)&s->tcp, NULL);
+        if (e < 0) {
+            close(fd);
+            return e;
+        }
+    } else {
+        e = uv_tcp_init_ex(c->w->loop, &s->tcp, c->dst.ss_family);
+        if (e < 0)
+            return e;
+    }
     s->tcp.data = c;
     s->open = 1;
     e = uv_tcp_connect(&c->connect_req, &s->tcp, (const struct sockaddr *)&c->dst, connect_cb);
@@ -372,8 +393,8 @@ uint64_t fl_next_conn_id(void)
     return atomic_fetch_add_explicit(&next, 1, memory_order_relaxed);
 }
 
-int fl_conn_accept(struct fl_worker *w, uv_stream_t *server, const char *scope,
-                   const struct sockaddr *upstream)
+static int conn_accept(struct fl_worker *w, uv_stream_t *server, const char *scope,
+                       const struct sockaddr *upstream, fl_conn_resolve_cb resolve, void *arg)
 {
     struct fl_conn *c = calloc(1, sizeof(*c));
     int e;
@@ -381,14 +402,17 @@ int fl_conn_accept(struct fl_worker *w, uv_stream_t *server, const char *scope,
         return -ENOMEM;
     c->w = w;
     c->id = fl_next_conn_id();
-    c->scope = strdup(scope);
-    if (!c->scope) {
-        free(c);
-        return -ENOMEM;
+    c->upstream_netns = -1;
+    if (scope) {
+        c->scope = strdup(scope);
+        if (!c->scope) {
+            free(c);
+            return -ENOMEM;
+        }
+        memcpy(&c->dst, upstream,
+               upstream->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                               : sizeof(struct sockaddr_in));
     }
-    memcpy(&c->dst, upstream,
-           upstream->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                           : sizeof(struct sockaddr_in));
     e = uv_tcp_init(w->loop, &c->s[FL_CLIENT].tcp);
     if (e < 0) {
         free(c->scope);
@@ -413,6 +437,8 @@ int fl_conn_accept(struct fl_worker *w, uv_stream_t *server, const char *scope,
         goto fail;
     int alen = sizeof(c->src);
     uv_tcp_getpeername(&c->s[FL_CLIENT].tcp, (struct sockaddr *)&c->src, &alen);
+    if (resolve && (e = resolve(c, arg)) < 0)
+        goto fail;
     uv_tcp_nodelay(&c->s[FL_CLIENT].tcp, 1);
     c->policy = fl_policy_ref(w->policy);
     e = c->ops->init(c);
@@ -425,4 +451,16 @@ fail:
     c->ops = NULL;
     fl_conn_close(c, 0);
     return e;
+}
+
+int fl_conn_accept(struct fl_worker *w, uv_stream_t *server, const char *scope,
+                   const struct sockaddr *upstream)
+{
+    return conn_accept(w, server, scope, upstream, NULL, NULL);
+}
+
+int fl_conn_accept_resolve(struct fl_worker *w, uv_stream_t *server, fl_conn_resolve_cb resolve,
+                           void *arg)
+{
+    return conn_accept(w, server, NULL, NULL, resolve, arg);
 }

@@ -84,6 +84,7 @@ struct fl_conn {
     uint64_t id;
     struct sockaddr_storage src; /* client address */
     struct sockaddr_storage dst; /* upstream (original destination) */
+    int upstream_netns;          /* owned netns fd the upstream socket is made in; -1: ours */
     unsigned pending_closes;
     unsigned closing : 1;
     unsigned close_when_idle : 1; /* graceful shutdown: close once idle */
@@ -94,6 +95,16 @@ struct fl_conn {
  * settings (scope name, upstream address). Returns 0 or a negative errno. */
 int fl_conn_accept(struct fl_worker *w, uv_stream_t *server, const char *scope,
                    const struct sockaddr *upstream) __attribute__((warn_unused_result));
+
+/* Transparent mode: called by fl_conn_accept_resolve() right after accept,
+ * with c->src holding the peer address. Sets c->dst and c->scope (malloc'd,
+ * freed with the conn) and may set c->upstream_netns. A negative errno closes
+ * the connection. */
+typedef int (*fl_conn_resolve_cb)(struct fl_conn *c, void *arg);
+
+/* Like fl_conn_accept(), but the upstream and scope come from resolve. */
+int fl_conn_accept_resolve(struct fl_worker *w, uv_stream_t *server, fl_conn_resolve_cb resolve,
+                           void *arg) __attribute__((warn_unused_result));
 
 /* Starts dialling the upstream if not yet done. Writes issued meanwhile are
  * queued by libuv and go out once connected. Returns 0 or a negative errno. */

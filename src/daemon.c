@@ -14,6 +14,7 @@
 #include "faultlog.h"
 #include "listener.h"
 #include "log.h"
+#include "transparent.h"
 #include "worker.h"
 
 #define FL_MAX_WORKERS 64
@@ -145,24 +146,32 @@ static void ttl_cb(uv_timer_t *t)
 
 int fl_daemon_check(const struct fl_policy *p, char *err, size_t errlen)
 {
-    if (p->n_targets) {
-        snprintf(err, errlen, "the policy has 'targets' (transparent mode), which this build "
-                              "does not support yet; use 'listeners' (explicit mode)");
-        return -ENOTSUP;
-    }
-    if (p->n_listeners == 0) {
-        snprintf(err, errlen, "the policy has no 'listeners'; add one (listen: 127.0.0.1:15000, "
-                              "upstream: HOST:PORT)");
+    if (p->n_listeners == 0 && p->n_targets == 0) {
+        snprintf(err, errlen, "the policy has no 'listeners' and no 'targets'; add a listener "
+                              "(listen: 127.0.0.1:15000, upstream: HOST:PORT) or a target");
         return -EINVAL;
     }
+    /* At startup transparent mode is started from the policy itself; once
+     * running, a new policy must fit the mode the daemon runs in. */
+    if (D.policy)
+        return fl_tp_check(p, err, errlen);
+    if (p->n_targets)
+        return fl_tp_probe(err, errlen); /* before anything starts: exit 2 */
     return 0;
 }
 
 int fl_daemon_apply(struct fl_policy *p, char *err, size_t errlen)
 {
-    int e = fl_listeners_apply(&D.w0, p, D.n_workers > 1, err, errlen);
+    int e = fl_tp_apply(p, err, errlen);
     if (e < 0)
         return e;
+    e = fl_listeners_apply(&D.w0, p, D.n_workers > 1, err, errlen);
+    if (e < 0) {
+        char ignored[256];
+        if (D.policy)
+            (void)!fl_tp_apply(D.policy, ignored, sizeof(ignored));
+        return e;
+    }
     fl_policy_unref(fl_worker_set_policy(&D.w0, p));
     for (int i = 1; i < D.n_workers; i++)
         wt_post(D.wt[i], p, 0, 0);
@@ -318,6 +327,7 @@ static void begin_drain(const char *why)
         return;
     }
     D.draining = 1;
+    fl_tp_drain(); /* new connections go direct at once */
     fl_admin_stop(); /* event streams end; a second daemon may now take the socket */
     fl_info("%s: no longer accepting; finishing in-flight requests (up to %d ms)", why,
             FL_DRAIN_MS);
@@ -458,6 +468,16 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
     uv_signal_init(D.loop, &D.sig_hup);
     uv_signal_init(D.loop, &D.sig_usr1);
     uv_signal_init(D.loop, &D.sig_usr2);
+    if (p->n_targets) {
+        struct fl_tp_opts to = {.no_sockmap = o->no_sockmap,
+                                .verbose = fl_log_min_level == FL_LOG_DEBUG};
+        int requirement;
+        if (fl_tp_start(&D.w0, p, &to, err, sizeof(err), &requirement) < 0) {
+            fprintf(stderr, "faultline: %s\n", err);
+            D.exit_code = requirement ? 2 : 1;
+            goto out;
+        }
+    }
     if (fl_daemon_apply(p, err, sizeof(err)) < 0) {
         fprintf(stderr, "faultline: %s\n", err);
         goto out;
@@ -495,6 +515,7 @@ out:
             wt_post(D.wt[i], NULL, 1, 1);
     }
     stop_workers();
+    fl_tp_stop();
     fl_admin_stop();
     close_main_handles();
     /* Let pending closes and fault-log writes complete. */

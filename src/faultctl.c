@@ -252,6 +252,17 @@ static int cmd_status(struct ctl *g, int argc, char **argv)
     size_t i;
     json_array_foreach(ls, i, l) printf("%s %s %s -> %s\n", i ? "             " : "listeners    ",
                                         js(l, "name"), js(l, "listen"), js(l, "upstream"));
+    json_t *tp = json_object_get(o, "transparent");
+    if (tp) {
+        printf("transparent   %s, sk_msg %s; %lld pods in %lld netns\n",
+               json_is_true(json_object_get(tp, "redirecting")) ? "redirecting" : "FAILED OPEN",
+               json_is_true(json_object_get(tp, "sockmap")) ? "on" : "off", ji(tp, "pods"),
+               ji(tp, "netns"));
+        printf("              %lld redirected, %lld sk_msg redirects, %lld fail-open events, "
+               "%lld went direct (no listener)\n",
+               ji(tp, "redirected"), ji(tp, "sk_msg_redirects"), ji(tp, "fail_open_events"),
+               ji(tp, "fail_open_no_listener"));
+    }
     printf("admin         %s (HALT file: %s)\n", g->admin, js(o, "halt_file"));
 out:
     json_decref(o);

@@ -864,7 +864,23 @@ static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, si
             }
             return;
         }
-        if (used) {
+        if (err == HPE_PAUSED && h->ev == EV_STATUS) {
+            /* A delayed request's response: the marker goes right after the
+             * status line, sent together with it in one write. */
+            struct h1_slot *s = slot_front(h);
+            char mark[1024];
+            int n = 0;
+            if (used < sizeof(mark) - 100) {
+                memcpy(mark, p, used);
+                n = (int)used;
+            } else {
+                fl_conn_write(c, FL_CLIENT, ch, p, used);
+            }
+            n += snprintf(mark + n, sizeof(mark) - (size_t)n, "x-faultline-injected: %s\r\n",
+                          s->mark->name);
+            fl_conn_write(c, FL_CLIENT, NULL, mark, (size_t)n);
+            h->resp_bytes += used;
+        } else if (used) {
             fl_conn_write(c, FL_CLIENT, ch, p, used);
             h->resp_bytes += used;
         }
@@ -872,12 +888,7 @@ static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, si
         left -= used;
         if (err == HPE_PAUSED) {
             llhttp_resume(&h->resp);
-            if (h->ev == EV_STATUS) {
-                struct h1_slot *s = slot_front(h);
-                char mark[160];
-                int n = snprintf(mark, sizeof(mark), "x-faultline-injected: %s\r\n", s->mark->name);
-                fl_conn_write(c, FL_CLIENT, NULL, mark, (size_t)n);
-            } else if (h->ev == EV_DONE) {
+            if (h->ev == EV_DONE) {
                 response_done(c);
             }
         } else if (err == HPE_PAUSED_UPGRADE) {

@@ -321,7 +321,7 @@ static const char *expect_str(struct ctx *x, yaml_node_t *n, const char *path)
 {
     const char *s = scalar(n);
     if (!s) {
-        err_at(x, n, "%s: expected a string, got %s", path, type_name(n));
+        err_at(x, n, "%s: expected a single value (a number or a string), got %s", path, type_name(n));
         return NULL;
     }
     /* A "\0" escape would make the C string shorter than the YAML value
@@ -666,7 +666,10 @@ static void match_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_n
             walk_map(x, it, sub, hdr_keys, hdr_pair, hm);
             if (!hm->name && !has_key(x, it, "name"))
                 err_at(x, it, "%s: missing required key 'name'", sub);
-            if (hm->m.kind == FL_SM_ANY && hm->name)
+            /* Only when no condition was written: a bad one was reported already. */
+            if (hm->m.kind == FL_SM_ANY && hm->name && !has_key(x, it, "exact") &&
+                !has_key(x, it, "prefix") && !has_key(x, it, "regex") &&
+                !has_key(x, it, "present") && !has_key(x, it, "absent"))
                 err_at(x, it, "%s: give one of exact, prefix, regex, present: true or absent: true",
                        sub);
         }
@@ -733,7 +736,8 @@ static void abort_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_n
             yaml_node_t *hk = node(x, p->key), *hv = node(x, p->value);
             const char *name = scalar(hk), *val = scalar(hv);
             if (!name || !header_name_ok(name)) {
-                err_at(x, hk, "%s: header names must be tokens (letters, digits, '-')", path);
+                err_at(x, hk, "%s: \"%s\" is not a header name; use letters, digits and '-'",
+                       path, name ? name : "");
                 continue;
             }
             if (!val || !safe_header_text(val)) {
@@ -1225,6 +1229,7 @@ static void policy_free(struct fl_policy *p)
 {
     if (!p)
         return;
+    fl_rule_index_free(p->index);
     for (size_t i = 0; i < p->n_rules; i++) {
         struct fl_rule *r = &p->rules[i];
         free(r->name);
@@ -1329,8 +1334,9 @@ int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_
         require_keys(&x, root, "policy", req);
         check_names(&x, p);
         yaml_node_t *spec = map_get(&x, root, "spec");
+        /* Reported once, also for `listeners: []`: either way nothing would be proxied. */
         if (spec && spec->type == YAML_MAPPING_NODE && p->n_listeners == 0 &&
-            p->n_targets == 0 && !map_get(&x, spec, "listeners") && !map_get(&x, spec, "targets")) {
+            p->n_targets == 0 && x.n_errors == 0) {
             err_at(&x, spec, "spec: give 'listeners' (explicit mode) or 'targets' (transparent "
                              "mode); without either nothing is proxied");
         }
@@ -1342,6 +1348,10 @@ int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_
     if (x.n_errors) {
         policy_free(p);
         return -EINVAL;
+    }
+    if (fl_rule_index_build(p) < 0) {
+        policy_free(p);
+        return -ENOMEM;
     }
     *out = p;
     return 0;

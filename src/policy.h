@@ -151,8 +151,11 @@ struct fl_target_spec {
     int line, col;
 };
 
+struct fl_rule_index;
+
 struct fl_policy {
     atomic_int refs;
+    struct fl_rule_index *index; /* built by fl_rule_index_build; see fault.c */
     char *file; /* path it was loaded from, or "<admin>" */
     char *name; /* metadata.name */
     int has_seed;
@@ -189,6 +192,11 @@ void fl_policy_errors_free(struct fl_policy_errors *errs);
 struct fl_policy *fl_policy_ref(struct fl_policy *p);
 /* Drops a reference; frees the snapshot with the last one. Accepts NULL. */
 void fl_policy_unref(struct fl_policy *p);
+
+/* Builds p->index, which lets a decision look only at the rules that can fit a
+ * request's method and first path segment. Returns 0 or -ENOMEM. */
+int fl_rule_index_build(struct fl_policy *p) FL_WUR;
+void fl_rule_index_free(struct fl_rule_index *ix);
 
 /* Returns the rule named name, or NULL. */
 struct fl_rule *fl_policy_find_rule(const struct fl_policy *p, const char *name);

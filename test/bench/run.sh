@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# The performance targets of issue 6, measured in one run on this machine:
+# faultline (one worker) against HAProxy (one thread) and nginx (one worker),
+# all in front of the same nginx backend, driven by wrk and h2load. Prints one
+# table: faultline's figure, the peers', the ratio, the target and whether it
+# is met. Not part of CI; takes about a minute.
+#
+#   bash test/bench/run.sh [--duration SECONDS] [--build DIR]
+#
+# Build faultline for it with:
+#   cmake -S . -B build-rel -DCMAKE_BUILD_TYPE=Release && cmake --build build-rel -j
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+dur=4 build="$root/build-rel"
+[ -x "$build/faultline" ] || build="$root/build"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) dur=$2; shift 2 ;;
+    --build) build=$2; shift 2 ;;
+    *) echo "usage: $0 [--duration SECONDS] [--build DIR]" >&2; exit 2 ;;
+  esac
+done
+for t in wrk h2load haproxy nginx node; do
+  command -v "$t" >/dev/null || { echo "bench: $t is missing: apt-get install -y wrk nghttp2-client haproxy nginx-light nodejs" >&2; exit 1; }
+done
+[ -x "$build/faultline" ] || { echo "bench: no faultline binary in $build; build it first (see the top of this script)" >&2; exit 1; }
+# Each proxied connection holds two descriptors (client and upstream), so the
+# idle-connection figure needs about 2 x N + a few; take what the hard limit allows.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+idle_n=$(( ($(ulimit -n) - 100) / 2 ))
+[ "$idle_n" -gt 10000 ] && idle_n=10000
+
+B1=18911 B2=18912 HA=18913 NG=18914 HAA=18915 HA2=18916
+FP=18921 FA=18922 FR=18923 FD=18924 FW=18925 FH=18926 FI=18927
+tmp=$(mktemp -d /tmp/fl-bench-all.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "bench: nothing listens on port $1 (see $tmp/*.err)" >&2
+  exit 1
+}
+
+# ---- backend and peers ----
+mkdir -p "$tmp/be" "$tmp/ng"
+cat > "$tmp/be/nginx.conf" <<EOC
+worker_processes 1; daemon off; pid $tmp/be/pid; error_log stderr error;
+events { worker_connections 20000; }
+http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  http2_max_concurrent_streams 256;
+  server { listen 127.0.0.1:$B1; location / { return 200 "hello from backend\n"; } }
+  server { listen 127.0.0.1:$B2 http2; location / { return 200 "hello from backend\n"; } } }
+EOC
+nginx -p "$tmp/be" -c "$tmp/be/nginx.conf" 2>"$tmp/be.err" & pids+=($!)
+
+cat > "$tmp/ng/nginx.conf" <<EOC
+worker_processes 1; daemon off; pid $tmp/ng/pid; error_log stderr error;
+events { worker_connections 20000; }
+http { access_log off; keepalive_requests 10000000;
+  upstream be { server 127.0.0.1:$B1; keepalive 64; }
+  server { listen 127.0.0.1:$NG;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOC
+nginx -p "$tmp/ng" -c "$tmp/ng/nginx.conf" 2>"$tmp/ng.err" & pids+=($!)
+
+cat > "$tmp/haproxy.cfg" <<EOC
+global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend pass
+  bind 127.0.0.1:$HA
+  default_backend be
+frontend abort
+  bind 127.0.0.1:$HAA
+  http-request return status 503 if { rand(100) lt 10 }
+  default_backend be
+frontend h2
+  bind 127.0.0.1:$HA2 proto h2
+  default_backend be2
+backend be
+  http-reuse always
+  server s1 127.0.0.1:$B1
+backend be2
+  http-reuse always
+  server s1 127.0.0.1:$B2 proto h2
+EOC
+haproxy -f "$tmp/haproxy.cfg" -db 2>"$tmp/ha.err" & pids+=($!)
+
+# ---- faultline policies ----
+policy() { # name port upstream rules-yaml
+  cat > "$tmp/$1.yaml" <<EOC
+apiVersion: faultline/v1
+kind: FaultPolicy
+metadata: {name: bench-$1}
+spec:
+  ttl: 1h
+  max_active_faults: 100000
+  listeners:
+    - {name: bench, listen: 127.0.0.1:$2, upstream: 127.0.0.1:$3}
+  rules:
+$4
+EOC
+}
+never='    - {name: never, match: {path: {prefix: /never-matches}}, fault: {abort: {status: 503}}}'
+policy pass $FP $B1 "$never"
+policy abort $FA $B1 '    - {name: abort10, fault: {abort: {status: 503, percent: 10}}}'
+policy delay $FD $B1 '    - {name: delay100, fault: {delay: {fixed: 100ms}}}'
+policy workers $FW $B1 "$never"
+policy h2 $FH $B2 "$never"
+policy idle $FI $B1 "$never"
+{
+  for i in $(seq 1 1000); do
+    echo "    - {name: r$i, match: {method: [POST], path: {prefix: /api/v$i/}, headers: [{name: x-tenant, exact: t$i}]}, fault: {abort: {status: 503}}}"
+  done
+} > "$tmp/rules.txt"
+policy rules $FR $B1 "$(cat "$tmp/rules.txt")"
+
+start_fl() { # name port [args]
+  local name=$1 port=$2; shift 2
+  "$build/faultline" run -f "$tmp/$name.yaml" --admin "$tmp/$name.sock" --fault-log /dev/null "$@" \
+    2>"$tmp/$name.err" & pids+=($!)
+  eval "pid_$name=$!"
+  wait_port "$port"
+}
+for p in $B1 $B2 $HA $NG $HAA $HA2; do wait_port "$p"; done
+start_fl pass $FP
+start_fl abort $FA
+start_fl rules $FR
+start_fl delay $FD
+start_fl workers $FW --workers 2
+start_fl h2 $FH
+start_fl idle $FI
+
+# ---- measurements ----
+wrk_run() { # port conns -> "rps p50ms p99ms"
+  wrk -t1 -c"$2" -d"${dur}s" --latency "http://127.0.0.1:$1/" > "$tmp/wrk.out" 2>&1
+  awk 'function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+       /Requests\/sec/ {rps=$2} $1=="50%" {p50=ms($2)} $1=="99%" {p99=ms($2)}
+       END {printf "%.0f %.3f %.3f\n", rps, p50, p99}' "$tmp/wrk.out"
+}
+h2_run() { # port -> rps
+  h2load -t1 -c50 -m10 -D"$dur" --warm-up-time=1 -H 'content-type: application/grpc' \
+    -d "$tmp/grpc.body" "http://127.0.0.1:$1/bench.Echo/Unary" > "$tmp/h2.out" 2>&1
+  awk '/^finished in/ {printf "%.0f\n", $4}' "$tmp/h2.out"
+}
+printf '\x00\x00\x00\x00\x05hello' > "$tmp/grpc.body"
+
+rows=()
+row() { rows+=("$(printf '%-44s|%14s|%-30s|%-22s|%s' "$@")"); }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else print "0" }'; }
+meets() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? (v >= t) : (v <= t); print ok ? "met" : "MISSED" }'; }
+
+echo "measuring ($dur s per figure) on $(nproc) cores, $(uname -r)..." >&2
+read -r f_rps f_p50 f_p99 <<<"$(wrk_run $FP 50)"
+read -r h_rps h_p50 h_p99 <<<"$(wrk_run $HA 50)"
+read -r n_rps n_p50 n_p99 <<<"$(wrk_run $NG 50)"
+r_ha=$(ratio "$f_rps" "$h_rps"); r_ng=$(ratio "$f_rps" "$n_rps")
+row "1. keep-alive passthrough, 50 conns" "$f_rps req/s" "haproxy $h_rps, nginx $n_rps" "x$r_ha / x$r_ng >= 1.2" \
+  "$( [ "$(meets "$r_ha" 1.2 '>=')" = met ] && [ "$(meets "$r_ng" 1.2 '>=')" = met ] && echo met || echo MISSED)"
+row "1b. p99 latency, same run" "$f_p99 ms" "haproxy $h_p99 ms" "<= haproxy" "$(meets "$f_p99" "$h_p99" '<=')"
+
+read -r fa_rps _ _ <<<"$(wrk_run $FA 50)"
+read -r ha_rps _ _ <<<"$(wrk_run $HAA 50)"
+row "2. 10% abort" "$fa_rps req/s" "haproxy $ha_rps" "x$(ratio "$fa_rps" "$ha_rps") >= 1.0" "$(meets "$(ratio "$fa_rps" "$ha_rps")" 1.0 '>=')"
+
+read -r fr_rps _ _ <<<"$(wrk_run $FR 50)"
+row "3. 1,000 non-matching rules" "$fr_rps req/s" "no rules: $f_rps" "x$(ratio "$fr_rps" "$f_rps") >= 0.9" "$(meets "$(ratio "$fr_rps" "$f_rps")" 0.9 '>=')"
+
+# 10,000 idle keep-alive connections: each sends one request, then stays open.
+cat > "$tmp/idle.js" <<'EOJ'
+const net = require('net');
+const [port, n] = [+process.argv[2], +process.argv[3]];
+let done = 0, failed = 0; const socks = [];
+function one() {
+  const s = net.connect(port, '127.0.0.1');
+  socks.push(s);
+  s.on('error', () => { failed++; check(); });
+  s.once('data', () => { done++; check(); });
+  s.write('GET / HTTP/1.1\r\nHost: bench\r\n\r\n');
+}
+function check() { if (done + failed === n) console.log(`${done} ${failed}`); }
+let i = 0; (function batch() { for (let k = 0; k < 500 && i < n; k++, i++) one(); if (i < n) setTimeout(batch, 20); })();
+setInterval(() => {}, 1000);
+EOJ
+node "$tmp/idle.js" $FI "$idle_n" > "$tmp/idle.out" 2>&1 & idle_pid=$!; pids+=($idle_pid)
+for _ in $(seq 1 300); do [ -s "$tmp/idle.out" ] && break; sleep 0.1; done
+sleep 1
+read -r idle_ok idle_failed < "$tmp/idle.out" || true
+rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$pid_idle/status")
+kill "$idle_pid" 2>/dev/null || true
+row "4. $idle_n idle keep-alive conns" "$((rss_kb / 1024)) MiB RSS" "$idle_ok answered, ${idle_failed:-?} failed" "< 64 MiB" "$(meets "$rss_kb" 65536 '<=')"
+
+read -r fd_rps fd_p50 fd_p99 <<<"$(wrk_run $FD 500)"
+row "5. 100 ms delay under load" "p99 $fd_p99 ms" "$fd_rps req/s, p50 $fd_p50 ms" "p99 <= 102 ms at ~5000 req/s" "$(meets "$fd_p99" 102 '<=')"
+
+fh_rps=$(h2_run $FH); hh_rps=$(h2_run $HA2)
+row "6. gRPC-shaped unary over h2 (h2load)" "$fh_rps req/s" "haproxy h2 $hh_rps" "x$(ratio "$fh_rps" "$hh_rps") >= 1.0" "$(meets "$(ratio "$fh_rps" "$hh_rps")" 1.0 '>=')"
+
+if [ "$(id -u)" = 0 ] && [ -x "$here/transparent.sh" ] && [ -e /sys/kernel/btf/vmlinux ]; then
+  row "7. transparent mode (sk_msg)" "see below" "test/bench/transparent.sh" "p50 <= explicit; sk_msg > no-sockmap" "see below"
+  run_tp=1
+else
+  row "7. transparent mode (sk_msg)" "not run" "needs root, BTF and test/bench/transparent.sh" "p50 <= explicit" "not run"
+  run_tp=0
+fi
+
+read -r fw_rps _ _ <<<"$(wrk_run $FW 100)"
+wrk2_pass=$(wrk_run $FP 100 | awk '{print $1}')
+row "8. workers: 2 (SO_REUSEPORT), 100 conns" "$fw_rps req/s" "1 worker: $wrk2_pass" "x$(ratio "$fw_rps" "$wrk2_pass") (report)" "reported"
+
+echo
+printf '%-44s|%14s|%-30s|%-22s|%s\n' "scenario" "faultline" "peers / reference" "target" "result"
+printf '%s\n' "--------------------------------------------+--------------+------------------------------+----------------------+-------"
+printf '%s\n' "${rows[@]}"
+echo
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r); wrk -t1, h2load -t1 -c50 -m10; ${dur}s per figure"
+echo "note: client, backend and proxy share the same cores, so figures vary by several percent between runs"
+if [ "$run_tp" = 1 ]; then
+  echo
+  echo "7. transparent mode:"
+  bash "$here/transparent.sh" --build "$build" || echo "transparent benchmark failed"
+fi

@@ -1,0 +1,539 @@
+/* policy: the loader against fixtures (data, so a new case needs no code), the
+ * shipped policies/, and the small parsers it is built from. */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "helpers.h"
+#include "policy.h"
+#include "unit.h"
+
+#define GOOD_DIR "test/unit/fixtures/policy/good"
+#define BAD_DIR "test/unit/fixtures/policy/bad"
+#define SHIPPED_DIR "policies"
+
+static int is_yaml(const char *name)
+{
+    size_t n = strlen(name);
+    return name[0] != '.' && n > 5 && strcmp(name + n - 5, ".yaml") == 0;
+}
+
+/* Lists dir's *.yaml files, sorted; returns the count. Fails the case if the
+ * directory cannot be read or holds fewer than min files, so a moved fixture
+ * directory cannot make the test pass vacuously. */
+static size_t list_yaml(const char *dir, char ***out, size_t min)
+{
+    struct dirent **ents;
+    int n = scandir(dir, &ents, NULL, alphasort);
+    if (n < 0)
+        UNIT_FAIL("cannot read %s: %s (run from the repository root)", dir, strerror(errno));
+    char **names = calloc((size_t)n + 1, sizeof(*names));
+    size_t k = 0;
+    ASSERT_NOT_NULL(names);
+    for (int i = 0; i < n; i++) {
+        if (is_yaml(ents[i]->d_name)) {
+            size_t len = strlen(dir) + strlen(ents[i]->d_name) + 2;
+            names[k] = malloc(len);
+            ASSERT_NOT_NULL(names[k]);
+            snprintf(names[k], len, "%s/%s", dir, ents[i]->d_name);
+            k++;
+        }
+        free(ents[i]);
+    }
+    free(ents);
+    if (k < min)
+        UNIT_FAIL("%s holds %zu policies, expected at least %zu", dir, k, min);
+    *out = names;
+    return k;
+}
+
+static void free_list(char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+/* Every file in dir loads without a single error. */
+static void load_all_good(const char *dir, size_t min)
+{
+    char **files;
+    size_t n = list_yaml(dir, &files, min);
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct fl_policy *p = NULL;
+        struct fl_policy_errors errs = {0};
+        int rc = fl_policy_load(files[i], &p, &errs);
+        if (rc != 0 || errs.n != 0) {
+            bad++;
+            fprintf(stderr, "# %s: rc %d\n", files[i], rc);
+            for (size_t e = 0; e < errs.n; e++)
+                fprintf(stderr, "#   %s\n", errs.msgs[e]);
+        } else if (!p || !p->name || (p->n_listeners == 0 && p->n_targets == 0)) {
+            bad++;
+            fprintf(stderr, "# %s: loaded without name, listeners or targets\n", files[i]);
+        }
+        fl_policy_unref(p);
+        fl_policy_errors_free(&errs);
+    }
+    free_list(files, n);
+    ASSERT_EQ(bad, 0);
+}
+
+TEST(policy_good_fixtures_load)
+{
+    load_all_good(GOOD_DIR, 5);
+}
+
+TEST(policy_shipped_policies_load)
+{
+    load_all_good(SHIPPED_DIR, 10);
+}
+
+struct expect {
+    int line, col;
+    char text[256];
+};
+
+/* Reads the "# expect: LINE:COL substring" lines at the top of a bad fixture. */
+static size_t read_expects(const char *file, struct expect *ex, size_t max)
+{
+    FILE *f = fopen(file, "r");
+    char line[512];
+    size_t n = 0;
+    if (!f)
+        UNIT_FAIL("cannot open %s: %s", file, strerror(errno));
+    while (fgets(line, sizeof(line), f) && strncmp(line, "# expect:", 9) == 0 && n < max) {
+        int used = 0;
+        if (sscanf(line + 9, " %d:%d %n", &ex[n].line, &ex[n].col, &used) != 2 || !used)
+            UNIT_FAIL("%s: malformed expect line: %s", file, line);
+        snprintf(ex[n].text, sizeof(ex[n].text), "%s", line + 9 + used);
+        ex[n].text[strcspn(ex[n].text, "\n")] = 0;
+        n++;
+    }
+    fclose(f);
+    if (n == 0)
+        UNIT_FAIL("%s: starts with no '# expect: LINE:COL text' line", file);
+    return n;
+}
+
+/* Each bad fixture fails with -EINVAL, and for each of its expect lines some
+ * error is "file:LINE:COL: ...substring...". */
+TEST(policy_bad_fixtures_fail_where_expected)
+{
+    char **files;
+    size_t n = list_yaml(BAD_DIR, &files, 15);
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct expect ex[16];
+        size_t nex = read_expects(files[i], ex, 16);
+        struct fl_policy *p = NULL;
+        struct fl_policy_errors errs = {0};
+        int rc = fl_policy_load(files[i], &p, &errs);
+        int ok = rc == -EINVAL && p == NULL && errs.n >= nex;
+        for (size_t k = 0; k < nex && ok; k++) {
+            char prefix[600];
+            int found = 0;
+            snprintf(prefix, sizeof(prefix), "%s:%d:%d: ", files[i], ex[k].line, ex[k].col);
+            for (size_t e = 0; e < errs.n && !found; e++)
+                found = strncmp(errs.msgs[e], prefix, strlen(prefix)) == 0 &&
+                        strstr(errs.msgs[e] + strlen(prefix), ex[k].text);
+            if (!found) {
+                fprintf(stderr, "# %s: no error %s...%s\n", files[i], prefix, ex[k].text);
+                ok = 0;
+            }
+        }
+        if (!ok) {
+            bad++;
+            fprintf(stderr, "# %s: rc %d, %zu errors:\n", files[i], rc, errs.n);
+            for (size_t e = 0; e < errs.n; e++)
+                fprintf(stderr, "#   %s\n", errs.msgs[e]);
+        }
+        fl_policy_unref(p);
+        fl_policy_errors_free(&errs);
+    }
+    free_list(files, n);
+    ASSERT_EQ(bad, 0);
+}
+
+TEST(policy_unreadable_file)
+{
+    struct fl_policy *p = (struct fl_policy *)1;
+    struct fl_policy_errors errs = {0};
+    ASSERT_EQ(fl_policy_load("test/unit/fixtures/no-such-file.yaml", &p, &errs), -ENOENT);
+    ASSERT_NULL(p);
+    ASSERT_UEQ(errs.n, 1);
+    ASSERT_STR_EQ(errs.msgs[0], "test/unit/fixtures/no-such-file.yaml: cannot read: No such file "
+                                "or directory; check the path");
+    fl_policy_errors_free(&errs);
+    ASSERT_UEQ(errs.n, 0);
+    ASSERT_NULL(errs.msgs);
+
+    ASSERT_EQ(fl_policy_load(GOOD_DIR, &p, &errs), -EISDIR);
+    ASSERT_UEQ(errs.n, 1);
+    ASSERT_CONTAINS(errs.msgs[0], "cannot read: Is a directory");
+    fl_policy_errors_free(&errs);
+    fl_policy_errors_free(NULL);
+}
+
+TEST(policy_defaults)
+{
+    struct fl_policy *p = unit_load(UNIT_POLICY_HEAD "  rules:\n"
+                                                     "    - name: r\n"
+                                                     "      fault: {abort: {status: 503}}\n");
+    ASSERT_STR_EQ(p->name, "unit");
+    ASSERT_STR_EQ(p->file, "unit.yaml");
+    ASSERT_EQ(p->has_seed, 0);
+    ASSERT_UEQ(p->ttl_ms, FL_DEFAULT_TTL_MS);
+    ASSERT_UEQ(p->ttl_ms, 30 * 60 * 1000);
+    ASSERT_UEQ(p->max_active_faults, FL_DEFAULT_MAX_ACTIVE_FAULTS);
+    ASSERT_UEQ(p->proxy_port, FL_DEFAULT_PROXY_PORT);
+    ASSERT_EQ(atomic_load(&p->refs), 1);
+    ASSERT_UEQ(p->n_rules, 1);
+    struct fl_rule *r = &p->rules[0];
+    ASSERT_STR_EQ(r->name, "r");
+    ASSERT_UEQ(r->n_on, 0);
+    ASSERT_NULL(r->on);
+    ASSERT_UEQ(r->match.methods, 0);
+    ASSERT_EQ(r->match.path.kind, FL_SM_ANY);
+    ASSERT_UEQ(r->match.n_headers, 0);
+    ASSERT_EQ(r->match.has_grpc, 0);
+    ASSERT_EQ(r->abort.enabled, 1);
+    ASSERT_EQ(r->abort.status, 503);
+    ASSERT_EQ(r->abort.grpc_status, -1);
+    ASSERT_NULL(r->abort.body);
+    ASSERT_UEQ(r->abort.ppm, FL_PPM_MAX);
+    ASSERT_EQ(r->delay.enabled, 0);
+    ASSERT_EQ(r->reset.enabled, 0);
+    ASSERT_EQ(atomic_load(&r->live.enabled), 1);
+    ASSERT_UEQ(atomic_load(&r->live.delay_ppm), UINT32_MAX);
+    ASSERT_UEQ(atomic_load(&r->live.abort_ppm), UINT32_MAX);
+    ASSERT_UEQ(atomic_load(&r->live.reset_ppm), UINT32_MAX);
+    ASSERT_UEQ(atomic_load(&r->live.matched), 0);
+    ASSERT_EQ(r->line, 12);
+    ASSERT_EQ(r->col, 7);
+    fl_policy_unref(p);
+}
+
+TEST(policy_full_fields)
+{
+    struct fl_policy *p = unit_load(
+        "apiVersion: faultline/v1\n"
+        "kind: FaultPolicy\n"
+        "metadata:\n"
+        "  name: checkout-chaos\n"
+        "spec:\n"
+        "  seed: 18446744073709551615\n"
+        "  ttl: 1.5h\n"
+        "  max_active_faults: 7\n"
+        "  proxy_port: 15009\n"
+        "  listeners:\n"
+        "    - name: orders\n"
+        "      listen: localhost:15000\n"
+        "      upstream: localhost:8080\n"
+        "    - {name: any, listen: \":15002\", upstream: \"[::1]:8080\"}\n"
+        "  targets:\n"
+        "    - name: orders-svc\n"
+        "      pods:\n"
+        "        cgroup: [/sys/fs/cgroup/a, /sys/fs/cgroup/b]\n"
+        "      destination: {ip: \"fd77::7\"}\n"
+        "  rules:\n"
+        "    - name: slow\n"
+        "      on: [orders, orders-svc]\n"
+        "      match:\n"
+        "        method: [GET, PATCH]\n"
+        "        path: {regex: \"^/orders/[0-9]+$\"}\n"
+        "        headers:\n"
+        "          - {name: X-Chaos, exact: \"on\"}\n"
+        "          - {name: X-Trace, absent: true}\n"
+        "      fault:\n"
+        "        delay: {fixed: 200ms, jitter: 0.5s, percent: 12.3456}\n"
+        "        abort:\n"
+        "          status: 503\n"
+        "          body: \"injected\\n\"\n"
+        "          headers: {Retry-After: \"1\", x-a: b}\n"
+        "          percent: 0.0001\n"
+        "        reset: {percent: 0}\n"
+        "    - name: greeter-down\n"
+        "      on: any\n"
+        "      match: {grpc: {service: helloworld.Greeter}}\n"
+        "      fault:\n"
+        "        abort: {grpc_status: UNAVAILABLE, message: injected}\n");
+    ASSERT_STR_EQ(p->name, "checkout-chaos");
+    ASSERT_EQ(p->has_seed, 1);
+    ASSERT_UEQ(p->seed, UINT64_MAX);
+    ASSERT_UEQ(p->ttl_ms, 90 * 60 * 1000);
+    ASSERT_UEQ(p->max_active_faults, 7);
+    ASSERT_UEQ(p->proxy_port, 15009);
+
+    ASSERT_UEQ(p->n_listeners, 2);
+    struct fl_listener_spec *l = &p->listeners[0];
+    ASSERT_STR_EQ(l->name, "orders");
+    ASSERT_STR_EQ(l->listen, "localhost:15000");
+    ASSERT_STR_EQ(l->upstream, "localhost:8080");
+    ASSERT_EQ(l->n_listen_addrs, 2);
+    ASSERT_EQ(l->listen_addrs[0].ss_family, AF_INET);
+    ASSERT_EQ(l->listen_addrs[1].ss_family, AF_INET6);
+    ASSERT_EQ(l->upstream_addr.ss_family, AF_INET);
+    ASSERT_EQ(ntohs(((struct sockaddr_in *)&l->upstream_addr)->sin_port), 8080);
+    ASSERT_EQ(l->line, 11);
+    ASSERT_EQ(l->col, 7);
+    l = &p->listeners[1];
+    ASSERT_EQ(l->n_listen_addrs, 1);
+    ASSERT_EQ(l->listen_addrs[0].ss_family, AF_INET6);
+    ASSERT_EQ(l->upstream_addr.ss_family, AF_INET6);
+
+    ASSERT_UEQ(p->n_targets, 1);
+    struct fl_target_spec *t = &p->targets[0];
+    ASSERT_UEQ(t->n_cgroups, 2);
+    ASSERT_STR_EQ(t->cgroups[1], "/sys/fs/cgroup/b");
+    ASSERT_EQ(t->dst.family, AF_INET6);
+    ASSERT_EQ(t->dst.prefix, 128);
+    ASSERT_EQ(t->dst.addr[0], 0xfd);
+    ASSERT_EQ(t->dst.addr[15], 7);
+    ASSERT_UEQ(t->port, 0);
+
+    ASSERT_UEQ(p->n_rules, 2);
+    struct fl_rule *r = &p->rules[0];
+    ASSERT_UEQ(r->n_on, 2);
+    ASSERT_STR_EQ(r->on[1], "orders-svc");
+    ASSERT_UEQ(r->match.methods, (1u << FL_M_GET) | (1u << FL_M_PATCH));
+    ASSERT_EQ(r->match.path.kind, FL_SM_REGEX);
+    ASSERT_UEQ(r->match.n_headers, 2);
+    ASSERT_STR_EQ(r->match.headers[0].name, "x-chaos"); /* lower-cased at load */
+    ASSERT_UEQ(r->match.headers[0].name_len, 7);
+    ASSERT_EQ(r->match.headers[0].m.kind, FL_SM_EXACT);
+    ASSERT_STR_EQ(r->match.headers[0].m.value, "on");
+    ASSERT_EQ(r->match.headers[1].m.kind, FL_SM_ABSENT);
+    ASSERT_EQ(r->delay.enabled, 1);
+    ASSERT_UEQ(r->delay.fixed_ms, 200);
+    ASSERT_UEQ(r->delay.jitter_ms, 500);
+    ASSERT_UEQ(r->delay.ppm, 123456);
+    ASSERT_EQ(r->abort.status, 503);
+    ASSERT_STR_EQ(r->abort.body, "injected\n");
+    ASSERT_UEQ(r->abort.body_len, 9);
+    ASSERT_UEQ(r->abort.n_headers, 2);
+    ASSERT_STR_EQ(r->abort.headers[0].name, "retry-after");
+    ASSERT_STR_EQ(r->abort.headers[0].value, "1");
+    ASSERT_UEQ(r->abort.ppm, 1);
+    ASSERT_EQ(r->reset.enabled, 1);
+    ASSERT_UEQ(r->reset.ppm, 0);
+
+    r = &p->rules[1];
+    ASSERT_UEQ(r->n_on, 1);
+    ASSERT_STR_EQ(r->on[0], "any");
+    ASSERT_EQ(r->match.has_grpc, 1);
+    ASSERT_STR_EQ(r->match.grpc_service, "helloworld.Greeter");
+    ASSERT_NULL(r->match.grpc_method);
+    ASSERT_EQ(r->abort.status, 0);
+    ASSERT_EQ(r->abort.grpc_status, 14);
+    ASSERT_STR_EQ(r->abort.message, "injected");
+    fl_policy_unref(p);
+}
+
+/* All errors of a file come back in one round, in document order. */
+TEST(policy_collects_every_error)
+{
+    struct fl_policy_errors errs = unit_load_fail(
+        UNIT_POLICY_HEAD "  rules:\n"
+                         "    - name: a\n"
+                         "      fault: {delay: {fixed: 20x}}\n"
+                         "    - name: b\n"
+                         "      fault: {abort: {status: 700, percent: 101}}\n"
+                         "    - name: c\n"
+                         "      match: {path: {regex: \"(\"}}\n"
+                         "      fault: {reset: {}}\n");
+    ASSERT_UEQ(errs.n, 4);
+    ASSERT_STR_EQ(errs.msgs[0],
+                  "unit.yaml:13:30: spec.rules[0].fault.delay.fixed: \"20x\" is not a duration; "
+                  "use a number with ms, s, m or h (e.g. 250ms)");
+    ASSERT_CONTAINS(errs.msgs[1], "unit.yaml:15:31: spec.rules[1].fault.abort.status:");
+    ASSERT_CONTAINS(errs.msgs[2], "unit.yaml:15:45: spec.rules[1].fault.abort.percent:");
+    ASSERT_CONTAINS(errs.msgs[3], "unit.yaml:17:29: spec.rules[2].match.path.regex: invalid");
+    fl_policy_errors_free(&errs);
+}
+
+TEST(policy_refcount)
+{
+    struct fl_policy *p = unit_load(UNIT_POLICY_HEAD "  rules:\n"
+                                                     "    - name: r\n"
+                                                     "      match: {path: {regex: \"^/a\"}}\n"
+                                                     "      fault: {reset: {}}\n");
+    ASSERT(fl_policy_ref(p) == p);
+    ASSERT_EQ(atomic_load(&p->refs), 2);
+    fl_policy_unref(p);
+    ASSERT_EQ(atomic_load(&p->refs), 1);
+    ASSERT_STR_EQ(p->rules[0].name, "r"); /* still alive */
+    fl_policy_unref(p); /* frees, regfree included: ASan/LSan check the rest */
+    fl_policy_unref(NULL);
+    ASSERT_NULL(fl_policy_ref(NULL));
+}
+
+TEST(policy_find_rule_and_scope)
+{
+    struct fl_policy *p = unit_load(UNIT_POLICY_HEAD "  rules:\n"
+                                                     "    - name: one\n"
+                                                     "      on: [l1]\n"
+                                                     "      fault: {reset: {}}\n"
+                                                     "    - name: two\n"
+                                                     "      fault: {reset: {}}\n");
+    ASSERT(fl_policy_find_rule(p, "one") == &p->rules[0]);
+    ASSERT(fl_policy_find_rule(p, "two") == &p->rules[1]);
+    ASSERT_NULL(fl_policy_find_rule(p, "three"));
+    ASSERT_NULL(fl_policy_find_rule(p, "on"));
+    ASSERT_EQ(fl_rule_applies_to(&p->rules[0], "l1"), 1);
+    ASSERT_EQ(fl_rule_applies_to(&p->rules[0], "t1"), 0);
+    ASSERT_EQ(fl_rule_applies_to(&p->rules[0], "l"), 0);
+    ASSERT_EQ(fl_rule_applies_to(&p->rules[1], "l1"), 1);
+    ASSERT_EQ(fl_rule_applies_to(&p->rules[1], "t1"), 1);
+    fl_policy_unref(p);
+}
+
+TEST(policy_parse_duration)
+{
+    static const struct {
+        const char *s;
+        uint64_t ms;
+    } ok[] = {{"0ms", 0},        {"250ms", 250},     {"2s", 2000},     {"1.5s", 1500},
+              {"0.001s", 1},     {".5s", 500},       {"5m", 300000},   {"1h", 3600000},
+              {"0.25h", 900000}, {"30m", 1800000},   {"1.5ms", 1},     {"007s", 7000}};
+    static const char *const bad[] = {"",    "5",   "ms",   "20x",  "1.2.3s", "-1s",  " 1s", "1s ",
+                                      "1 s", "1S",  "1d",   ".s",   "1e3ms",  "0.0001s", "s5",
+                                      "99999999999999999999h"};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        uint64_t ms = 12345;
+        if (fl_parse_duration(ok[i].s, &ms) != 0)
+            UNIT_FAIL("\"%s\" rejected", ok[i].s);
+        if (ms != ok[i].ms)
+            UNIT_FAIL("\"%s\": %ju ms, expected %ju", ok[i].s, (uintmax_t)ms, (uintmax_t)ok[i].ms);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        uint64_t ms = 12345;
+        if (fl_parse_duration(bad[i], &ms) != -EINVAL)
+            UNIT_FAIL("\"%s\" accepted as %ju ms", bad[i], (uintmax_t)ms);
+        ASSERT_UEQ(ms, 12345);
+    }
+}
+
+TEST(policy_parse_percent)
+{
+    static const struct {
+        const char *s;
+        uint32_t ppm;
+    } ok[] = {{"0", 0},           {"100", 1000000},   {"100.0000", 1000000}, {"12.5", 125000},
+              {"12.3456", 123456}, {"0.0001", 1},     {"5", 50000},          {"99.9999", 999999},
+              {"1.", 10000},      {".5", 5000},       {"050", 500000}};
+    static const char *const bad[] = {"",      "100.0001", "101",  "12.34567", "0.00001", "-1",
+                                      "1e1",   "50%",      "1.2.3", ".",       " 5",      "5 ",
+                                      "abc",   "99999999999999999999999"};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        uint32_t ppm = 7;
+        if (fl_parse_percent(ok[i].s, &ppm) != 0)
+            UNIT_FAIL("\"%s\" rejected", ok[i].s);
+        if (ppm != ok[i].ppm)
+            UNIT_FAIL("\"%s\": %u ppm, expected %u", ok[i].s, ppm, ok[i].ppm);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        uint32_t ppm = 7;
+        if (fl_parse_percent(bad[i], &ppm) != -EINVAL)
+            UNIT_FAIL("\"%s\" accepted as %u ppm", bad[i], ppm);
+        ASSERT_UEQ(ppm, 7);
+    }
+}
+
+TEST(policy_grpc_status_names)
+{
+    static const char *const names[17] = {
+        "OK",           "CANCELLED",         "UNKNOWN",          "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED", "NOT_FOUND",    "ALREADY_EXISTS",   "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",  "OUT_OF_RANGE",
+        "UNIMPLEMENTED", "INTERNAL",         "UNAVAILABLE",      "DATA_LOSS",
+        "UNAUTHENTICATED"};
+    for (int i = 0; i < 17; i++) {
+        char num[8];
+        snprintf(num, sizeof(num), "%d", i);
+        ASSERT_EQ(fl_grpc_status_from_str(names[i]), i);
+        ASSERT_EQ(fl_grpc_status_from_str(num), i);
+        ASSERT_STR_EQ(fl_grpc_status_name(i), names[i]);
+    }
+    ASSERT_EQ(fl_grpc_status_from_str("unavailable"), 14);
+    ASSERT_EQ(fl_grpc_status_from_str("17"), -EINVAL);
+    ASSERT_EQ(fl_grpc_status_from_str("-1"), -EINVAL);
+    ASSERT_EQ(fl_grpc_status_from_str("14x"), -EINVAL);
+    ASSERT_EQ(fl_grpc_status_from_str("UNAVALIABLE"), -EINVAL);
+    ASSERT_EQ(fl_grpc_status_from_str(""), -EINVAL);
+    ASSERT_STR_EQ(fl_grpc_status_name(17), "UNKNOWN");
+    ASSERT_STR_EQ(fl_grpc_status_name(-1), "UNKNOWN");
+}
+
+TEST(policy_method_names)
+{
+    static const char *const names[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
+                                        "CONNECT", "OPTIONS", "TRACE", "PATCH"};
+    for (int i = 0; i < FL_M_OTHER; i++) {
+        ASSERT_EQ(fl_method_from_str(names[i], strlen(names[i])), i);
+        ASSERT_STR_EQ(fl_method_name((enum fl_method)i), names[i]);
+    }
+    /* Not NUL-terminated: only len bytes count. */
+    ASSERT_EQ(fl_method_from_str("GETX", 3), FL_M_GET);
+    ASSERT_EQ(fl_method_from_str("get", 3), FL_M_OTHER);
+    ASSERT_EQ(fl_method_from_str("PROPFIND", 8), FL_M_OTHER);
+    ASSERT_EQ(fl_method_from_str("GE", 2), FL_M_OTHER);
+    ASSERT_EQ(fl_method_from_str("", 0), FL_M_OTHER);
+    ASSERT_STR_EQ(fl_method_name(FL_M_OTHER), "OTHER");
+}
+
+static int port_of(const struct sockaddr_storage *a)
+{
+    return a->ss_family == AF_INET ? ntohs(((const struct sockaddr_in *)a)->sin_port)
+                                   : ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
+}
+
+static void assert_addr(const struct sockaddr_storage *a, int family, const char *ip, int port)
+{
+    char buf[INET6_ADDRSTRLEN];
+    const void *src = family == AF_INET ? (const void *)&((const struct sockaddr_in *)a)->sin_addr
+                                        : (const void *)&((const struct sockaddr_in6 *)a)->sin6_addr;
+    ASSERT_EQ(a->ss_family, family);
+    ASSERT_NOT_NULL(inet_ntop(family, src, buf, sizeof(buf)));
+    ASSERT_STR_EQ(buf, ip);
+    ASSERT_EQ(port_of(a), port);
+}
+
+TEST(policy_parse_hostport)
+{
+    struct sockaddr_storage a[2];
+    ASSERT_EQ(fl_parse_hostport("127.0.0.1:15000", 1, a), 1);
+    assert_addr(&a[0], AF_INET, "127.0.0.1", 15000);
+    ASSERT_EQ(fl_parse_hostport("[::1]:15000", 1, a), 1);
+    assert_addr(&a[0], AF_INET6, "::1", 15000);
+    ASSERT_EQ(fl_parse_hostport("localhost:15000", 1, a), 2);
+    assert_addr(&a[0], AF_INET, "127.0.0.1", 15000);
+    assert_addr(&a[1], AF_INET6, "::1", 15000);
+    ASSERT_EQ(fl_parse_hostport("*:15000", 1, a), 1);
+    assert_addr(&a[0], AF_INET6, "::", 15000);
+    ASSERT_EQ(fl_parse_hostport(":15000", 1, a), 1);
+    assert_addr(&a[0], AF_INET6, "::", 15000);
+    ASSERT_EQ(fl_parse_hostport("10.77.0.1:65535", 0, a), 1);
+    assert_addr(&a[0], AF_INET, "10.77.0.1", 65535);
+    ASSERT_EQ(fl_parse_hostport("[fd77::1]:1", 0, a), 1);
+    assert_addr(&a[0], AF_INET6, "fd77::1", 1);
+    /* Upstreams connect to one address: localhost is 127.0.0.1. */
+    ASSERT_EQ(fl_parse_hostport("localhost:8080", 0, a), 1);
+    assert_addr(&a[0], AF_INET, "127.0.0.1", 8080);
+
+    static const char *const bad_listen[] = {
+        "127.0.0.1",       "127.0.0.1:",   "127.0.0.1:0",  "127.0.0.1:65536", "127.0.0.1:+80",
+        "127.0.0.1: 80",   "127.0.0.1:8x", "::1:15000",    "[::1]15000",      "[::1",
+        "999.0.0.1:80",    "",             ":",            "example.invalid:80"};
+    for (size_t i = 0; i < sizeof(bad_listen) / sizeof(bad_listen[0]); i++)
+        if (fl_parse_hostport(bad_listen[i], 1, a) >= 0)
+            UNIT_FAIL("listen address \"%s\" accepted", bad_listen[i]);
+    /* A wildcard is something to listen on, not to connect to. */
+    ASSERT_LT(fl_parse_hostport("*:8080", 0, a), 0);
+    ASSERT_LT(fl_parse_hostport(":8080", 0, a), 0);
+}
