@@ -72,6 +72,7 @@ struct h2_stream {
     unsigned too_big : 1;       /* request header block beyond the limits: answered 431 */
     struct fl_chunk *hdrs[2];   /* header block being collected, by side it came from */
     struct fl_chunk *trailers[2]; /* trailers waiting for the body before them, by side */
+    struct fl_chunk *lent[2];     /* header block a session sends without a copy, by side */
     struct h2_fifo req, resp;
     struct fl_decision d;
     struct fl_policy *policy; /* keeps d.rule alive while held */
@@ -85,6 +86,9 @@ struct h2 {
     struct h2_stream *streams;
     struct h2_stream *held;
     struct h2_stream *free_streams;
+    /* The stream whose header block each session is decoding, by side: saves a
+     * stream map lookup per header field. Cleared when that stream is freed. */
+    struct h2_stream *hdr_st[2];
     unsigned n_free;
     unsigned n_streams;
     uint64_t rst_window_start;
@@ -304,13 +308,40 @@ static int hdrs_add(struct h2_hdrs *hd, const uint8_t *name, size_t nl, const ui
     return 0;
 }
 
-static const nghttp2_nv *hdrs_find(const struct h2_hdrs *hd, const char *name)
+/* Lends the block in *slot to the session toward side to, to be sent without
+ * copies: the fields are marked NO_COPY and the chunk moves to st->lent[to]
+ * until that HEADERS frame is sent or dropped (hdrs_returned) or the stream
+ * is freed; a session reads no field of a stream it has closed. With a block
+ * already lent that way, the fields are copied as before and *slot is left
+ * to the caller. Returns the block. */
+static struct h2_hdrs *hdrs_lend(struct h2_stream *st, int to, struct fl_chunk **slot)
 {
-    size_t nl = strlen(name);
+    struct h2_hdrs *hd = hdrs_of(*slot);
+    uint8_t flags = NGHTTP2_NV_FLAG_NONE;
+    if (!st->lent[to] && hd->n) {
+        st->lent[to] = *slot;
+        *slot = NULL;
+        flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    }
     for (uint32_t i = 0; i < hd->n; i++)
-        if (hd->nv[i].namelen == nl && memcmp(hd->nv[i].name, name, nl) == 0)
-            return &hd->nv[i];
-    return NULL;
+        hd->nv[i].flags = flags;
+    return hd;
+}
+
+static void hdrs_unlend(struct h2_stream *st, int to)
+{
+    fl_chunk_unref(st->lent[to]);
+    st->lent[to] = NULL;
+}
+
+/* The session toward side to is done with HEADERS frame f (sent or dropped):
+ * if it carried the lent block (the one frame per stream and side whose
+ * fields are NO_COPY), the block goes back. */
+static void hdrs_returned(struct h2_stream *st, int to, const nghttp2_frame *f)
+{
+    if (f->hd.type == NGHTTP2_HEADERS && f->headers.nvlen &&
+        (f->headers.nva[0].flags & NGHTTP2_NV_FLAG_NO_COPY_NAME))
+        hdrs_unlend(st, to);
 }
 
 /* ---- streams ---- */
@@ -380,8 +411,12 @@ static void stream_maybe_free(struct fl_conn *c, struct h2_stream *st)
     for (int i = 0; i < 2; i++) {
         fl_chunk_unref(st->hdrs[i]);
         fl_chunk_unref(st->trailers[i]);
+        fl_chunk_unref(st->lent[i]);
     }
     fl_policy_unref(st->policy);
+    for (int i = 0; i < 2; i++)
+        if (h->hdr_st[i] == st)
+            h->hdr_st[i] = NULL;
     if (st->prev)
         st->prev->next = st->next;
     else
@@ -434,13 +469,14 @@ static ssize_t read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t leng
     if (eos && n == f->len) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         /* The trailers come from the opposite side's block. */
-        struct fl_chunk *t = st->trailers[!to];
-        if (t) {
-            struct h2_hdrs *hd = hdrs_of(t);
+        if (st->trailers[!to]) {
+            struct h2_hdrs *hd = hdrs_lend(st, to, &st->trailers[!to]);
             if (nghttp2_submit_trailer(s, id, hd->nv, hd->n) == 0)
                 *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            else if (!st->trailers[!to])
+                hdrs_unlend(st, to);
+            fl_chunk_unref(st->trailers[!to]);
             st->trailers[!to] = NULL;
-            fl_chunk_unref(t);
         }
     }
     return (ssize_t)n;
@@ -603,6 +639,7 @@ static void answer_unreachable(struct fl_conn *c, struct h2_stream *st, const ch
 
 static nghttp2_session_callbacks *callbacks(void);
 static nghttp2_option *options(int server);
+static nghttp2_mem *session_mem(struct fl_conn *c, nghttp2_mem *m);
 static void upstream_recycled(struct fl_conn *c);
 
 static int upstream_session(struct fl_conn *c)
@@ -610,7 +647,8 @@ static int upstream_session(struct fl_conn *c)
     struct h2 *h = H(c);
     if (h->us)
         return 0;
-    int e = nghttp2_session_client_new2(&h->us, callbacks(), c, options(0));
+    nghttp2_mem m;
+    int e = nghttp2_session_client_new3(&h->us, callbacks(), c, options(0), session_mem(c, &m));
     if (e != 0)
         return -ENOMEM;
     h->up_dead = 0;
@@ -648,11 +686,14 @@ static void go_upstream(struct fl_conn *c, struct h2_stream *st)
         answer_unreachable(c, st, uv_strerror(e));
         return;
     }
-    struct h2_hdrs *hd = hdrs_of(st->hdrs[FL_CLIENT]);
+    struct h2_hdrs *hd = hdrs_lend(st, FL_UPSTREAM, &st->hdrs[FL_CLIENT]);
+    int lent = !st->hdrs[FL_CLIENT];
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_cb};
     int body = !st->req_eos || st->req.len || st->trailers[FL_CLIENT];
     int32_t uid = nghttp2_submit_request(h->us, NULL, hd->nv, hd->n, body ? &prd : NULL, st);
     hdrs_drop(st, FL_CLIENT);
+    if (uid < 0 && lent)
+        hdrs_unlend(st, FL_UPSTREAM);
     if (uid < 0) {
         /* The upstream said GOAWAY: the client may retry elsewhere. */
         st->state = ST_LOCAL;
@@ -708,6 +749,7 @@ static void upstream_gone(struct fl_conn *c, int err)
                 (unsigned long long)c->id, up, c->scope,
                 err ? uv_strerror(err) : "closed the connection", failed);
     }
+    h->hdr_st[FL_UPSTREAM] = NULL;
     if (h->us) {
         h->up_dead = 1;
         nghttp2_session_del(h->us);
@@ -922,6 +964,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         nghttp2_session_set_stream_user_data(s, f->hd.stream_id, st);
     }
+    h->hdr_st[side] = st;
     if (!st || hdrs_begin(c, hdrs_slot(st, side)) < 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
@@ -936,7 +979,9 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     if (f->hd.type != NGHTTP2_HEADERS || h->up_dead)
         return 0;
     int side = s == h->cs ? FL_CLIENT : FL_UPSTREAM;
-    struct h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    struct h2_stream *st = h->hdr_st[side];
+    if (!st || (side == FL_CLIENT ? st->cid : st->uid) != f->hd.stream_id)
+        st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
     if (!st)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     struct fl_chunk **slot = hdrs_slot(st, side);
@@ -976,18 +1021,58 @@ static void client_trailers(struct fl_conn *c, struct h2_stream *st)
         resume(h->us, st->uid);
 }
 
+/* The upstream session runs without nghttp2's HTTP messaging checks (they
+ * cost 6% of a proxied request), so the structure the response path relies on
+ * is checked here (RFC 9113 8.1, 8.3.2): a head has one three-digit :status
+ * and no other pseudo-header, pseudo-headers come first, and trailers have
+ * none and end the stream. Field names and values are forwarded as the
+ * upstream sent them; the client's own HTTP/2 stack judges those. Returns
+ * the :status field of a valid head, or NULL with *bad set. */
+static const nghttp2_nv *response_block(const struct h2_hdrs *hd, int head, int eos, int *bad)
+{
+    const nghttp2_nv *status = NULL;
+    *bad = 0;
+    for (uint32_t i = 0; i < hd->n; i++) {
+        const nghttp2_nv *nv = &hd->nv[i];
+        if (!nv->namelen || nv->name[0] != ':')
+            continue;
+        if (!head || status || i != 0 || nv->namelen != 7 || memcmp(nv->name, ":status", 7) != 0)
+            goto bad;
+        status = nv;
+    }
+    if (head) {
+        if (!status || status->valuelen != 3 || (status->value[0] == '1' && eos))
+            goto bad;
+        for (int k = 0; k < 3; k++)
+            if (status->value[k] < '0' || status->value[k] > '9')
+                goto bad;
+        return status;
+    }
+    if (!eos)
+        goto bad;
+    return NULL;
+bad:
+    *bad = 1;
+    return NULL;
+}
+
 static void upstream_headers(struct fl_conn *c, struct h2_stream *st, const nghttp2_frame *f)
 {
     struct h2 *h = H(c);
     struct h2_hdrs *hd = hdrs_of(st->hdrs[FL_UPSTREAM]);
-    const nghttp2_nv *status = hdrs_find(hd, ":status");
     int eos = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    int bad;
+    const nghttp2_nv *status = response_block(hd, !st->resp_started, eos, &bad);
 
-    if (!st->client_open || st->state != ST_UP) {
+    if (!st->client_open || st->state != ST_UP || bad) {
+        /* A malformed response is a stream error (RFC 9113 8.1.1); closing
+         * the upstream stream resets the client's (on_stream_close). */
+        if (bad && st->up_open)
+            nghttp2_submit_rst_stream(h->us, NGHTTP2_FLAG_NONE, st->uid, NGHTTP2_PROTOCOL_ERROR);
         hdrs_drop(st, FL_UPSTREAM);
         return;
     }
-    if (status && !st->resp_started) {
+    if (status) {
         if (status->valuelen == 3 && status->value[0] == '1') {
             /* Interim (1xx): forward; the final response follows. */
             nghttp2_submit_headers(h->cs, NGHTTP2_FLAG_NONE, st->cid, NULL, hd->nv, hd->n, NULL);
@@ -996,9 +1081,14 @@ static void upstream_headers(struct fl_conn *c, struct h2_stream *st, const nght
         }
         st->resp_started = 1;
         st->resp_eos = eos;
+        hdrs_lend(st, FL_CLIENT, &st->hdrs[FL_UPSTREAM]);
+        int lent = !st->hdrs[FL_UPSTREAM];
         nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_cb};
-        if (nghttp2_submit_response(h->cs, st->cid, hd->nv, hd->n, eos ? NULL : &prd) != 0)
+        if (nghttp2_submit_response(h->cs, st->cid, hd->nv, hd->n, eos ? NULL : &prd) != 0) {
+            if (lent)
+                hdrs_unlend(st, FL_CLIENT);
             nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, NGHTTP2_INTERNAL_ERROR);
+        }
         hdrs_drop(st, FL_UPSTREAM);
         return;
     }
@@ -1156,6 +1246,11 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud)
 {
     struct fl_conn *c = ud;
     struct h2 *h = H(c);
+    if (f->hd.type == NGHTTP2_HEADERS) {
+        struct h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+        if (st)
+            hdrs_returned(st, s == h->cs ? FL_CLIENT : FL_UPSTREAM, f);
+    }
     if (s != h->cs)
         return 0;
     if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code != NGHTTP2_NO_ERROR) {
@@ -1181,6 +1276,19 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud)
     return 0;
 }
 
+/* Without this a dropped frame's lent block would wait for its stream's end. */
+static int on_frame_not_send(nghttp2_session *s, const nghttp2_frame *f, int lib_err, void *ud)
+{
+    struct fl_conn *c = ud;
+    struct h2 *h = H(c);
+    struct h2_stream *st;
+    (void)lib_err;
+    if (f->hd.type == NGHTTP2_HEADERS && !(s == h->us && h->up_dead) &&
+        (st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id)))
+        hdrs_returned(st, s == h->cs ? FL_CLIENT : FL_UPSTREAM, f);
+    return 0;
+}
+
 static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t err, void *ud)
 {
     struct fl_conn *c = ud;
@@ -1202,6 +1310,9 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t err, void *u
         return 0;
     nghttp2_session_set_stream_user_data(s, id, NULL);
     st->up_open = 0;
+    /* A new upstream session numbers its streams from 1 again. */
+    if (h->hdr_st[FL_UPSTREAM] == st)
+        h->hdr_st[FL_UPSTREAM] = NULL;
     if (st->client_open && err != NGHTTP2_NO_ERROR) {
         fifo_clear(&st->resp);
         nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, err);
@@ -1225,6 +1336,39 @@ static int on_invalid_frame(nghttp2_session *s, const nghttp2_frame *f, int lib_
     return 0;
 }
 
+/* nghttp2 allocates about 15 small objects per proxied request; the worker's
+ * slab serves them (see fl_slab). Both sessions of a conn run on its worker. */
+static void *mem_malloc(size_t n, void *ud)
+{
+    return fl_slab_alloc(ud, n);
+}
+
+static void mem_free(void *p, void *ud)
+{
+    fl_slab_free(ud, p);
+}
+
+static void *mem_calloc(size_t k, size_t n, void *ud)
+{
+    if (n && k > SIZE_MAX / n)
+        return NULL;
+    void *p = fl_slab_alloc(ud, k * n);
+    if (p)
+        memset(p, 0, k * n);
+    return p;
+}
+
+static void *mem_realloc(void *p, size_t n, void *ud)
+{
+    return fl_slab_realloc(ud, p, n);
+}
+
+static nghttp2_mem *session_mem(struct fl_conn *c, nghttp2_mem *m)
+{
+    *m = (nghttp2_mem){&c->w->slab, mem_malloc, mem_free, mem_calloc, mem_realloc};
+    return m;
+}
+
 static nghttp2_session_callbacks *cbs;
 static nghttp2_option *opts[2];
 
@@ -1238,6 +1382,7 @@ static void init_once(void)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame);
     for (int server = 0; server < 2; server++) {
@@ -1245,6 +1390,9 @@ static void init_once(void)
         /* Window updates only once bytes left toward the other side. */
         nghttp2_option_set_no_auto_window_update(opts[server], 1);
     }
+    /* The upstream is the service faultline fronts: upstream_headers checks
+     * the little the response path needs, not nghttp2 (see response_block). */
+    nghttp2_option_set_no_http_messaging(opts[0], 1);
 }
 
 static nghttp2_session_callbacks *callbacks(void)
@@ -1403,7 +1551,8 @@ static int h2_init(struct fl_conn *c)
         return -ENOMEM;
     c->proto = h;
     c->timer.data = c;
-    if (nghttp2_session_server_new2(&h->cs, callbacks(), c, options(1)) != 0) {
+    nghttp2_mem m;
+    if (nghttp2_session_server_new3(&h->cs, callbacks(), c, options(1), session_mem(c, &m)) != 0) {
         free(h);
         c->proto = NULL;
         return -ENOMEM;

@@ -51,6 +51,7 @@ void fl_worker_close_all(struct fl_worker *w)
 void fl_worker_fini(struct fl_worker *w)
 {
     fl_pool_drain(&w->pool);
+    fl_slab_drain(&w->slab);
     fl_conn_pool_drain(w);
     fl_logbuf_fini(&w->log);
     fl_policy_unref(w->policy);

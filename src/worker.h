@@ -19,6 +19,7 @@ struct fl_worker {
     uv_loop_t *loop;
     int index;
     struct fl_pool pool;
+    struct fl_slab slab; /* nghttp2's small objects */
     struct fl_wreq *free_wreqs;
     unsigned n_free_wreqs;
     struct fl_rng rng;

@@ -16,6 +16,7 @@ G=$((base + 1)) H=$((base + 2))
 L_PASS=$((base + 10)) L_ABORT=$((base + 11)) L_DELAY=$((base + 12))
 L_PCT=$((base + 13)) L_RESET=$((base + 14)) L_H2=$((base + 15)) L_DEAD=$((base + 16))
 DEAD=$((base + 3)) # nothing listens here
+BADUP=$((base + 4)) L_BADUP=$((base + 17))
 gdir="$root/test/grpc"
 pass=0 failn=0
 
@@ -53,6 +54,7 @@ wait_port() {
   { cat "$tmp/npm.log"; echo "grpc.sh: npm ci failed"; echo "0 passed, 1 failed"; exit 1; }
 
 node "$gdir/server.js" "$G" "$H" >"$tmp/server.log" 2>&1 & pids+=($!)
+node "$gdir/badupstream.js" "$BADUP" >"$tmp/badupstream.log" 2>&1 & pids+=($!)
 
 cat >"$tmp/policy.yaml" <<EOC
 apiVersion: faultline/v1
@@ -68,6 +70,7 @@ spec:
     - {name: reset,   listen: 127.0.0.1:$L_RESET, upstream: 127.0.0.1:$G}
     - {name: h2,      listen: 127.0.0.1:$L_H2,    upstream: 127.0.0.1:$H}
     - {name: dead,    listen: 127.0.0.1:$L_DEAD,  upstream: 127.0.0.1:$DEAD}
+    - {name: badup,   listen: 127.0.0.1:$L_BADUP, upstream: 127.0.0.1:$BADUP}
   rules:
     - name: unary-down
       on: [abort]
@@ -98,7 +101,7 @@ EOC
 "$build/faultline" run -f "$tmp/policy.yaml" --admin "$tmp/admin.sock" --fault-log "$tmp/faults.log" \
   >"$tmp/daemon.log" 2>&1 & fl_pid=$!
 pids+=($fl_pid)
-for p in $G $H $L_PASS $L_H2; do wait_port "$p" || { cat "$tmp/daemon.log" "$tmp/server.log"; echo "0 passed, 1 failed"; exit 1; }; done
+for p in $G $H $BADUP $L_PASS $L_H2; do wait_port "$p" || { cat "$tmp/daemon.log" "$tmp/server.log"; echo "0 passed, 1 failed"; exit 1; }; done
 
 client() { timeout 120 node "$gdir/client.js" "$@"; }
 
@@ -156,6 +159,16 @@ check "h2 abort: 503 with body, headers and x-faultline-injected; unmatched pass
 
 check "h2 upstream down: 502 naming the upstream, connection stays usable" sh -c \
   "nghttp -v http://127.0.0.1:$L_DEAD/a http://127.0.0.1:$L_DEAD/b 2>&1 | grep -c ':status: 502' | grep -qx 2"
+
+# A malformed response (no :status; :status in trailers) resets that stream
+# only; valid responses on the same upstream connection pass.
+bad_upstream() {
+  local u=http://127.0.0.1:$L_BADUP
+  timeout 10 nghttp -v $u/a $u/b $u/c $u/d >"$tmp/badup.out" 2>&1 || { cat "$tmp/badup.out"; return 1; }
+  [ "$(grep -cx ok "$tmp/badup.out")" = 2 ] && [ "$(grep -c 'recv RST_STREAM' "$tmp/badup.out")" = 2 ] ||
+    { cat "$tmp/badup.out"; return 1; }
+}
+check "h2 malformed upstream responses: those streams reset, the others pass" bad_upstream
 
 # 7. h2load completes every request.
 h2load_ok() {
