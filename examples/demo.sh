@@ -126,3 +126,16 @@ echo
 echo "Try it yourself: node examples/backend.js --port 8080 &"
 echo "                 build/faultline run -f policies/demo.yaml"
 echo "                 curl -i http://127.0.0.1:15000/orders/1"
+
+# Transparent mode needs root, cgroup v2 and BPF; show it when the host has them.
+say "transparent mode"
+if [ "$(id -u)" != 0 ]; then
+    echo "skipped: transparent mode needs root (BPF, cgroups, network namespaces); the demo above used explicit mode"
+elif [ ! -e /sys/kernel/btf/vmlinux ]; then
+    echo "skipped: the kernel has no BTF (/sys/kernel/btf/vmlinux), which transparent mode needs; the demo above used explicit mode"
+else
+    bash "$ROOT/examples/demo-transparent.sh"
+    rc=$?
+    [ $rc -eq 2 ] && echo "skipped: this host cannot run transparent mode (reason above); the demo above used explicit mode"
+    [ $rc -ne 0 ] && [ $rc -ne 2 ] && die "the transparent-mode demo failed (exit $rc)"
+fi
