@@ -26,23 +26,9 @@ done
 [ -x "$build/faultline" ] || { echo "bench: $build/faultline not built" >&2; exit 1; }
 
 BE=${FL_CG_PORT_BASE:-19961} FL=$((BE + 1))
-tmp=$(mktemp -d /tmp/fl-cg-h2.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
-
-wait_port() {
-  for _ in $(seq 1 400); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "bench: nothing listens on port $1" >&2
-  exit 1
-}
+# shellcheck source=test/bench/lib.sh
+source "$here/lib.sh"
+bench_init cg-h2
 
 mkdir -p "$tmp/be"
 cat > "$tmp/be/nginx.conf" <<EOC

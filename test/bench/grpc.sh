@@ -26,23 +26,9 @@ done
 ulimit -n 65536 2>/dev/null || true
 
 BE=19951 FL=19952 HA=19953 FLA=19954
-tmp=$(mktemp -d /tmp/fl-bench-h2.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "bench: nothing listens on port $1" >&2
-  exit 1
-}
+# shellcheck source=test/bench/lib.sh
+source "$here/lib.sh"
+bench_init bench-h2
 
 # Backend: nginx, one worker, HTTP/2 over cleartext (prior knowledge).
 mkdir -p "$tmp/be"

@@ -23,23 +23,9 @@ done
 [ -x "$build/faultline" ] || { echo "bench: $build/faultline not built: cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build" >&2; exit 1; }
 
 BE=18901 FL=18902 HA=18903 NG=18904 FLA=18905
-tmp=$(mktemp -d /tmp/fl-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "bench: nothing listens on port $1" >&2
-  exit 1
-}
+# shellcheck source=test/bench/lib.sh
+source "$here/lib.sh"
+bench_init bench
 
 # Backend: nginx, one worker, a small fixed response.
 mkdir -p "$tmp/be" "$tmp/ng"

@@ -33,23 +33,9 @@ idle_n=$(( ($(ulimit -n) - 100) / 2 ))
 
 B1=18911 B2=18912 HA=18913 NG=18914 HAA=18915 HA2=18916
 FP=18921 FA=18922 FR=18923 FD=18924 FW=18925 FH=18926 FI=18927
-tmp=$(mktemp -d /tmp/fl-bench-all.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
-
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "bench: nothing listens on port $1 (see $tmp/*.err)" >&2
-  exit 1
-}
+# shellcheck source=test/bench/lib.sh
+source "$here/lib.sh"
+bench_init bench-all
 
 # ---- backend and peers ----
 mkdir -p "$tmp/be" "$tmp/ng"
