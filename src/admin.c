@@ -368,7 +368,18 @@ static json_t *rule_json(struct fl_rule *r)
         json_object_set_new(
             fk, "percent",
             json_real(ppm_percent(effective_ppm(rule_file_ppm(r, k), rule_live_ppm(r, k)))));
-        json_object_set_new(fk, "overridden", json_boolean(v != UINT32_MAX));
+        int over = v != UINT32_MAX;
+        if (k == 0) {
+            uint64_t fx = atomic_load(&r->live.delay_fixed_ms);
+            if (fx != UINT64_MAX) {
+                json_object_set_new(fk, "fixed_ms", json_integer((json_int_t)fx));
+                over = 1;
+            }
+        } else if (k == 1 && atomic_load(&r->live.abort_status)) {
+            json_object_set_new(fk, "status", json_integer(fl_rule_abort_status(r)));
+            over = 1;
+        }
+        json_object_set_new(fk, "overridden", json_boolean(over));
     }
     json_object_set_new(o, "matched", json_integer((json_int_t)atomic_load(&r->live.matched)));
     json_object_set_new(o, "injected", inj);
@@ -911,6 +922,8 @@ static void patch_rule(struct adm_client *c, const char *name)
     const char *key;
     uint32_t set[3] = {0, 0, 0};
     int has_set[3] = {0, 0, 0}, enabled = -1, only = -1;
+    uint64_t new_fixed = UINT64_MAX;
+    int new_status = 0, has_fixed = 0, has_status = 0;
 
     if (!r) {
         respond_error(c, 404, "no rule named '%s' in policy '%s'; 'faultctl rules' lists them",
@@ -973,17 +986,53 @@ static void patch_rule(struct adm_client *c, const char *name)
                               key);
                 goto out;
             }
-            json_t *pv = json_object_get(v, "percent");
-            if (!json_is_object(v) || json_object_size(v) != 1 || !pv ||
-                percent_value(pv, &set[k]) < 0) {
-                respond_error(c, 400, "\"%s\" must be {\"percent\": 0-100 or null}", key);
+            if (!json_is_object(v)) {
+                respond_error(c, 400, "\"%s\" must be an object such as {\"percent\": 10}", key);
                 goto out;
             }
             if (!rule_has_kind(r, k)) {
                 respond_error(c, 422, "rule '%s' has no %s fault", name, key);
                 goto out;
             }
-            has_set[k] = 1;
+            const char *fk;
+            json_t *fv;
+            json_object_foreach(v, fk, fv)
+            {
+                if (strcmp(fk, "percent") == 0) {
+                    if (percent_value(fv, &set[k]) < 0) {
+                        respond_error(c, 400, "\"%s.percent\" must be 0-100 or null", key);
+                        goto out;
+                    }
+                    has_set[k] = 1;
+                } else if (k == 0 && strcmp(fk, "fixed") == 0) {
+                    /* "250ms" like the policy file, or null for the file's value */
+                    if (json_is_null(fv)) {
+                        new_fixed = UINT64_MAX;
+                    } else if (!json_is_string(fv) ||
+                               fl_parse_duration(json_string_value(fv), &new_fixed) < 0) {
+                        respond_error(c, 400, "\"delay.fixed\" must be a duration such as "
+                                              "\"250ms\", or null for the policy's value");
+                        goto out;
+                    }
+                    has_fixed = 1;
+                } else if (k == 1 && strcmp(fk, "status") == 0) {
+                    if (json_is_null(fv)) {
+                        new_status = 0;
+                    } else if (!json_is_integer(fv) || json_integer_value(fv) < 200 ||
+                               json_integer_value(fv) > 599) {
+                        respond_error(c, 400, "\"abort.status\" must be an HTTP status 200-599, "
+                                              "or null for the policy's value");
+                        goto out;
+                    } else {
+                        new_status = (int)json_integer_value(fv);
+                    }
+                    has_status = 1;
+                } else {
+                    respond_error(c, 400, "unknown key \"%s.%s\"; known: percent%s", key, fk,
+                                  k == 0 ? ", fixed" : k == 1 ? ", status" : "");
+                    goto out;
+                }
+            }
         }
     }
 
@@ -1000,6 +1049,16 @@ static void patch_rule(struct adm_client *c, const char *name)
             ev, kind_names[k],
             json_pack("{s:f}", "percent",
                       ppm_percent(effective_ppm(rule_file_ppm(r, k), rule_live_ppm(r, k)))));
+    }
+    if (has_fixed) {
+        atomic_store(&r->live.delay_fixed_ms, new_fixed);
+        json_object_set_new(ev, "delay_fixed_ms",
+                            json_integer((json_int_t)(new_fixed == UINT64_MAX ? r->delay.fixed_ms
+                                                                              : new_fixed)));
+    }
+    if (has_status) {
+        atomic_store(&r->live.abort_status, new_status);
+        json_object_set_new(ev, "abort_status", json_integer(fl_rule_abort_status(r)));
     }
     fl_info("rule '%s' changed through the admin API", r->name);
     emit_event(ev);

@@ -276,7 +276,8 @@ int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct f
         if (!d->reset && r->delay.enabled &&
             roll(rng, effective_ppm(&r->live.delay_ppm, r->delay.ppm))) {
             d->delay = 1;
-            d->delay_ms = r->delay.fixed_ms;
+            uint64_t fixed = atomic_load_explicit(&r->live.delay_fixed_ms, memory_order_relaxed);
+            d->delay_ms = fixed == UINT64_MAX ? r->delay.fixed_ms : fixed;
             if (r->delay.jitter_ms) {
                 uint64_t j = fl_rng_below(rng, r->delay.jitter_ms + 1);
                 /* Saturate: absurd durations must not wrap into short ones. */

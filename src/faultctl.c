@@ -346,12 +346,14 @@ static int cmd_set(struct ctl *g, int argc, char **argv)
 {
     static const struct option opts[] = {{"percent", required_argument, NULL, 'p'},
                                          {"fault", required_argument, NULL, 'f'},
+                                         {"delay", required_argument, NULL, 'd'},
+                                         {"status", required_argument, NULL, 's'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    const char *percent = NULL, *fault = NULL;
+    const char *percent = NULL, *fault = NULL, *delay = NULL, *status = NULL;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "p:f:h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "p:f:d:s:h", opts, NULL)) != -1) {
         switch (ch) {
         case 'p':
             percent = optarg;
@@ -359,26 +361,54 @@ static int cmd_set(struct ctl *g, int argc, char **argv)
         case 'f':
             fault = optarg;
             break;
+        case 'd':
+            delay = optarg;
+            break;
+        case 's':
+            status = optarg;
+            break;
         default:
             return verb_usage("set", NULL);
         }
     }
     if (optind != argc - 1)
         return verb_usage("set", "name one rule");
-    if (!percent)
-        return verb_usage("set", "give --percent P (0-100, or 'default' for the file's value)");
+    if (!percent && !delay && !status)
+        return verb_usage("set", "give --percent P (0-100, or 'default' for the file's value), "
+                                 "--delay DURATION or --status CODE");
     if (fault && strcmp(fault, "delay") && strcmp(fault, "abort") && strcmp(fault, "reset"))
         return verb_usage("set", "--fault is delay, abort or reset");
     json_t *body = json_object(), *o;
-    if (strcmp(percent, "default") == 0) {
+    if (percent && strcmp(percent, "default") == 0) {
         json_object_set_new(body, "percent", json_null());
-    } else {
+    } else if (percent) {
         uint32_t ppm;
         if (fl_parse_percent(percent, &ppm) < 0) {
             json_decref(body);
             return verb_usage("set", "--percent takes 0-100 with at most 4 decimals");
         }
         json_object_set_new(body, "percent", json_real(ppm / 10000.0));
+    }
+    if (delay) {
+        uint64_t ms;
+        if (strcmp(delay, "default") != 0 && fl_parse_duration(delay, &ms) < 0) {
+            json_decref(body);
+            return verb_usage("set", "--delay takes a duration such as 250ms or 2s, or 'default'");
+        }
+        json_object_set_new(body, "delay",
+                            json_pack("{s:o}", "fixed",
+                                      strcmp(delay, "default") ? json_string(delay) : json_null()));
+    }
+    if (status) {
+        char *end;
+        long code = strtol(status, &end, 10);
+        if (strcmp(status, "default") != 0 && (*end || code < 200 || code > 599)) {
+            json_decref(body);
+            return verb_usage("set", "--status takes an HTTP status 200-599, or 'default'");
+        }
+        json_object_set_new(body, "abort",
+                            json_pack("{s:o}", "status",
+                                      strcmp(status, "default") ? json_integer(code) : json_null()));
     }
     if (fault)
         json_object_set_new(body, "fault", json_string(fault));
@@ -700,9 +730,9 @@ static const struct verb verbs[] = {
     {"rules", "rules", "the policy's rules with live state and counters", cmd_rules},
     {"enable", "enable RULE", "let RULE inject again, from the next request", cmd_enable},
     {"disable", "disable RULE", "stop RULE from injecting, from the next request", cmd_disable},
-    {"set", "set RULE --percent P [--fault delay|abort|reset]",
-     "change how often RULE's faults fire (all its kinds, or the one named); P is 0-100, or "
-     "'default' for the file's value",
+    {"set", "set RULE [--percent P] [--fault delay|abort|reset] [--delay DURATION] [--status CODE]",
+     "change how often RULE's faults fire (all its kinds, or the one named; P is 0-100), the "
+     "delay's fixed time, or the abort's HTTP status; 'default' restores the file's value",
      cmd_set},
     {"apply", "apply -f FILE [--dry-run]",
      "make FILE the policy in force, atomically; --dry-run shows what would change. An invalid "

@@ -787,7 +787,7 @@ static void log_fault(struct fl_conn *c, struct h2_stream *st, enum fl_fault_kin
         if (st->grpc && r->abort.grpc_status >= 0)
             ev.grpc_status = r->abort.grpc_status;
         else
-            ev.status = r->abort.status ? r->abort.status : 503;
+            ev.status = fl_rule_abort_status(r);
     }
     fl_faultlog_emit(&c->w->log, &ev);
 }
@@ -800,7 +800,7 @@ static void do_abort(struct fl_conn *c, struct h2_stream *st)
         (void)answer(c, st, 0, a->grpc_status, a->message, a->headers, a->n_headers, NULL, 0,
                      r->name);
     else
-        (void)answer(c, st, a->status ? a->status : 503, -1, NULL, a->headers, a->n_headers,
+        (void)answer(c, st, fl_rule_abort_status(r), -1, NULL, a->headers, a->n_headers,
                      a->body, a->body_len, r->name);
     fl_fault_release();
 }

@@ -498,7 +498,7 @@ static void answer_abort(struct fl_conn *c, const struct fl_rule *r, uint8_t met
 {
     struct h1 *h = c->proto;
     const struct fl_abort *a = &r->abort;
-    int status = a->status ? a->status : 503;
+    int status = fl_rule_abort_status(r);
     struct fl_chunk *ch = build_response(c, status, r->name, a->headers, a->n_headers, a->body,
                                          a->body_len, method == HTTP_HEAD, close);
     head_release(h);
@@ -584,7 +584,7 @@ static void on_head(struct fl_conn *c)
     if (d.delay)
         log_fault(c, d.rule, FL_FAULT_DELAY, d.delay_ms, 0, &rq);
     if (d.abort)
-        log_fault(c, d.rule, FL_FAULT_ABORT, 0, d.rule->abort.status ? d.rule->abort.status : 503,
+        log_fault(c, d.rule, FL_FAULT_ABORT, 0, fl_rule_abort_status(d.rule),
                   &rq);
     scratch_release(h);
     if (d.delay) {

@@ -1078,6 +1078,8 @@ static void spec_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
             atomic_init(&r->live.delay_ppm, UINT32_MAX);
             atomic_init(&r->live.abort_ppm, UINT32_MAX);
             atomic_init(&r->live.reset_ppm, UINT32_MAX);
+            atomic_init(&r->live.delay_fixed_ms, UINT64_MAX);
+            atomic_init(&r->live.abort_status, 0);
             walk_map(x, it, sub, rule_keys, rule_pair, r);
             static const char *const req[] = {"name", "fault", NULL};
             require_keys(x, it, sub, req);
@@ -1437,6 +1439,14 @@ struct fl_rule *fl_policy_find_rule(const struct fl_policy *p, const char *name)
         if (p->rules[i].name && strcmp(p->rules[i].name, name) == 0)
             return &p->rules[i];
     return NULL;
+}
+
+int fl_rule_abort_status(const struct fl_rule *r)
+{
+    int live = atomic_load_explicit(&((struct fl_rule *)r)->live.abort_status, memory_order_relaxed);
+    if (live)
+        return live;
+    return r->abort.status ? r->abort.status : 503;
 }
 
 int fl_rule_applies_to(const struct fl_rule *r, const char *scope)

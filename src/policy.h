@@ -108,6 +108,8 @@ struct fl_rule_live {
     atomic_uint delay_ppm;
     atomic_uint abort_ppm;
     atomic_uint reset_ppm;
+    atomic_ullong delay_fixed_ms; /* UINT64_MAX: as in the file */
+    atomic_int abort_status;      /* 0: as in the file */
     atomic_ullong matched;   /* requests this rule decided */
     atomic_ullong injected[3]; /* by enum fl_fault_kind */
 };
@@ -197,6 +199,10 @@ void fl_policy_unref(struct fl_policy *p);
  * request's method and first path segment. Returns 0 or -ENOMEM. */
 int fl_rule_index_build(struct fl_policy *p) FL_WUR;
 void fl_rule_index_free(struct fl_rule_index *ix);
+
+/* The HTTP status an abort answers with: the live override, else the file's,
+ * else 503 (a gRPC-only abort seen on plain HTTP). */
+int fl_rule_abort_status(const struct fl_rule *r);
 
 /* Returns the rule named name, or NULL. */
 struct fl_rule *fl_policy_find_rule(const struct fl_policy *p, const char *name);

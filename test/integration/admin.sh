@@ -182,7 +182,7 @@ check "  ... and the first one still answers" ctl -o json status
 rc 2 "no verb is a usage error" "$FAULTCTL"
 rc 2 "unknown verb is a usage error" "$FAULTCTL" frobnicate
 rc 2 "set without --percent is a usage error" ctl set aborts
-check "  ... and prints the verb's usage" grep -q "usage: faultctl .*set RULE --percent P" "$T/err"
+check "  ... and prints the verb's usage" grep -q "usage: faultctl .*set RULE \\[--percent P\\]" "$T/err"
 rc 2 "set --percent 150 is a usage error" ctl set aborts --percent 150
 rc 2 "apply without -f is a usage error" ctl apply
 rc 2 "-o xml is a usage error" ctl -o xml status
@@ -263,6 +263,20 @@ rc 0 "PATCH with curl on the unix socket" curl -sf --unix-socket "$SOCK" -X PATC
 check "  ... takes effect (10 of 10)" test "$(count /rate 10 500)" = 10
 rc 0 "PATCH percent null restores the file's value" curl -sf --unix-socket "$SOCK" -X PATCH -d '{"percent":null}' http://x/v1/rules/rate
 rc 22 "PATCH with an unknown key is a 400" curl -sf --unix-socket "$SOCK" -X PATCH -d '{"bogus":1}' http://x/v1/rules/rate
+rc 0 "set aborts --status 429 (live status change)" ctl set aborts --status 429
+check "  ... the next request is answered 429" test "$(code /fail)" = 429
+check "  ... rules shows the live status, marked changed" sh -c "'$FAULTCTL' --admin '$SOCK' -o table rules | grep -E '^aborts .*100%[*] 429'"
+rc 0 "set aborts --status default" ctl set aborts --status default
+check "  ... back to the file's 503" test "$(code /fail)" = 503
+ms() { curl -s -o /dev/null -w '%{time_total}' --max-time 5 "http://127.0.0.1:$PROXY$1" | awk '{printf "%d", $1 * 1000}'; }
+rc 0 "set slow --delay 20ms (live delay change)" ctl set slow --delay 20ms
+t=$(ms /slow)
+check "  ... the next request is held about 20 ms, not 300 ($t ms)" test "$t" -ge 15 -a "$t" -lt 200
+rc 0 "set slow --delay default" ctl set slow --delay default
+t=$(ms /slow)
+check "  ... back to the file's 300 ms ($t ms)" test "$t" -ge 290
+rc 2 "set --status 700 is a usage error" ctl set aborts --status 700
+rc 1 "set --delay on a rule without a delay fault: exit 1" ctl set aborts --delay 5ms
 
 # ---- apply ----
 inj_before=$(ctl metrics | awk '/^faultline_faults_injected_total\{rule="aborts",fault="abort"\}/ {print $2}')
