@@ -63,7 +63,7 @@ PIDS+=("$FL")
 wait_port $PROXY_PORT "$FL" || { cat "$TMP/faultline.err"; die "faultline did not start"; }
 sed 's/^/  /' "$TMP/faultline.err"
 
-say "traffic: 200 requests through 127.0.0.1:$PROXY_PORT (20 at a time)"
+say "traffic: about 200 requests (3 of them with x-chaos: on) through 127.0.0.1:$PROXY_PORT (20 at a time)"
 {
     for i in $(seq 40); do
         printf 'url = "http://127.0.0.1:%d/"\noutput = /dev/null\n' $PROXY_PORT

@@ -207,8 +207,10 @@ void fl_daemon_halt(const char *reason)
     size_t n = reason ? fl_json_escape(esc, sizeof(esc), 0, reason, strlen(reason)) : 0;
     esc[n] = '\0';
     atomic_store(&fl_global.halted, 1);
-    fl_warn("injection halted%s%s; resume with 'faultctl resume'", reason ? ": " : "",
-            reason ? reason : "");
+    fl_warn("injection halted%s%s; %s", reason ? ": " : "", reason ? reason : "",
+            reason && strncmp(reason, "HALT file ", 10) == 0
+                ? "remove that file to resume"
+                : "resume with 'faultctl resume'");
     fl_daemon_event("\"event\":\"halt\",\"reason\":\"%s\"", esc);
 }
 

@@ -232,9 +232,13 @@ static int cmd_status(struct ctl *g, int argc, char **argv)
         snprintf(ttl, sizeof(ttl), "none");
     printf("policy        %s (%s, generation %lld)\n", js(o, "policy"), js(o, "file"),
            ji(o, "generation"));
-    if (json_is_true(json_object_get(o, "halted")))
-        printf("state         HALTED (%s); 'faultctl resume' to inject again\n",
-               js(o, "halt_reason"));
+    if (json_is_true(json_object_get(o, "halted"))) {
+        const char *why = js(o, "halt_reason");
+        if (strncmp(why, "HALT file ", 10) == 0)
+            printf("state         HALTED (%s); remove that file to inject again\n", why);
+        else
+            printf("state         HALTED (%s); 'faultctl resume' to inject again\n", why);
+    }
     else
         printf("state         %s\n", json_is_true(json_object_get(o, "expired"))
                                          ? "expired (not injecting)"

@@ -126,12 +126,15 @@ int fl_listeners_apply(struct fl_worker *w, const struct fl_policy *p, int reuse
     for (size_t i = 0; i < p->n_listeners; i++) {
         const struct fl_listener_spec *spec = &p->listeners[i];
         for (int a = 0; a < spec->n_listen_addrs; a++) {
+            /* A socket already bound to this address is kept, also when the
+             * listener was renamed: binding it again would fail against
+             * ourselves. */
             for (l = w->listeners; l; l = l->next)
-                if (!l->seen && strcmp(l->name, spec->name) == 0 &&
-                    sa_equal(&l->addr, &spec->listen_addrs[a]))
+                if (!l->seen && sa_equal(&l->addr, &spec->listen_addrs[a]))
                     break;
             if (l) {
-                l->seen = 2; /* kept; upstream updated below once all opened */
+                l->seen = 2; /* kept; name and upstream updated below once all opened */
+                l->spec_index = i;
                 continue;
             }
             e = listener_open(w, spec, a, reuseport, &l, err, errlen);
@@ -143,10 +146,19 @@ int fl_listeners_apply(struct fl_worker *w, const struct fl_policy *p, int reuse
         }
     }
     /* Commit: update kept ones, close removed ones, add new ones. */
-    for (size_t i = 0; i < p->n_listeners; i++)
-        for (l = w->listeners; l; l = l->next)
-            if (l->seen == 2 && strcmp(l->name, p->listeners[i].name) == 0)
-                memcpy(&l->upstream, &p->listeners[i].upstream_addr, sizeof(l->upstream));
+    for (l = w->listeners; l; l = l->next) {
+        if (l->seen != 2)
+            continue;
+        const struct fl_listener_spec *spec = &p->listeners[l->spec_index];
+        memcpy(&l->upstream, &spec->upstream_addr, sizeof(l->upstream));
+        if (strcmp(l->name, spec->name) != 0) {
+            char *name = strdup(spec->name);
+            if (name) {
+                free(l->name);
+                l->name = name;
+            }
+        }
+    }
     pp = &w->listeners;
     while ((l = *pp)) {
         if (!l->seen) {

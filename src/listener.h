@@ -18,6 +18,7 @@ struct fl_listener {
     struct sockaddr_storage addr;
     struct sockaddr_storage upstream;
     int seen; /* reconcile mark */
+    size_t spec_index; /* its entry in the policy being applied */
 };
 
 /* Makes w's listeners match p's listeners: opens new ones, updates the upstream

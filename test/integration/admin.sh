@@ -298,6 +298,14 @@ check "  ... the new policy is in force" test "$(json status .policy)" = pol-b
 check "  ... its delay is the new one (1 ms, not 300 ms)" \
     test "$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$PROXY/slow" | cut -d. -f1)" = 0
 
+# A renamed listener on the same address keeps its socket (no "address in use"
+# against ourselves) and serves under the new name.
+sed 's/- name: web/- name: web2/' "$T/b.yaml" >"$T/b2.yaml"
+rc 0 "apply a policy whose listener was renamed (same address)" ctl apply -f "$T/b2.yaml"
+check "  ... status lists the new name" sh -c "'$FAULTCTL' --admin '$SOCK' -o json status | jq -e '.listeners[0].name == \"web2\"'"
+check "  ... and traffic still flows" test "$(code /steady)" = 200
+rc 0 "apply the original name back" ctl apply -f "$T/b.yaml"
+
 # Apply during continuous traffic: wrk keeps 16 connections busy while the
 # policy flips 20 times; no request may fail and none may get a non-2xx.
 wrk -t2 -c16 -d4s "http://127.0.0.1:$PROXY/steady" >"$T/wrk" 2>&1 &
