@@ -189,7 +189,9 @@ static void fifo_clear(struct h2_fifo *f)
 
 /* ---- output ---- */
 
-static int out_put(struct fl_conn *c, int side, const uint8_t *p, size_t n)
+/* Copies n bytes toward side into the side's output chunk, from p or (when p is
+ * NULL) from the fifo f; a chunk that fills up is written out at once. */
+static int out_copy(struct fl_conn *c, int side, const uint8_t *p, struct h2_fifo *f, size_t n)
 {
     struct h2 *h = H(c);
     while (n) {
@@ -203,9 +205,13 @@ static int out_put(struct fl_conn *c, int side, const uint8_t *p, size_t n)
         size_t k = FL_CHUNK_CAP - o->len;
         if (k > n)
             k = n;
-        memcpy(o->data + o->len, p, k);
+        if (p) {
+            memcpy(o->data + o->len, p, k);
+            p += k;
+        } else {
+            fifo_take(f, (uint8_t *)o->data + o->len, k);
+        }
         o->len += (uint32_t)k;
-        p += k;
         n -= k;
         if (o->len == FL_CHUNK_CAP) {
             h->out[side] = NULL;
@@ -216,30 +222,14 @@ static int out_put(struct fl_conn *c, int side, const uint8_t *p, size_t n)
     return 0;
 }
 
+static int out_put(struct fl_conn *c, int side, const uint8_t *p, size_t n)
+{
+    return out_copy(c, side, p, NULL, n);
+}
+
 static int out_fifo(struct fl_conn *c, int side, struct h2_fifo *f, size_t n)
 {
-    struct h2 *h = H(c);
-    while (n) {
-        struct fl_chunk *o = h->out[side];
-        if (!o) {
-            o = h->out[side] = fl_chunk_get(&c->w->pool);
-            if (!o)
-                return -ENOMEM;
-            o->len = 0;
-        }
-        size_t k = FL_CHUNK_CAP - o->len;
-        if (k > n)
-            k = n;
-        fifo_take(f, (uint8_t *)o->data + o->len, k);
-        o->len += (uint32_t)k;
-        n -= k;
-        if (o->len == FL_CHUNK_CAP) {
-            h->out[side] = NULL;
-            fl_conn_write(c, side, o, o->data, o->len);
-            fl_chunk_unref(o);
-        }
-    }
-    return 0;
+    return out_copy(c, side, NULL, f, n);
 }
 
 static void out_flush(struct fl_conn *c)
