@@ -39,18 +39,7 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$BE http2; location / { return 200 "hello from backend\n"; } } }
 EOC
 nginx -p "$tmp/be" -c "$tmp/be/nginx.conf" & pids+=($!)
-cat > "$tmp/pass.yaml" <<EOC
-apiVersion: faultline/v1
-kind: FaultPolicy
-metadata: {name: cg-h2-pass}
-spec:
-  listeners:
-    - {name: bench, listen: 127.0.0.1:$FL, upstream: 127.0.0.1:$BE}
-  rules:
-    - name: never
-      match: {path: {prefix: /never-matches}}
-      fault: {abort: {status: 503}}
-EOC
+bench_policy pass "$FL" "$BE" "$BENCH_NEVER"
 wait_port "$BE"
 
 # Prints the total instruction count of one faultline run serving n requests.

@@ -59,29 +59,8 @@ backend be
 EOC
 haproxy -f "$tmp/haproxy.cfg" -db & pids+=($!)
 
-cat > "$tmp/pass.yaml" <<EOC
-apiVersion: faultline/v1
-kind: FaultPolicy
-metadata: {name: bench-h2-pass}
-spec:
-  listeners:
-    - {name: bench, listen: 127.0.0.1:$FL, upstream: 127.0.0.1:$BE}
-  rules:
-    - name: never
-      match: {path: {prefix: /never-matches}}
-      fault: {abort: {status: 503}}
-EOC
-cat > "$tmp/abort.yaml" <<EOC
-apiVersion: faultline/v1
-kind: FaultPolicy
-metadata: {name: bench-h2-abort}
-spec:
-  listeners:
-    - {name: bench, listen: 127.0.0.1:$FLA, upstream: 127.0.0.1:$BE}
-  rules:
-    - name: abort10
-      fault: {abort: {status: 503, percent: 10}}
-EOC
+bench_policy pass "$FL" "$BE" "$BENCH_NEVER"
+bench_policy abort "$FLA" "$BE" "$BENCH_ABORT10"
 "$build/faultline" run -f "$tmp/pass.yaml" --admin "$tmp/a1.sock" --fault-log /dev/null 2>"$tmp/fl1.err" & pids+=($!)
 "$build/faultline" run -f "$tmp/abort.yaml" --admin "$tmp/a2.sock" --fault-log "$tmp/abort.log" 2>"$tmp/fl2.err" & pids+=($!)
 for p in $BE $FL $HA $FLA; do wait_port "$p"; done

@@ -31,3 +31,25 @@ wait_port() {
   echo "bench: nothing listens on port $1 (logs in $tmp)" >&2
   exit 1
 }
+
+# The rules most benchmarks use: one that never matches (the proxy's cost with
+# rule evaluation but no fault) and a 10% abort.
+BENCH_NEVER='    - {name: never, match: {path: {prefix: /never-matches}}, fault: {abort: {status: 503}}}'
+BENCH_ABORT10='    - {name: abort10, fault: {abort: {status: 503, percent: 10}}}'
+
+# bench_policy NAME PORT UPSTREAM_PORT RULES-YAML: writes $tmp/NAME.yaml, one
+# listener 127.0.0.1:PORT -> 127.0.0.1:UPSTREAM_PORT.
+bench_policy() {
+  cat > "$tmp/$1.yaml" <<EOC
+apiVersion: faultline/v1
+kind: FaultPolicy
+metadata: {name: bench-$1}
+spec:
+  ttl: 1h
+  max_active_faults: 100000
+  listeners:
+    - {name: bench, listen: 127.0.0.1:$2, upstream: 127.0.0.1:$3}
+  rules:
+$4
+EOC
+}

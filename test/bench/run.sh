@@ -88,33 +88,18 @@ EOC
 haproxy -f "$tmp/haproxy.cfg" -db 2>"$tmp/ha.err" & pids+=($!)
 
 # ---- faultline policies ----
-policy() { # name port upstream rules-yaml
-  cat > "$tmp/$1.yaml" <<EOC
-apiVersion: faultline/v1
-kind: FaultPolicy
-metadata: {name: bench-$1}
-spec:
-  ttl: 1h
-  max_active_faults: 100000
-  listeners:
-    - {name: bench, listen: 127.0.0.1:$2, upstream: 127.0.0.1:$3}
-  rules:
-$4
-EOC
-}
-never='    - {name: never, match: {path: {prefix: /never-matches}}, fault: {abort: {status: 503}}}'
-policy pass $FP $B1 "$never"
-policy abort $FA $B1 '    - {name: abort10, fault: {abort: {status: 503, percent: 10}}}'
-policy delay $FD $B1 '    - {name: delay100, fault: {delay: {fixed: 100ms}}}'
-policy workers $FW $B1 "$never"
-policy h2 $FH $B2 "$never"
-policy idle $FI $B1 "$never"
+bench_policy pass $FP $B1 "$BENCH_NEVER"
+bench_policy abort $FA $B1 "$BENCH_ABORT10"
+bench_policy delay $FD $B1 '    - {name: delay100, fault: {delay: {fixed: 100ms}}}'
+bench_policy workers $FW $B1 "$BENCH_NEVER"
+bench_policy h2 $FH $B2 "$BENCH_NEVER"
+bench_policy idle $FI $B1 "$BENCH_NEVER"
 {
   for i in $(seq 1 1000); do
     echo "    - {name: r$i, match: {method: [POST], path: {prefix: /api/v$i/}, headers: [{name: x-tenant, exact: t$i}]}, fault: {abort: {status: 503}}}"
   done
 } > "$tmp/rules.txt"
-policy rules $FR $B1 "$(cat "$tmp/rules.txt")"
+bench_policy rules $FR $B1 "$(cat "$tmp/rules.txt")"
 
 start_fl() { # name port [args]
   local name=$1 port=$2; shift 2
