@@ -383,7 +383,6 @@ int fl_conn_switch(struct fl_conn *c, const struct fl_proto_ops *ops)
     uv_timer_stop(&c->timer); /* its callback belonged to the old handler */
     c->proto = NULL;
     c->ops = ops;
-    c->switched = 1;
     return ops->init ? ops->init(c) : 0;
 }
 

@@ -88,7 +88,6 @@ struct fl_conn {
     unsigned pending_closes;
     unsigned closing : 1;
     unsigned close_when_idle : 1; /* graceful shutdown: close once idle */
-    unsigned switched : 1;
 };
 
 /* Accepts a pending connection on server into a new conn bound to listener

@@ -44,6 +44,7 @@ void fl_logbuf_fini(struct fl_logbuf *lb)
     free(lb->buf);
     free(lb->inflight);
     lb->buf = lb->inflight = NULL;
+    lb->inflight_cap = 0;
     lb->len = lb->cap = 0;
 }
 
@@ -59,16 +60,17 @@ static void write_cb(uv_fs_t *req)
     } else if ((size_t)r < lb->inflight_len) {
         /* Short write (a pipe): put the rest back in front of the queue. */
         size_t rest = lb->inflight_len - (size_t)r;
-        if (lb->len + rest <= lb->cap || lb->cap == 0) {
-            char *nb = malloc(lb->len + rest + 1);
-            if (nb) {
-                memcpy(nb, lb->inflight + r, rest);
+        char *nb = malloc(lb->len + rest + 1);
+        if (nb) {
+            memcpy(nb, lb->inflight + r, rest);
+            if (lb->len)
                 memcpy(nb + rest, lb->buf, lb->len);
-                free(lb->buf);
-                lb->buf = nb;
-                lb->len += rest;
-                lb->cap = lb->len + 1;
-            }
+            free(lb->buf);
+            lb->buf = nb;
+            lb->len += rest;
+            lb->cap = lb->len + 1;
+        } else {
+            atomic_fetch_add_explicit(&fl_faultlog_dropped, 1, memory_order_relaxed);
         }
     }
     lb->busy = 0;
@@ -83,13 +85,13 @@ static void flush_async(struct fl_logbuf *lb)
         return;
     /* Swap buffers: the in-flight one is owned by the write until write_cb. */
     char *tmp = lb->inflight;
+    size_t tmp_cap = lb->inflight_cap;
     lb->inflight = lb->buf;
+    lb->inflight_cap = lb->cap;
     lb->inflight_len = lb->len;
-    lb->buf = tmp;
+    lb->buf = tmp; /* the previous write's buffer is reused, not reallocated */
+    lb->cap = tmp_cap;
     lb->len = 0;
-    free(lb->buf);
-    lb->buf = NULL;
-    lb->cap = 0;
     uv_buf_t b = uv_buf_init(lb->inflight, (unsigned)lb->inflight_len);
     lb->req.data = lb;
     lb->busy = 1;

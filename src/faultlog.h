@@ -23,7 +23,7 @@ struct fl_logbuf {
     char *buf; /* lines not yet handed to the kernel */
     size_t len, cap;
     char *inflight; /* buffer of the write in progress */
-    size_t inflight_len;
+    size_t inflight_len, inflight_cap;
     uv_fs_t req;
     int busy;
     uv_loop_t *loop;
