@@ -53,6 +53,7 @@ void fl_conn_close(struct fl_conn *c, int reset)
     if (c->closing)
         return;
     c->closing = 1;
+    fl_worker_unhold(c->w, &c->hold);
     for (int i = 0; i < 2; i++) {
         struct fl_side *s = &c->s[i];
         if (!s->open)
@@ -381,6 +382,7 @@ int fl_conn_switch(struct fl_conn *c, const struct fl_proto_ops *ops)
     if (c->ops && c->ops->destroy)
         c->ops->destroy(c);
     uv_timer_stop(&c->timer); /* its callback belonged to the old handler */
+    fl_worker_unhold(c->w, &c->hold);
     c->proto = NULL;
     c->ops = ops;
     return ops->init ? ops->init(c) : 0;

@@ -9,12 +9,14 @@
 #ifndef FL_CONN_H
 #define FL_CONN_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <uv.h>
 
 #include "buf.h"
 #include "policy.h"
+#include "worker.h"
 
 #define FL_CLIENT 0
 #define FL_UPSTREAM 1
@@ -73,7 +75,8 @@ struct fl_conn {
     struct fl_worker *w;
     struct fl_conn *prev, *next; /* worker's list */
     struct fl_side s[2];
-    uv_timer_t timer;    /* protocol's: held delays */
+    uv_timer_t timer;    /* protocol's: timeouts */
+    struct fl_hold hold; /* protocol's: the held delay (the worker's queue) */
     uv_timer_t io_timer; /* conn's: upstream connect timeout */
     uv_connect_t connect_req;
     const struct fl_proto_ops *ops;
@@ -89,6 +92,12 @@ struct fl_conn {
     unsigned closing : 1;
     unsigned close_when_idle : 1; /* graceful shutdown: close once idle */
 };
+
+/* The connection whose hold hd is. */
+static inline struct fl_conn *fl_conn_of_hold(struct fl_hold *hd)
+{
+    return (struct fl_conn *)(void *)((char *)hd - offsetof(struct fl_conn, hold));
+}
 
 /* Accepts a pending connection on server into a new conn bound to listener
  * settings (scope name, upstream address). Returns 0 or a negative errno. */

@@ -109,6 +109,7 @@ static void wt_on_empty(struct fl_worker *w)
     struct wthread *t = (struct wthread *)w;
     atomic_store(&t->empty, 1);
     uv_close((uv_handle_t *)&t->async, NULL);
+    fl_worker_close_handles(w);
 }
 
 static void wt_main(void *arg)
@@ -301,6 +302,7 @@ static void close_main_handles(void)
     uv_close((uv_handle_t *)&D.sig_usr2, NULL);
     uv_close((uv_handle_t *)&D.ttl_timer, NULL);
     uv_close((uv_handle_t *)&D.drain_timer, NULL);
+    fl_worker_close_handles(&D.w0);
 }
 
 static void drain_tick(uv_timer_t *t)
@@ -360,16 +362,22 @@ static int start_workers(int n, char *err, size_t errlen)
         struct wthread *t = calloc(1, sizeof(*t));
         if (!t)
             return -ENOMEM;
-        D.wt[i] = t;
         uv_loop_init(&t->loop);
-        fl_worker_init(&t->w, &t->loop, i);
+        int e = fl_worker_init(&t->w, &t->loop, i);
+        if (e < 0) {
+            snprintf(err, errlen, "worker %d: cannot create its timer: %s", i, uv_strerror(e));
+            uv_loop_close(&t->loop);
+            free(t);
+            return e;
+        }
+        D.wt[i] = t;
         t->w.on_empty = wt_on_empty;
         uv_mutex_init(&t->mu);
         uv_async_init(&t->loop, &t->async, wt_async_cb);
         t->async.data = t;
         D.n_workers = i + 1;
         fl_policy_unref(fl_worker_set_policy(&t->w, D.policy));
-        int e = fl_listeners_apply(&t->w, D.policy, 1, err, errlen);
+        e = fl_listeners_apply(&t->w, D.policy, 1, err, errlen);
         if (e < 0)
             return e;
     }
@@ -390,6 +398,7 @@ static void stop_workers(void)
         } else {
             fl_listeners_close_all(&t->w);
             uv_close((uv_handle_t *)&t->async, NULL);
+            fl_worker_close_handles(&t->w);
             uv_run(&t->loop, UV_RUN_DEFAULT);
         }
         fl_policy_unref(t->pending);
@@ -450,16 +459,25 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
         return 1;
     }
 
-    fl_worker_init(&D.w0, D.loop, 0);
+    e = fl_worker_init(&D.w0, D.loop, 0);
+    if (e < 0) {
+        fprintf(stderr, "faultline: cannot create the timer for delays: %s; raise the open-files "
+                        "limit (ulimit -n) if it is exhausted\n",
+                uv_strerror(e));
+        fl_policy_unref(p);
+        fl_faultlog_close();
+        return 1;
+    }
     D.n_workers = 1;
     /* Before the policy's listeners: a second daemon on the same socket is
      * refused with a message about the socket, not about a busy port. */
     if (fl_admin_start(D.loop, o->admin_path, o->metrics_listen, err, sizeof(err)) < 0) {
         fprintf(stderr, "faultline: %s\n", err);
-        fl_worker_fini(&D.w0);
+        fl_worker_close_handles(&D.w0);
         fl_policy_unref(p);
         fl_faultlog_close();
         uv_run(D.loop, UV_RUN_DEFAULT);
+        fl_worker_fini(&D.w0);
         uv_loop_close(D.loop);
         return 1;
     }

@@ -76,7 +76,7 @@ struct h2_stream {
     struct h2_fifo req, resp;
     struct fl_decision d;
     struct fl_policy *policy; /* keeps d.rule alive while held */
-    uint64_t due;
+    uint64_t due; /* held: fl_worker_deadline() of the delay */
 };
 
 struct h2 {
@@ -93,10 +93,10 @@ struct h2 {
     unsigned n_streams;
     uint64_t rst_window_start;
     unsigned rst_count;
-    uint64_t linger_until; /* closing: deadline for the last bytes to leave */
     unsigned recycling : 1;   /* the upstream socket is being replaced */
     unsigned up_dead : 1;     /* h->us is being torn down; ignore its callbacks */
     unsigned closing : 1;     /* close once the client queue is empty */
+    unsigned lingering : 1;   /* closing: c->timer ends the wait for the last bytes */
     unsigned warned : 1;      /* one protocol-error line per connection */
     unsigned pumping : 1;
     unsigned up_err_pending : 1; /* the upstream failed inside a session call */
@@ -848,7 +848,7 @@ static void hold(struct fl_conn *c, struct h2_stream *st)
 {
     struct h2 *h = H(c);
     st->state = ST_HOLD;
-    st->due = fl_worker_now(c->w) + st->d.delay_ms;
+    st->due = fl_worker_deadline(st->d.delay_ms);
     struct h2_stream **pp = &h->held;
     while (*pp && (*pp)->due <= st->due)
         pp = &(*pp)->hnext;
@@ -894,18 +894,14 @@ static void request_ready(struct fl_conn *c, struct h2_stream *st)
     do_abort(c, st);
 }
 
-static void timer_cb(uv_timer_t *t)
+static void held_cb(struct fl_hold *hd)
 {
-    struct fl_conn *c = t->data;
+    struct fl_conn *c = fl_conn_of_hold(hd);
     struct h2 *h = H(c);
-    uint64_t now = fl_worker_now(c->w);
     if (c->closing)
         return;
-    if (h->linger_until && now >= h->linger_until) {
-        fl_conn_close(c, 0);
-        return;
-    }
-    while (h->held && h->held->due <= now && !c->closing) {
+    uint64_t now_ns = uv_hrtime();
+    while (h->held && h->held->due <= now_ns && !c->closing) {
         struct h2_stream *st = h->held;
         h->held = st->hnext;
         st->hnext = NULL;
@@ -920,20 +916,31 @@ static void timer_cb(uv_timer_t *t)
     pump(c);
 }
 
+static void linger_cb(uv_timer_t *t)
+{
+    fl_conn_close(t->data, 0);
+}
+
+/* Closing: the last bytes get FL_H2_LINGER_MS to leave. */
+static void start_linger(struct fl_conn *c)
+{
+    H(c)->lingering = 1;
+    uv_timer_start(&c->timer, linger_cb, FL_H2_LINGER_MS, 0);
+}
+
+/* The conn's hold waits for the earliest held stream. */
 static void arm_timer(struct fl_conn *c)
 {
     struct h2 *h = H(c);
-    uint64_t next = UINT64_MAX;
-    if (h->held)
-        next = h->held->due;
-    if (h->linger_until && h->linger_until < next)
-        next = h->linger_until;
-    if (next == UINT64_MAX) {
-        uv_timer_stop(&c->timer);
+    if (c->closing)
         return;
+    if (h->held && (!c->hold.idx || c->hold.due_ns != h->held->due)) {
+        fl_worker_unhold(c->w, &c->hold);
+        if (fl_worker_hold(c->w, &c->hold, h->held->due, held_cb) < 0)
+            fl_conn_close(c, 1); /* out of memory: a reset, rather than no delay */
+    } else if (!h->held) {
+        fl_worker_unhold(c->w, &c->hold);
     }
-    uint64_t now = fl_worker_now(c->w);
-    uv_timer_start(&c->timer, timer_cb, next > now ? next - now : 0, 0);
 }
 
 /* ---- session callbacks ---- */
@@ -1111,8 +1118,7 @@ static void go_away(struct fl_conn *c, uint32_t code)
         return;
     h->closing = 1;
     nghttp2_session_terminate_session(h->cs, code);
-    h->linger_until = fl_worker_now(c->w) + FL_H2_LINGER_MS;
-    arm_timer(c);
+    start_linger(c);
 }
 
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
@@ -1250,8 +1256,7 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud)
         protocol_warn(c, "protocol error", detail);
         if (!h->closing) {
             h->closing = 1;
-            h->linger_until = fl_worker_now(c->w) + FL_H2_LINGER_MS;
-            arm_timer(c);
+            start_linger(c);
         }
         return 0;
     }
@@ -1447,10 +1452,9 @@ static void pump(struct fl_conn *c)
             fl_conn_close(c, 0);
             return;
         }
-        if (!h->linger_until) {
+        if (!h->lingering) {
             h->closing = 1;
-            h->linger_until = fl_worker_now(c->w) + FL_H2_LINGER_MS;
-            arm_timer(c);
+            start_linger(c);
         }
     }
 }

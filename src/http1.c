@@ -511,9 +511,9 @@ static void answer_abort(struct fl_conn *c, const struct fl_rule *r, uint8_t met
     push_synth(c, ch, method, close);
 }
 
-static void held_timer_cb(uv_timer_t *t)
+static void held_cb(struct fl_hold *hd)
 {
-    struct fl_conn *c = t->data;
+    struct fl_conn *c = fl_conn_of_hold(hd);
     struct h1 *h = c->proto;
     if (c->closing || h->rs != RQ_HOLD)
         return;
@@ -591,7 +591,8 @@ static void on_head(struct fl_conn *c)
         h->held = d;
         h->held_method = method;
         h->rs = RQ_HOLD;
-        uv_timer_start(&c->timer, held_timer_cb, d.delay_ms, 0);
+        if (fl_worker_hold(c->w, &c->hold, fl_worker_deadline(d.delay_ms), held_cb) < 0)
+            fl_conn_close(c, 1); /* out of memory: a reset, rather than no delay */
         return;
     }
     answer_abort(c, d.rule, method, !keep_alive);

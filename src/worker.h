@@ -15,6 +15,17 @@ struct fl_listener;
 
 struct fl_wreq;
 
+/* A held request (delay fault) waiting for its deadline. Embedded in the
+ * connection that owns it; the worker keeps the waiting ones in a min-heap
+ * behind one timerfd, so a delay ends within microseconds of its deadline
+ * instead of on libuv's millisecond clock, which lags by up to a millisecond
+ * and would also end some delays early. */
+struct fl_hold {
+    uint64_t due_ns; /* uv_hrtime() clock */
+    unsigned idx;    /* position in the worker's heap plus one; 0: not waiting */
+    void (*cb)(struct fl_hold *hd);
+};
+
 struct fl_worker {
     uv_loop_t *loop;
     int index;
@@ -29,6 +40,11 @@ struct fl_worker {
     unsigned n_conns;
     struct fl_listener *listeners;
     int draining;
+    /* held requests: min-heap by due_ns, and the timerfd armed at its top */
+    struct fl_hold **holds;
+    unsigned n_holds, cap_holds;
+    int hold_fd;
+    uv_poll_t hold_poll;
     void (*on_empty)(struct fl_worker *w); /* called when draining and the last conn closed */
 };
 
@@ -38,12 +54,30 @@ static inline uint64_t fl_worker_now(const struct fl_worker *w)
     return uv_now(w->loop);
 }
 
+/* A delay's deadline: delay_ms from now, in ns on uv_hrtime()'s clock. */
+static inline uint64_t fl_worker_deadline(uint64_t delay_ms)
+{
+    return uv_hrtime() + delay_ms * 1000000u;
+}
+
+/* Queues hd to have cb called once due_ns has passed (not before). hd must
+ * not be waiting already. Returns 0, or -ENOMEM when the queue cannot grow. */
+int fl_worker_hold(struct fl_worker *w, struct fl_hold *hd, uint64_t due_ns,
+                   void (*cb)(struct fl_hold *hd)) __attribute__((warn_unused_result));
+/* Takes hd out of the queue if it waits there; cb is not called. */
+void fl_worker_unhold(struct fl_worker *w, struct fl_hold *hd);
+
 /* Adopts p (takes a new reference), reseeding the random state when the policy
  * has a seed. Returns the previous snapshot's reference to the caller. */
 struct fl_policy *fl_worker_set_policy(struct fl_worker *w, struct fl_policy *p);
 
-void fl_worker_init(struct fl_worker *w, uv_loop_t *loop, int index);
-/* Frees pools and drops the policy; connections and listeners must be closed. */
+/* Returns 0, or a negative errno when the timer for delays cannot be made. */
+int fl_worker_init(struct fl_worker *w, uv_loop_t *loop, int index)
+    __attribute__((warn_unused_result));
+/* Closes the worker's own handles; the last step before its loop may end. */
+void fl_worker_close_handles(struct fl_worker *w);
+/* Frees pools and drops the policy; connections, listeners and the worker's
+ * handles must be closed. */
 void fl_worker_fini(struct fl_worker *w);
 
 /* Stops accepting; closes idle connections now and the others once idle. */

@@ -32,6 +32,10 @@ spec:
       match: {path: {prefix: /flaky}}
       fault:
         reset: {}
+    - name: precise
+      match: {path: {prefix: /precise}}
+      fault:
+        delay: {fixed: 30ms}
 EOF
 )
 start_faultline "$policy" "$P" || { fail "faultline starts"; fl_finish; }
@@ -83,6 +87,23 @@ for f in ts event policy rule fault proto method path authority src dst conn; do
 done
 assert_match "fault log: ts is RFC 3339 UTC with ms" '"ts":"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z"' "$line"
 assert_match "fault log: src is the client's address" '"src":"127\.0\.0\.1:[0-9]+"' "$line"
+
+# Delay precision under open-loop load (test/bench/loadgen.c, built beside the
+# daemon): requests due every 5 ms whatever the answers do; each delay must
+# last at least its 30 ms and not much more.
+loadgen=$(dirname "$FAULTLINE")/fl_loadgen
+if [ -x "$loadgen" ]; then
+    "$loadgen" -r 200 -d 2 -w 0.2 -c 20 -p /precise "127.0.0.1:$P" > "$FL_TMP/lg.out" 2>&1
+    rc=$?
+    assert_eq "delay precision: fl_loadgen exit 0, every request answered ($(head -n1 "$FL_TMP/lg.out"))" 0 "$rc"
+    lg() { awk -v k="$1" '$1 == "latency_ms" { for (i = 2; i < NF; i += 2) if ($i == k) print $(i + 1) }' "$FL_TMP/lg.out"; }
+    lg_min=$(lg min) lg_p50=$(lg p50) lg_p99=$(lg p99)
+    assert_cmp "delay precision: no delay shorter than 30 ms (min ms)" "${lg_min:-0}" ">=" 30
+    assert_cmp "delay precision: p50 within 2 ms of 30 ms" "${lg_p50:-99}" "<" 32
+    assert_cmp "delay precision: p99 within 10 ms of 30 ms" "${lg_p99:-99}" "<" 40
+else
+    fail "delay precision: $loadgen is built with the daemon"
+fi
 
 stop_faultline
 assert_eq "SIGTERM: exit 0" 0 "$?"
