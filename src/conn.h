@@ -51,6 +51,10 @@ struct fl_proto_ops {
     void (*drained)(struct fl_conn *c, int side);
     /* Returns 1 when no request is in flight, so a graceful shutdown may close it. */
     int (*idle)(struct fl_conn *c);
+    /* Optional: graceful shutdown has begun (c->close_when_idle is set). The
+     * handler tells the client (HTTP/2 GOAWAY) and closes c once what is in
+     * flight is done. Without it, c is closed when idle() says so. */
+    void (*drain)(struct fl_conn *c);
     /* Frees c->proto. */
     void (*destroy)(struct fl_conn *c);
 };
@@ -58,6 +62,13 @@ struct fl_proto_ops {
 extern const struct fl_proto_ops fl_raw_ops;
 extern const struct fl_proto_ops fl_http1_ops;
 extern const struct fl_proto_ops fl_h2_ops; /* h2.c: HTTP/2 and gRPC */
+
+/* Client timeouts, set once before the workers start (faultline run
+ * --header-timeout / --idle-timeout): a request head must arrive within the
+ * first once it has begun (slowloris; answered 408), and a keep-alive
+ * connection with nothing in flight is closed after the second. */
+extern uint64_t fl_header_timeout_ms;
+extern uint64_t fl_idle_timeout_ms;
 
 struct fl_side {
     uv_tcp_t tcp;

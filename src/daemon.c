@@ -1,6 +1,7 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -115,6 +116,9 @@ static void wt_on_empty(struct fl_worker *w)
 static void wt_main(void *arg)
 {
     struct wthread *t = arg;
+    char name[16]; /* shown by top -H and ps -L, and used by the benchmarks */
+    snprintf(name, sizeof(name), "fl-worker-%d", t->w.index);
+    pthread_setname_np(pthread_self(), name);
     uv_run(&t->loop, UV_RUN_DEFAULT);
     fl_logbuf_flush_sync(&t->w.log);
 }
@@ -459,6 +463,10 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
         return 1;
     }
 
+    if (o->header_timeout_ms)
+        fl_header_timeout_ms = o->header_timeout_ms;
+    if (o->idle_timeout_ms)
+        fl_idle_timeout_ms = o->idle_timeout_ms;
     e = fl_worker_init(&D.w0, D.loop, 0);
     if (e < 0) {
         fprintf(stderr, "faultline: cannot create the timer for delays: %s; raise the open-files "

@@ -18,6 +18,8 @@ struct fl_daemon_opts {
     const char *metrics_listen; /* NULL, or ADDR:PORT serving only /metrics */
     int workers;
     int no_sockmap;
+    uint64_t header_timeout_ms; /* 0: the default */
+    uint64_t idle_timeout_ms;   /* 0: the default */
 };
 
 /* Runs the daemon until SIGTERM/SIGINT. Returns the process exit status:

@@ -91,12 +91,14 @@ struct h2 {
     struct h2_stream *hdr_st[2];
     unsigned n_free;
     unsigned n_streams;
+    uint64_t idle_since; /* loop time the last stream ended (no stream open) */
     uint64_t rst_window_start;
     unsigned rst_count;
     unsigned recycling : 1;   /* the upstream socket is being replaced */
     unsigned up_dead : 1;     /* h->us is being torn down; ignore its callbacks */
     unsigned closing : 1;     /* close once the client queue is empty */
     unsigned lingering : 1;   /* closing: c->timer ends the wait for the last bytes */
+    unsigned draining : 1;    /* GOAWAY sent for a graceful shutdown: close when no stream is left */
     unsigned warned : 1;      /* one protocol-error line per connection */
     unsigned pumping : 1;
     unsigned up_err_pending : 1; /* the upstream failed inside a session call */
@@ -106,6 +108,7 @@ struct h2 {
 
 static void pump(struct fl_conn *c);
 static void arm_timer(struct fl_conn *c);
+static void became_idle(struct fl_conn *c);
 
 static struct h2 *H(struct fl_conn *c)
 {
@@ -413,7 +416,8 @@ static void stream_maybe_free(struct fl_conn *c, struct h2_stream *st)
         h->streams = st->next;
     if (st->next)
         st->next->prev = st->prev;
-    h->n_streams--;
+    if (--h->n_streams == 0)
+        became_idle(c);
     if (h->n_free < H2_FREE_STREAMS) {
         st->next = h->free_streams;
         h->free_streams = st;
@@ -919,6 +923,41 @@ static void held_cb(struct fl_hold *hd)
 static void linger_cb(uv_timer_t *t)
 {
     fl_conn_close(t->data, 0);
+}
+
+static void go_away(struct fl_conn *c, uint32_t code);
+
+/* No stream open since h->idle_since: after fl_idle_timeout_ms the client is
+ * told GOAWAY and the connection closes. The deadline is lazy, like HTTP/1's:
+ * streams coming and going only move idle_since, and a timer that fires early
+ * re-arms for the rest. */
+static void idle_cb(uv_timer_t *t)
+{
+    struct fl_conn *c = t->data;
+    struct h2 *h = H(c);
+    uint64_t now = fl_worker_now(c->w);
+    if (c->closing || h->closing || h->n_streams)
+        return; /* armed again when the last stream ends */
+    if (now - h->idle_since < fl_idle_timeout_ms) {
+        uv_timer_start(&c->timer, idle_cb, fl_idle_timeout_ms - (now - h->idle_since), 0);
+        return;
+    }
+    go_away(c, NGHTTP2_NO_ERROR);
+    pump(c);
+}
+
+static void became_idle(struct fl_conn *c)
+{
+    struct h2 *h = H(c);
+    if (c->closing || h->closing)
+        return;
+    if (h->draining) { /* the last stream of a graceful shutdown is done */
+        go_away(c, NGHTTP2_NO_ERROR);
+        return; /* the caller's pump sends it */
+    }
+    h->idle_since = fl_worker_now(c->w);
+    if (!uv_is_active((uv_handle_t *)&c->timer))
+        uv_timer_start(&c->timer, idle_cb, fl_idle_timeout_ms, 0);
 }
 
 /* Closing: the last bytes get FL_H2_LINGER_MS to leave. */
@@ -1538,6 +1577,24 @@ static int h2_idle(struct fl_conn *c)
     return H(c)->n_streams == 0;
 }
 
+/* Graceful shutdown: GOAWAY now, so the client opens no new stream here, and
+ * close once the streams it already opened are done. */
+static void h2_drain(struct fl_conn *c)
+{
+    struct h2 *h = H(c);
+    if (h->closing || h->draining)
+        return;
+    if (h->n_streams == 0) {
+        go_away(c, NGHTTP2_NO_ERROR);
+    } else {
+        h->draining = 1;
+        nghttp2_submit_goaway(h->cs, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(h->cs), NGHTTP2_NO_ERROR,
+                              NULL, 0);
+    }
+    pump(c);
+}
+
 static int h2_init(struct fl_conn *c)
 {
     struct h2 *h = calloc(1, sizeof(*h));
@@ -1561,6 +1618,7 @@ static int h2_init(struct fl_conn *c)
     nghttp2_session_set_local_window_size(h->cs, NGHTTP2_FLAG_NONE, 0, FL_H2_CONN_WINDOW);
     c->s[FL_CLIENT].want_read = 1;
     fl_conn_update_reading(c);
+    became_idle(c);
     return 0;
 }
 
@@ -1597,5 +1655,6 @@ const struct fl_proto_ops fl_h2_ops = {
     .upstream_error = h2_upstream_error,
     .drained = h2_drained,
     .idle = h2_idle,
+    .drain = h2_drain,
     .destroy = h2_destroy,
 };

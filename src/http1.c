@@ -34,10 +34,9 @@
 #define H1_MAX_HEAD FL_CHUNK_CAP /* request head limit (about 64 KiB): 431 above */
 #define H1_MAX_HDRS 100
 #define H1_LINGER_MS 2000
-/* A client must send a whole request head within this time once it started
- * one (slowloris); an idle keep-alive connection is closed after the other. */
-#define H1_HEADER_TIMEOUT_MS 30000
-#define H1_IDLE_TIMEOUT_MS (15 * 60 * 1000)
+uint64_t fl_header_timeout_ms = 30000;
+uint64_t fl_idle_timeout_ms = 15 * 60 * 1000;
+
 #define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 enum rq_state {
@@ -97,6 +96,10 @@ struct h1 {
     /* held request */
     struct fl_decision held;
     uint8_t held_method;
+    /* the client's deadline: header section (T_HEADER) or keep-alive idle
+     * (T_IDLE), on the loop's clock; c->timer fires at or before it */
+    uint8_t tkind;
+    uint64_t tdeadline;
     unsigned seen_request : 1;
     unsigned seen_request_done : 1; /* a request line was parsed on this connection */
     unsigned url_done : 1;
@@ -110,6 +113,7 @@ struct h1 {
 };
 
 enum { EV_NONE, EV_HEADERS, EV_DONE, EV_STATUS };
+enum { T_NONE, T_HEADER, T_IDLE };
 
 static const llhttp_settings_t *req_settings(void);
 static const llhttp_settings_t *resp_settings(void);
@@ -316,17 +320,29 @@ static void flush_front(struct fl_conn *c)
 
 /* ---- request side ---- */
 
+/* The client's deadlines are lazy: a request moves them without touching the
+ * timer, which libuv keeps in a heap (a start and a stop per request cost
+ * more than the parsing of a small request). The timer only has to fire no
+ * later than the deadline; when it fires early it re-arms for the rest. */
 static void client_timer_cb(uv_timer_t *t)
 {
     struct fl_conn *c = t->data;
     struct h1 *h = c->proto;
-    if (c->closing || h->rs != RQ_HEAD || h->lingering)
+    uint64_t now = fl_worker_now(c->w);
+    if (c->closing || h->tkind == T_NONE || h->lingering)
+        return;
+    if (now < h->tdeadline) {
+        uv_timer_start(&c->timer, client_timer_cb, h->tdeadline - now, 0);
+        return;
+    }
+    h->tkind = T_NONE;
+    if (h->rs != RQ_HEAD)
         return;
     if (h->head_bytes > 0 || h->scratch_ch) {
         char peer[64];
         fl_addr_str((struct sockaddr *)&c->src, peer, sizeof(peer));
-        fl_warn("request from %s: header section not complete after %d ms; answered 408", peer,
-                H1_HEADER_TIMEOUT_MS);
+        fl_warn("request from %s: header section not complete after %llu ms; answered 408", peer,
+                (unsigned long long)fl_header_timeout_ms);
         head_release(h);
         scratch_release(h);
         release_input(h);
@@ -336,11 +352,18 @@ static void client_timer_cb(uv_timer_t *t)
     }
 }
 
-/* Arms the header or idle timer for the state the request side is now in. */
+/* Sets the header or idle deadline for the state the request side is now in;
+ * the timer is restarted only when it would fire after the new deadline. */
 static void arm_client_timer(struct fl_conn *c, int header)
 {
-    uv_timer_start(&c->timer, client_timer_cb, header ? H1_HEADER_TIMEOUT_MS : H1_IDLE_TIMEOUT_MS,
-                   0);
+    struct h1 *h = c->proto;
+    uint64_t ms = header ? fl_header_timeout_ms : fl_idle_timeout_ms;
+    if (h->lingering)
+        return;
+    h->tkind = header ? T_HEADER : T_IDLE;
+    h->tdeadline = fl_worker_now(c->w) + ms;
+    if (!uv_is_active((uv_handle_t *)&c->timer) || uv_timer_get_due_in(&c->timer) > ms)
+        uv_timer_start(&c->timer, client_timer_cb, ms, 0);
 }
 
 static int on_message_begin(llhttp_t *p)
@@ -563,7 +586,7 @@ static void on_head(struct fl_conn *c)
     uint8_t method = (uint8_t)h->req.method;
     int keep_alive = llhttp_should_keep_alive(&h->req);
 
-    uv_timer_stop(&c->timer);
+    h->tkind = T_NONE; /* the head is in: no header deadline until the next request */
 
     if (c->policy != w->policy) {
         fl_policy_unref(c->policy);

@@ -13,7 +13,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: faultline run -f POLICY.yaml [--admin PATH] [--fault-log PATH|-] [--workers N]\n"
-            "                     [--metrics-listen ADDR:PORT] [--no-sockmap] [-v]\n"
+            "                     [--metrics-listen ADDR:PORT] [--header-timeout DURATION]\n"
+            "                     [--idle-timeout DURATION] [--no-sockmap] [-v]\n"
             "       faultline validate -f POLICY.yaml\n"
             "       faultline version\n"
             "\n"
@@ -21,7 +22,9 @@ static void usage(FILE *f)
             "          SIGTERM/SIGINT stop gracefully, SIGUSR1 halts injection, SIGUSR2 resumes;\n"
             "          a file named HALT beside the admin socket halts while it exists;\n"
             "          faultctl talks to the admin socket; --metrics-listen also serves\n"
-            "          /metrics over TCP for Prometheus)\n"
+            "          /metrics over TCP for Prometheus; a client that starts a request head\n"
+            "          must finish it within --header-timeout (default 30s, else 408), and a\n"
+            "          keep-alive connection idle for --idle-timeout (default 15m) is closed)\n"
             "validate  check a policy; prints every error as file:line:col: message\n");
 }
 
@@ -68,6 +71,8 @@ static int cmd_run(int argc, char **argv)
                                          {"metrics-listen", required_argument, NULL, 'm'},
                                          {"workers", required_argument, NULL, 'w'},
                                          {"no-sockmap", no_argument, NULL, 'S'},
+                                         {"header-timeout", required_argument, NULL, 'T'},
+                                         {"idle-timeout", required_argument, NULL, 'I'},
                                          {"verbose", no_argument, NULL, 'v'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -88,6 +93,18 @@ static int cmd_run(int argc, char **argv)
             }
             break;
         case 'S': o.no_sockmap = 1; break;
+        case 'T':
+        case 'I': {
+            uint64_t ms;
+            if (fl_parse_duration(optarg, &ms) < 0 || ms == 0) {
+                fprintf(stderr, "faultline run: --%s takes a duration above zero such as 500ms, 30s "
+                                "or 15m; got '%s'\n",
+                        ch == 'T' ? "header-timeout" : "idle-timeout", optarg);
+                return 2;
+            }
+            *(ch == 'T' ? &o.header_timeout_ms : &o.idle_timeout_ms) = ms;
+            break;
+        }
         case 'v': fl_log_min_level = FL_LOG_DEBUG; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;

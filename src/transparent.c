@@ -16,6 +16,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <sched.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -811,6 +812,7 @@ static void hb_cb(uv_timer_t *t)
 static void watchdog(void *arg)
 {
     (void)arg;
+    pthread_setname_np(pthread_self(), "fl-watchdog");
     uv_mutex_lock(&T.wd_mu);
     while (!T.wd_stop) {
         (void)uv_cond_timedwait(&T.wd_cond, &T.wd_mu, FL_TP_HEARTBEAT_MS * 1000000ull);

@@ -166,7 +166,9 @@ void fl_worker_drain(struct fl_worker *w)
     for (c = w->conns; c; c = next) {
         next = c->next;
         c->close_when_idle = 1;
-        if (c->ops && c->ops->idle && c->ops->idle(c))
+        if (c->ops && c->ops->drain)
+            c->ops->drain(c);
+        else if (c->ops && c->ops->idle && c->ops->idle(c))
             fl_conn_close(c, 0);
     }
     if (w->n_conns == 0 && w->on_empty)

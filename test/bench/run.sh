@@ -215,9 +215,24 @@ else
   run_tp=0
 fi
 
+# Each worker's share: CPU time of the main thread (worker 0) and of
+# fl-worker-1 over the run, as cores in use.
+worker_ns() { # pid -> "ns0 ns1"
+  local t0=0 t1=0 f a comm
+  for f in /proc/"$1"/task/*; do
+    read -r a _ < "$f/schedstat"; comm=$(cat "$f/comm")
+    if [ "${f##*/}" = "$1" ]; then t0=$a; elif [ "$comm" = fl-worker-1 ]; then t1=$a; fi
+  done
+  echo "$t0 $t1"
+}
+read -r w0a w1a <<<"$(worker_ns "$pid_workers")"
 read -r fw_rps _ _ _ <<<"$(wrk_run $FW 100)"
-wrk2_pass=$(wrk_run $FP 100 | awk '{print $1}')
-row "8. workers: 2 (SO_REUSEPORT), 100 conns" "$fw_rps req/s" "1 worker: $wrk2_pass" "x$(ratio "$fw_rps" "$wrk2_pass") (report)" "reported"
+read -r w0b w1b <<<"$(worker_ns "$pid_workers")"
+wrk2_pass=$(wrk_run $FP 100 "$pid_pass")
+read -r wrk2_rps _ _ wrk2_cpu <<<"$wrk2_pass"
+shares=$(awk -v a=$((w0b - w0a)) -v b=$((w1b - w1a)) -v d="$dur" 'BEGIN {printf "%.2f + %.2f cores", a / d / 1e9, b / d / 1e9}')
+row "8. workers: 2 (SO_REUSEPORT), 100 conns" "$fw_rps req/s" "1 worker: $wrk2_rps" "x$(ratio "$fw_rps" "$wrk2_rps") (report)" "reported"
+row "8b. the two workers' CPU, same run" "$shares" "1 worker: $(awk -v c="$wrk2_cpu" -v r="$wrk2_rps" 'BEGIN {printf "%.2f cores", c * r / 1e6}')" "both cores used" "reported"
 
 echo
 printf '%-44s|%14s|%-30s|%-22s|%s\n' "scenario" "faultline" "peers / reference" "target" "result"
