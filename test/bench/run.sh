@@ -3,22 +3,23 @@
 # faultline (one worker) against HAProxy (one thread) and nginx (one worker),
 # all in front of the same nginx backend, driven by wrk and h2load. Prints one
 # table: faultline's figure, the peers', the ratio, the target and whether it
-# is met. Not part of CI; takes about a minute.
+# is met. Not part of CI; takes about two minutes.
 #
-#   bash test/bench/run.sh [--duration SECONDS] [--build DIR]
+#   bash test/bench/run.sh [--duration SECONDS] [--rounds N] [--build DIR]
 #
 # Build faultline for it with:
 #   cmake -S . -B build-rel -DCMAKE_BUILD_TYPE=Release && cmake --build build-rel -j
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-dur=4 build="$root/build-rel"
+dur=4 rounds=3 build="$root/build-rel"
 [ -x "$build/faultline" ] || build="$root/build"
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) dur=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
-    *) echo "usage: $0 [--duration SECONDS] [--build DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--duration SECONDS] [--rounds N] [--build DIR]" >&2; exit 2 ;;
   esac
 done
 for t in wrk h2load haproxy nginx node; do
@@ -127,14 +128,18 @@ cpu_ns() {
   done
   echo "$t"
 }
-wrk_run() { # port conns [proxy pids] -> "rps p50ms p99ms cpu_us_per_request"
-  local port=$1 conns=$2 c0; shift 2
-  c0=$(cpu_ns "$@")
+# The whole machine's idle share (%) since "$1" (a /proc/stat cpu line's
+# idle and total jiffies, as printed by cpu_idle_total).
+cpu_idle_total() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t}' /proc/stat; }
+wrk_run() { # port conns [proxy pids] -> "rps p50ms p99ms cpu_us_per_request machine_idle_%"
+  local port=$1 conns=$2 c0 i0 t0 i1 t1; shift 2
+  c0=$(cpu_ns "$@"); read -r i0 t0 <<<"$(cpu_idle_total)"
   wrk -t1 -c"$conns" -d"${dur}s" --latency "http://127.0.0.1:$port/" > "$tmp/wrk.out" 2>&1
-  awk -v cpu=$(( $(cpu_ns "$@") - c0 )) '
+  read -r i1 t1 <<<"$(cpu_idle_total)"
+  awk -v cpu=$(( $(cpu_ns "$@") - c0 )) -v idle=$(( (i1 - i0) * 100 / (t1 - t0 + 1) )) '
        function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
        /Requests\/sec/ {rps=$2} / requests in / {n=$1} $1=="50%" {p50=ms($2)} $1=="99%" {p99=ms($2)}
-       END {printf "%.0f %.3f %.3f %.2f\n", rps, p50, p99, (n > 0 ? cpu / n / 1000 : 0)}' "$tmp/wrk.out"
+       END {printf "%.0f %.3f %.3f %.2f %d\n", rps, p50, p99, (n > 0 ? cpu / n / 1000 : 0), idle}' "$tmp/wrk.out"
 }
 h2_run() { # port [proxy pids] -> "rps cpu_us_per_request" (h2load's 1 s warm-up counted at the same rate)
   local port=$1 c0; shift
@@ -152,22 +157,44 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else p
 meets() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? (v >= t) : (v <= t); print ok ? "met" : "MISSED" }'; }
 
 echo "measuring ($dur s per figure) on $(nproc) cores, $(uname -r)..." >&2
-read -r f_rps f_p50 f_p99 f_cpu <<<"$(wrk_run $FP 50 "$pid_pass")"
-read -r h_rps h_p50 h_p99 h_cpu <<<"$(wrk_run $HA 50 "$pid_haproxy")"
-# shellcheck disable=SC2086
-read -r n_rps n_p50 n_p99 n_cpu <<<"$(wrk_run $NG 50 $ng_pids)"
+# Targets 1 and 2 compare close figures, so each proxy is measured $rounds
+# times, the proxies taking turns (no one always first after a quiet spell),
+# and each column's median is reported.
+median_cols() { # FILE -> the median of each of its columns
+  local c n out=()
+  n=$(wc -l < "$1")
+  for c in 1 2 3 4 5; do out+=("$(cut -d' ' -f"$c" "$1" | sort -g | sed -n "$(((n + 1) / 2))p")"); done
+  echo "${out[*]}"
+}
+wrk_rounds() { # "LABEL PORT CONNS PIDS..." ... -> $tmp/med.LABEL
+  local r spec label
+  for ((r = 0; r < rounds; r++)); do
+    for spec in "$@"; do
+      label=${spec%% *}
+      # shellcheck disable=SC2086
+      wrk_run ${spec#* } >> "$tmp/rounds.$label"
+    done
+  done
+  for spec in "$@"; do label=${spec%% *}; median_cols "$tmp/rounds.$label" > "$tmp/med.$label"; done
+}
+wrk_rounds "f $FP 50 $pid_pass" "h $HA 50 $pid_haproxy" "n $NG 50 $ng_pids"
+read -r f_rps f_p50 f_p99 f_cpu f_idle < "$tmp/med.f"
+read -r h_rps h_p50 h_p99 h_cpu h_idle < "$tmp/med.h"
+read -r n_rps n_p50 n_p99 n_cpu n_idle < "$tmp/med.n"
 r_ha=$(ratio "$f_rps" "$h_rps"); r_ng=$(ratio "$f_rps" "$n_rps")
-row "1. keep-alive passthrough, 50 conns" "$f_rps req/s" "haproxy $h_rps, nginx $n_rps" "x$r_ha / x$r_ng >= 1.2" \
+row "1. keep-alive passthrough, 50 conns (median)" "$f_rps req/s" "haproxy $h_rps, nginx $n_rps" "x$r_ha / x$r_ng >= 1.2" \
   "$( [ "$(meets "$r_ha" 1.2 '>=')" = met ] && [ "$(meets "$r_ng" 1.2 '>=')" = met ] && echo met || echo MISSED)"
 row "1b. p99 latency, same run" "$f_p99 ms" "haproxy $h_p99 ms" "<= haproxy" "$(meets "$f_p99" "$h_p99" '<=')"
-row "1c. proxy CPU per request, same run" "$f_cpu us" "haproxy $h_cpu us, nginx $n_cpu us" "(reported: the cost)" "x$(ratio "$h_cpu" "$f_cpu") less than haproxy"
+row "1c. proxy CPU per request, same runs" "$f_cpu us" "haproxy $h_cpu us, nginx $n_cpu us" "(reported: the cost)" "x$(ratio "$h_cpu" "$f_cpu") less than haproxy"
+row "1d. machine idle, same runs" "$f_idle %" "haproxy $h_idle %, nginx $n_idle %" "(reported)" "reported"
 
-read -r fa_rps _ _ fa_cpu <<<"$(wrk_run $FA 50 "$pid_abort")"
-read -r ha_rps _ _ ha_cpu <<<"$(wrk_run $HAA 50 "$pid_haproxy")"
-row "2. 10% abort" "$fa_rps req/s" "haproxy $ha_rps" "x$(ratio "$fa_rps" "$ha_rps") >= 1.0" "$(meets "$(ratio "$fa_rps" "$ha_rps")" 1.0 '>=')"
-row "2c. proxy CPU per request, same run" "$fa_cpu us" "haproxy $ha_cpu us" "(reported: the cost)" "x$(ratio "$ha_cpu" "$fa_cpu") less than haproxy"
+wrk_rounds "fa $FA 50 $pid_abort" "ha $HAA 50 $pid_haproxy"
+read -r fa_rps _ _ fa_cpu _ < "$tmp/med.fa"
+read -r ha_rps _ _ ha_cpu _ < "$tmp/med.ha"
+row "2. 10% abort (median)" "$fa_rps req/s" "haproxy $ha_rps" "x$(ratio "$fa_rps" "$ha_rps") >= 1.0" "$(meets "$(ratio "$fa_rps" "$ha_rps")" 1.0 '>=')"
+row "2c. proxy CPU per request, same runs" "$fa_cpu us" "haproxy $ha_cpu us" "(reported: the cost)" "x$(ratio "$ha_cpu" "$fa_cpu") less than haproxy"
 
-read -r fr_rps _ _ _ <<<"$(wrk_run $FR 50)"
+read -r fr_rps _ _ _ _ <<<"$(wrk_run $FR 50)"
 row "3. 1,000 non-matching rules" "$fr_rps req/s" "no rules: $f_rps" "x$(ratio "$fr_rps" "$f_rps") >= 0.9" "$(meets "$(ratio "$fr_rps" "$f_rps")" 0.9 '>=')"
 
 # 10,000 idle keep-alive connections: each sends one request, then stays open.
@@ -226,10 +253,10 @@ worker_ns() { # pid -> "ns0 ns1"
   echo "$t0 $t1"
 }
 read -r w0a w1a <<<"$(worker_ns "$pid_workers")"
-read -r fw_rps _ _ _ <<<"$(wrk_run $FW 100)"
+read -r fw_rps _ _ _ _ <<<"$(wrk_run $FW 100)"
 read -r w0b w1b <<<"$(worker_ns "$pid_workers")"
 wrk2_pass=$(wrk_run $FP 100 "$pid_pass")
-read -r wrk2_rps _ _ wrk2_cpu <<<"$wrk2_pass"
+read -r wrk2_rps _ _ wrk2_cpu _ <<<"$wrk2_pass"
 shares=$(awk -v a=$((w0b - w0a)) -v b=$((w1b - w1a)) -v d="$dur" 'BEGIN {printf "%.2f + %.2f cores", a / d / 1e9, b / d / 1e9}')
 row "8. workers: 2 (SO_REUSEPORT), 100 conns" "$fw_rps req/s" "1 worker: $wrk2_rps" "x$(ratio "$fw_rps" "$wrk2_rps") (report)" "reported"
 row "8b. the two workers' CPU, same run" "$shares" "1 worker: $(awk -v c="$wrk2_cpu" -v r="$wrk2_rps" 'BEGIN {printf "%.2f cores", c * r / 1e6}')" "both cores used" "reported"
