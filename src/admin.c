@@ -418,8 +418,16 @@ static json_t *policy_diff(const struct fl_policy *a, const struct fl_policy *b,
     }
     SETTING("ttl_ms", a->ttl_ms, b->ttl_ms);
     SETTING("max_active_faults", a->max_active_faults, b->max_active_faults);
-    SETTING("seed", a->has_seed ? (long long)a->seed : -1, b->has_seed ? (long long)b->seed : -1);
 #undef SETTING
+    /* seed: null when the policy has none (random), else the number */
+    if (a->has_seed != b->has_seed || (a->has_seed && a->seed != b->seed)) {
+        json_object_set_new(settings, "seed",
+                            json_pack("{s:o,s:o}", "from",
+                                      a->has_seed ? json_integer((json_int_t)a->seed) : json_null(),
+                                      "to",
+                                      b->has_seed ? json_integer((json_int_t)b->seed) : json_null()));
+        n++;
+    }
     json_object_set_new(d, "settings", settings);
 
     for (size_t i = 0; i < b->n_listeners; i++) {

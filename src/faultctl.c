@@ -454,7 +454,14 @@ static void print_diff(json_t *d)
     if ((v = json_object_get(d, "policy")))
         printf("  ~ policy name: %s -> %s\n", js(v, "from"), js(v, "to"));
     json_object_foreach(json_object_get(d, "settings"), k, v)
-        printf("  ~ %s: %lld -> %lld\n", k, ji(v, "from"), ji(v, "to"));
+    {
+        char from[32] = "none", to[32] = "none"; /* a seed that was or becomes unset */
+        if (!json_is_null(json_object_get(v, "from")))
+            snprintf(from, sizeof(from), "%lld", ji(v, "from"));
+        if (!json_is_null(json_object_get(v, "to")))
+            snprintf(to, sizeof(to), "%lld", ji(v, "to"));
+        printf("  ~ %s: %s -> %s\n", k, from, to);
+    }
     json_t *l = json_object_get(d, "listeners");
     print_names("listener", json_object_get(l, "added"), '+');
     print_names("listener", json_object_get(l, "removed"), '-');

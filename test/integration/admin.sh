@@ -291,6 +291,9 @@ rc 0 "apply --dry-run" ctl -o table apply -f "$T/b.yaml" --dry-run
 check "  ... shows the policy and the rule that would change" grep -q "policy name: pol-a -> pol-b" "$T/out"
 check "  ... (rule slow, fault part)" grep -q "rule slow" "$T/out"
 check "  ... and changes nothing" test "$(json status .policy)" = pol-a
+sed '/seed: 7/d' "$T/b.yaml" >"$T/noseed.yaml"
+rc 0 "apply --dry-run of a policy without a seed" ctl -o table apply -f "$T/noseed.yaml" --dry-run
+check "  ... shows the seed going from 7 to none" grep -q "seed: 7 -> none" "$T/out"
 rc 0 "PUT ?dry_run=1 with curl returns the diff" curl -sf --unix-socket "$SOCK" -X PUT --data-binary @"$T/b.yaml" "http://x/v1/policy?dry_run=1"
 check "  ... as JSON" jq -e '.dry_run == true and .diff.rules.changed[0].name == "slow"' "$T/out"
 rc 0 "apply" ctl -o table apply -f "$T/b.yaml"

@@ -119,6 +119,17 @@ assert_match "SIGHUP with an invalid file: error with file:line:col on stderr" "
 stop_faultline
 assert_eq "after reloads: SIGTERM exit 0" 0 "$?"
 
+# ---- cmake --install: both binaries and the shipped policies, usable from there
+bdir=$(dirname "$FAULTLINE")
+if [ -f "$bdir/CMakeCache.txt" ] && command -v cmake >/dev/null; then
+    DESTDIR="$FL_TMP/inst" cmake --install "$bdir" --prefix /usr/local >"$FL_TMP/install.out" 2>&1
+    assert_eq "cmake --install: exit 0" 0 "$?"
+    assert_match "installed faultline runs" "^faultline [0-9]" "$("$FL_TMP/inst/usr/local/bin/faultline" version 2>&1)"
+    assert_eq "installed faultctl is there" 1 "$([ -x "$FL_TMP/inst/usr/local/bin/faultctl" ] && echo 1)"
+    out=$("$FL_TMP/inst/usr/local/bin/faultline" validate -f "$FL_TMP/inst/usr/local/share/faultline/policies/demo.yaml" 2>&1)
+    assert_eq "installed policies validate (demo.yaml)" 0 "$?"
+fi
+
 # ---- faultline validate
 n=0
 for f in "$FL_ROOT"/policies/*.yaml "$FL_ROOT"/examples/*.yaml; do
