@@ -1582,7 +1582,7 @@ static int h2_idle(struct fl_conn *c)
 static void h2_drain(struct fl_conn *c)
 {
     struct h2 *h = H(c);
-    if (h->closing || h->draining)
+    if (!h || h->closing || h->draining)
         return;
     if (h->n_streams == 0) {
         go_away(c, NGHTTP2_NO_ERROR);

@@ -796,6 +796,12 @@ static void client_pump(struct fl_conn *c)
     c->s[FL_CLIENT].want_read =
         (h->in == NULL && (h->rs != RQ_DONE || h->lingering) && !h->wait_upstream);
     fl_conn_update_reading(c);
+    /* A request answered here (a fault), or whose body ended after its
+     * response, leaves the connection idle without response_done() seeing
+     * it: the idle deadline starts now. */
+    if (h->tkind == T_NONE && h->sl_count == 0 && h->rs == RQ_HEAD && h->head_bytes == 0 &&
+        !h->in)
+        arm_client_timer(c, 0);
     maybe_finish(c);
 }
 

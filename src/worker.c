@@ -29,6 +29,10 @@ int fl_worker_init(struct fl_worker *w, uv_loop_t *loop, int index)
         return e;
     }
     w->hold_poll.data = w;
+    /* Watched for the worker's whole life (starting and stopping it would cost
+     * epoll_ctl calls per delay) but unreferenced: it keeps no loop alive. */
+    uv_poll_start(&w->hold_poll, UV_READABLE, hold_fire);
+    uv_unref((uv_handle_t *)&w->hold_poll);
     return 0;
 }
 
@@ -77,21 +81,22 @@ static void heap_down(struct fl_worker *w, unsigned i)
     heap_set(w, i, hd);
 }
 
-/* Arms the timerfd at the earliest deadline. A deadline that went away early
- * leaves the timer as it was: the spurious wake-up costs less than re-arming. */
+/* Arms the timerfd at the earliest deadline, unless it is armed for that or
+ * earlier already: a deadline that went away early leaves the timer as it
+ * was, and the spurious wake-up costs less than re-arming each time. */
 static void hold_arm(struct fl_worker *w)
 {
-    if (!w->n_holds) {
-        uv_poll_stop(&w->hold_poll);
+    if (!w->n_holds)
         return;
-    }
     uint64_t due = w->holds[0]->due_ns;
+    if (w->hold_armed_ns && w->hold_armed_ns <= due)
+        return;
     struct itimerspec its = {.it_value = {.tv_sec = (time_t)(due / 1000000000u),
                                           .tv_nsec = (long)(due % 1000000000u)}};
     if (!its.it_value.tv_sec && !its.it_value.tv_nsec)
         its.it_value.tv_nsec = 1; /* zero would disarm */
     timerfd_settime(w->hold_fd, TFD_TIMER_ABSTIME, &its, NULL);
-    uv_poll_start(&w->hold_poll, UV_READABLE, hold_fire);
+    w->hold_armed_ns = due;
 }
 
 int fl_worker_hold(struct fl_worker *w, struct fl_hold *hd, uint64_t due_ns,
@@ -121,8 +126,6 @@ void fl_worker_unhold(struct fl_worker *w, struct fl_hold *hd)
     unsigned i = hd->idx - 1;
     hd->idx = 0;
     struct fl_hold *last = w->holds[--w->n_holds];
-    if (!w->n_holds)
-        uv_poll_stop(&w->hold_poll); /* nothing waits: let the loop end if it may */
     if (i == w->n_holds)
         return;
     w->holds[i] = last;
@@ -138,8 +141,9 @@ static void hold_fire(uv_poll_t *p, int status, int events)
     uint64_t expirations;
     (void)status;
     (void)events;
-    if (read(w->hold_fd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
-        return;
+    if (read(w->hold_fd, &expirations, sizeof(expirations)) < 0)
+        return; /* EAGAIN: not expired after all */
+    w->hold_armed_ns = 0; /* it fired: disarmed */
     uint64_t now = uv_hrtime();
     while (w->n_holds && w->holds[0]->due_ns <= now) {
         struct fl_hold *hd = w->holds[0];
@@ -165,6 +169,8 @@ void fl_worker_drain(struct fl_worker *w)
     fl_listeners_close_all(w);
     for (c = w->conns; c; c = next) {
         next = c->next;
+        if (c->closing)
+            continue; /* on its way out already (its close callbacks are pending) */
         c->close_when_idle = 1;
         if (c->ops && c->ops->drain)
             c->ops->drain(c);

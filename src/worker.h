@@ -44,6 +44,7 @@ struct fl_worker {
     struct fl_hold **holds;
     unsigned n_holds, cap_holds;
     int hold_fd;
+    uint64_t hold_armed_ns; /* the deadline the timerfd is armed for; 0: none */
     uv_poll_t hold_poll;
     void (*on_empty)(struct fl_worker *w); /* called when draining and the last conn closed */
 };
@@ -57,7 +58,10 @@ static inline uint64_t fl_worker_now(const struct fl_worker *w)
 /* A delay's deadline: delay_ms from now, in ns on uv_hrtime()'s clock. */
 static inline uint64_t fl_worker_deadline(uint64_t delay_ms)
 {
-    return uv_hrtime() + delay_ms * 1000000u;
+    uint64_t now = uv_hrtime();
+    if (delay_ms > (UINT64_MAX - now) / 1000000u)
+        return UINT64_MAX; /* absurdly long: never, rather than wrapping to now */
+    return now + delay_ms * 1000000u;
 }
 
 /* Queues hd to have cb called once due_ns has passed (not before). hd must

