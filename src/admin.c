@@ -849,6 +849,10 @@ static json_t *status_json(void)
     json_object_set_new(o, "workers", json_integer(fl_daemon_workers()));
     json_object_set_new(o, "active_connections",
                         json_integer((json_int_t)fl_daemon_active_connections()));
+    json_t *per = json_array(); /* how SO_REUSEPORT and the hand-off spread them */
+    for (int i = 0; i < fl_daemon_workers(); i++)
+        json_array_append_new(per, json_integer((json_int_t)fl_daemon_worker_connections(i)));
+    json_object_set_new(o, "worker_connections", per);
     json_object_set_new(o, "active_faults", json_integer(atomic_load(&fl_global.active_faults)));
     json_object_set_new(o, "requests_total",
                         json_integer((json_int_t)atomic_load(&fl_global.requests_total)));

@@ -1,6 +1,7 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -394,31 +395,19 @@ uint64_t fl_next_conn_id(void)
     return atomic_fetch_add_explicit(&next, 1, memory_order_relaxed);
 }
 
-static int conn_accept(struct fl_worker *w, uv_stream_t *server, const char *scope,
-                       const struct sockaddr *upstream, fl_conn_resolve_cb resolve, void *arg)
+/* A new conn on w with its client handle initialised (not yet open), on the
+ * worker's list. NULL when out of memory. */
+static struct fl_conn *conn_new(struct fl_worker *w)
 {
     struct fl_conn *c = calloc(1, sizeof(*c));
-    int e;
     if (!c)
-        return -ENOMEM;
+        return NULL;
     c->w = w;
     c->id = fl_next_conn_id();
     c->upstream_netns = -1;
-    if (scope) {
-        c->scope = strdup(scope);
-        if (!c->scope) {
-            free(c);
-            return -ENOMEM;
-        }
-        memcpy(&c->dst, upstream,
-               upstream->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                               : sizeof(struct sockaddr_in));
-    }
-    e = uv_tcp_init(w->loop, &c->s[FL_CLIENT].tcp);
-    if (e < 0) {
-        free(c->scope);
+    if (uv_tcp_init(w->loop, &c->s[FL_CLIENT].tcp) < 0) {
         free(c);
-        return e;
+        return NULL;
     }
     c->s[FL_CLIENT].tcp.data = c;
     c->s[FL_CLIENT].open = 1;
@@ -432,21 +421,43 @@ static int conn_accept(struct fl_worker *w, uv_stream_t *server, const char *sco
     w->conns = c;
     w->n_conns++;
     c->ops = &fl_http1_ops;
+    return c;
+}
 
+/* The client socket is open and src, dst and scope are set: start serving. */
+static int conn_start(struct fl_conn *c)
+{
+    uv_tcp_nodelay(&c->s[FL_CLIENT].tcp, 1);
+    c->policy = fl_policy_ref(c->w->policy);
+    int e = c->ops->init(c);
+    if (e < 0)
+        return e;
+    c->s[FL_CLIENT].want_read = 1;
+    fl_conn_update_reading(c);
+    return 0;
+}
+
+int fl_conn_accept(struct fl_worker *w, uv_stream_t *server, const char *scope,
+                   const struct sockaddr *upstream)
+{
+    struct fl_conn *c = conn_new(w);
+    int e;
+    if (!c)
+        return -ENOMEM;
+    c->scope = strdup(scope);
+    if (!c->scope) {
+        e = -ENOMEM;
+        goto fail;
+    }
+    memcpy(&c->dst, upstream,
+           upstream->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
     e = uv_accept(server, (uv_stream_t *)&c->s[FL_CLIENT].tcp);
     if (e < 0)
         goto fail;
     int alen = sizeof(c->src);
     uv_tcp_getpeername(&c->s[FL_CLIENT].tcp, (struct sockaddr *)&c->src, &alen);
-    if (resolve && (e = resolve(c, arg)) < 0)
+    if ((e = conn_start(c)) < 0)
         goto fail;
-    uv_tcp_nodelay(&c->s[FL_CLIENT].tcp, 1);
-    c->policy = fl_policy_ref(w->policy);
-    e = c->ops->init(c);
-    if (e < 0)
-        goto fail;
-    c->s[FL_CLIENT].want_read = 1;
-    fl_conn_update_reading(c);
     return 0;
 fail:
     c->ops = NULL;
@@ -454,14 +465,81 @@ fail:
     return e;
 }
 
-int fl_conn_accept(struct fl_worker *w, uv_stream_t *server, const char *scope,
-                   const struct sockaddr *upstream)
+static void free_on_close(uv_handle_t *h)
 {
-    return conn_accept(w, server, scope, upstream, NULL, NULL);
+    free(h);
 }
 
-int fl_conn_accept_resolve(struct fl_worker *w, uv_stream_t *server, fl_conn_resolve_cb resolve,
-                           void *arg)
+int fl_conn_handoff_accept(uv_stream_t *server, struct fl_conn_handoff **out)
 {
-    return conn_accept(w, server, NULL, NULL, resolve, arg);
+    struct fl_conn_handoff *h = calloc(1, sizeof(*h));
+    uv_tcp_t *t = malloc(sizeof(*t));
+    uv_os_fd_t fd;
+    int e;
+    if (!h || !t || uv_tcp_init(server->loop, t) < 0) {
+        free(h);
+        free(t);
+        return -ENOMEM;
+    }
+    h->upstream_netns = -1;
+    h->fd = -1;
+    /* libuv accepts into a handle of this loop; the socket leaves it as a
+     * duplicate descriptor, and the handle closes its own. */
+    e = uv_accept(server, (uv_stream_t *)t);
+    if (e == 0 && (e = uv_fileno((uv_handle_t *)t, &fd)) == 0) {
+        h->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (h->fd < 0)
+            e = -errno;
+    }
+    if (e == 0) {
+        socklen_t alen = sizeof(h->src);
+        if (getpeername(h->fd, (struct sockaddr *)&h->src, &alen) != 0)
+            e = -errno; /* the client is gone already */
+    }
+    uv_close((uv_handle_t *)t, free_on_close);
+    if (e < 0) {
+        fl_conn_handoff_free(h);
+        return e;
+    }
+    *out = h;
+    return 0;
+}
+
+void fl_conn_handoff_free(struct fl_conn_handoff *h)
+{
+    if (!h)
+        return;
+    if (h->fd >= 0)
+        close(h->fd);
+    if (h->upstream_netns >= 0)
+        close(h->upstream_netns);
+    free(h->scope);
+    free(h);
+}
+
+int fl_conn_adopt(struct fl_worker *w, struct fl_conn_handoff *h)
+{
+    struct fl_conn *c = conn_new(w);
+    int e;
+    if (!c) {
+        fl_conn_handoff_free(h);
+        return -ENOMEM;
+    }
+    e = uv_tcp_open(&c->s[FL_CLIENT].tcp, h->fd);
+    if (e == 0)
+        h->fd = -1; /* the handle owns it now */
+    c->scope = h->scope;
+    h->scope = NULL;
+    c->upstream_netns = h->upstream_netns;
+    h->upstream_netns = -1;
+    c->src = h->src;
+    c->dst = h->dst;
+    fl_conn_handoff_free(h);
+    if (e == 0 && !c->scope)
+        e = -ENOMEM;
+    if (e == 0 && (e = conn_start(c)) == 0)
+        return 0;
+    c->ops = NULL;
+    fl_conn_close(c, 0);
+    return e;
 }

@@ -115,15 +115,29 @@ static inline struct fl_conn *fl_conn_of_hold(struct fl_hold *hd)
 int fl_conn_accept(struct fl_worker *w, uv_stream_t *server, const char *scope,
                    const struct sockaddr *upstream) __attribute__((warn_unused_result));
 
-/* Transparent mode: called by fl_conn_accept_resolve() right after accept,
- * with c->src holding the peer address. Sets c->dst and c->scope (malloc'd,
- * freed with the conn) and may set c->upstream_netns. A negative errno closes
- * the connection. */
-typedef int (*fl_conn_resolve_cb)(struct fl_conn *c, void *arg);
+/* A connection accepted and resolved on one worker, to be served by another
+ * (transparent mode accepts on worker 0 and spreads the connections). */
+struct fl_conn_handoff {
+    struct fl_conn_handoff *next;
+    int fd;                      /* the accepted client socket (owned) */
+    int upstream_netns;          /* owned; -1: the daemon's own */
+    char *scope;                 /* target name (owned) */
+    struct sockaddr_storage src; /* client address */
+    struct sockaddr_storage dst; /* original destination */
+};
 
-/* Like fl_conn_accept(), but the upstream and scope come from resolve. */
-int fl_conn_accept_resolve(struct fl_worker *w, uv_stream_t *server, fl_conn_resolve_cb resolve,
-                           void *arg) __attribute__((warn_unused_result));
+/* Accepts the pending connection on server into a new handoff with fd and
+ * src set (everything else empty). Returns 0 or a negative errno. */
+int fl_conn_handoff_accept(uv_stream_t *server, struct fl_conn_handoff **out)
+    __attribute__((warn_unused_result));
+
+/* Closes and frees h (NULL is fine). */
+void fl_conn_handoff_free(struct fl_conn_handoff *h);
+
+/* Serves h's connection on w (w's thread only). Consumes h whatever happens.
+ * Returns 0 or a negative errno (the socket is then closed). */
+int fl_conn_adopt(struct fl_worker *w, struct fl_conn_handoff *h)
+    __attribute__((warn_unused_result));
 
 /* Starts dialling the upstream if not yet done. Writes issued meanwhile are
  * queued by libuv and go out once connected. Returns 0 or a negative errno. */

@@ -30,6 +30,8 @@ struct wthread {
     uv_mutex_t mu;
     struct fl_policy *pending; /* policy to adopt (reference) */
     int cmd_drain, cmd_close_all;
+    struct fl_conn_handoff *handoffs; /* connections to serve, oldest first */
+    struct fl_conn_handoff **handoffs_tail;
     atomic_int empty; /* drained: no connection left */
     int started;
 };
@@ -85,13 +87,30 @@ static void wt_async_cb(uv_async_t *a)
     int drain, close_all;
     char err[512];
 
+    struct fl_conn_handoff *hs;
+
     uv_mutex_lock(&t->mu);
     p = t->pending;
     t->pending = NULL;
     drain = t->cmd_drain;
     close_all = t->cmd_close_all;
     t->cmd_drain = t->cmd_close_all = 0;
+    hs = t->handoffs;
+    t->handoffs = NULL;
+    t->handoffs_tail = &t->handoffs;
     uv_mutex_unlock(&t->mu);
+
+    while (hs) {
+        struct fl_conn_handoff *h = hs;
+        hs = h->next;
+        if (t->w.draining) {
+            fl_conn_handoff_free(h); /* shutting down: the client sees a close */
+            continue;
+        }
+        int e = fl_conn_adopt(&t->w, h);
+        if (e < 0)
+            fl_warn("worker %d: cannot take a connection: %s", t->w.index, uv_strerror(e));
+    }
 
     if (p) {
         if (!t->w.draining && fl_listeners_apply(&t->w, p, 1, err, sizeof(err)) < 0)
@@ -121,6 +140,21 @@ static void wt_main(void *arg)
     pthread_setname_np(pthread_self(), name);
     uv_run(&t->loop, UV_RUN_DEFAULT);
     fl_logbuf_flush_sync(&t->w.log);
+}
+
+int fl_daemon_handoff(unsigned n, struct fl_conn_handoff *h)
+{
+    int i = (int)(n % (unsigned)D.n_workers);
+    if (i == 0)
+        return fl_conn_adopt(&D.w0, h);
+    struct wthread *t = D.wt[i];
+    h->next = NULL;
+    uv_mutex_lock(&t->mu);
+    *t->handoffs_tail = h;
+    t->handoffs_tail = &h->next;
+    uv_mutex_unlock(&t->mu);
+    uv_async_send(&t->async);
+    return 0;
 }
 
 static void wt_post(struct wthread *t, struct fl_policy *p, int drain, int close_all)
@@ -193,6 +227,12 @@ int fl_daemon_apply(struct fl_policy *p, char *err, size_t errlen)
 int fl_daemon_workers(void)
 {
     return D.n_workers;
+}
+
+unsigned long fl_daemon_worker_connections(int i)
+{
+    const struct fl_worker *w = i == 0 ? &D.w0 : &D.wt[i]->w;
+    return __atomic_load_n(&w->n_conns, __ATOMIC_RELAXED); /* see below */
 }
 
 unsigned long fl_daemon_active_connections(void)
@@ -377,6 +417,7 @@ static int start_workers(int n, char *err, size_t errlen)
         D.wt[i] = t;
         t->w.on_empty = wt_on_empty;
         uv_mutex_init(&t->mu);
+        t->handoffs_tail = &t->handoffs;
         uv_async_init(&t->loop, &t->async, wt_async_cb);
         t->async.data = t;
         D.n_workers = i + 1;
@@ -406,6 +447,11 @@ static void stop_workers(void)
             uv_run(&t->loop, UV_RUN_DEFAULT);
         }
         fl_policy_unref(t->pending);
+        while (t->handoffs) { /* handed over after the worker stopped taking them */
+            struct fl_conn_handoff *h = t->handoffs;
+            t->handoffs = h->next;
+            fl_conn_handoff_free(h);
+        }
         fl_worker_fini(&t->w);
         uv_loop_close(&t->loop);
         uv_mutex_destroy(&t->mu);

@@ -27,6 +27,12 @@ struct fl_daemon_opts {
  * 2 when transparent-mode requirements are missing. */
 int fl_daemon_run(const struct fl_daemon_opts *o);
 
+struct fl_conn_handoff;
+/* Serves an accepted connection on worker n modulo the number of workers
+ * (worker 0: now, on this thread; another: on its thread, soon). Called on
+ * the main thread; consumes h. Returns 0 or a negative errno. */
+int fl_daemon_handoff(unsigned n, struct fl_conn_handoff *h) __attribute__((warn_unused_result));
+
 /* The main loop (for modules such as admin that attach handles to it). */
 uv_loop_t *fl_daemon_loop(void);
 
@@ -46,6 +52,8 @@ int fl_daemon_apply(struct fl_policy *p, char *err, size_t errlen) __attribute__
 /* Worker threads running, and client connections open across all of them. */
 int fl_daemon_workers(void);
 unsigned long fl_daemon_active_connections(void);
+/* The open client connections of worker i (0 <= i < fl_daemon_workers()). */
+unsigned long fl_daemon_worker_connections(int i);
 
 /* Halts or resumes all injection; reason is logged. */
 void fl_daemon_halt(const char *reason);

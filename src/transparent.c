@@ -28,6 +28,7 @@
 
 #include "bpf_loader.h"
 #include "conn.h"
+#include "daemon.h"
 #include "faultline.h"
 #include "log.h"
 #include "worker.h"
@@ -115,6 +116,7 @@ static struct {
     int started;
     int draining;
     struct fl_worker *w;
+    unsigned rr; /* the worker the next connection goes to, round robin */
     struct fl_bpf *bpf;
     struct fl_policy *policy; /* what the pods and targets follow (reference) */
     uint8_t *noaccel;         /* per target: a rule delays its requests */
@@ -269,12 +271,13 @@ static void pod_source(struct tp_ns *ns, const struct sockaddr *dst, struct sock
 
 /* ---- accepting ---- */
 
-static int tp_resolve(struct fl_conn *c, void *arg)
+/* Fills h's destination, scope and netns from the connect hook's record of
+ * the client's original destination. Runs on worker 0, which owns T. */
+static int tp_resolve(struct fl_conn_handoff *h, struct tp_ns *ns)
 {
-    struct tp_ns *ns = arg;
     struct fl_bpf_orig o;
     char a[64];
-    int e = fl_bpf_lookup_orig_dst(T.bpf, ns->cookie, (struct sockaddr *)&c->src, &o);
+    int e = fl_bpf_lookup_orig_dst(T.bpf, ns->cookie, (struct sockaddr *)&h->src, &o);
 
     if (e < 0) {
         unsigned long long n = atomic_fetch_add(&T.no_orig, 1) + 1;
@@ -282,33 +285,37 @@ static int tp_resolve(struct fl_conn *c, void *arg)
             fl_warn("connection from %s to the proxy port in netns %llu has no original "
                     "destination (its client closed before the proxy took it, or it did not "
                     "come through faultline's connect hook): closed (%llu so far)",
-                    fl_addr_str((struct sockaddr *)&c->src, a, sizeof(a)),
+                    fl_addr_str((struct sockaddr *)&h->src, a, sizeof(a)),
                     (unsigned long long)ns->cookie, n);
         return e;
     }
     uint32_t id = o.target_id;
     int known = T.policy && id >= 1 && id <= T.policy->n_targets;
-    c->scope = strdup(known ? T.policy->targets[id - 1].name : "");
-    if (!c->scope)
+    h->scope = strdup(known ? T.policy->targets[id - 1].name : "");
+    if (!h->scope)
         return -ENOMEM;
-    memcpy(&c->dst, &o.dst, sa_len((struct sockaddr *)&o.dst));
+    memcpy(&h->dst, &o.dst, sa_len((struct sockaddr *)&o.dst));
     /* A held request stops the proxy reading; an sk_msg ingress redirect has
      * no TCP window to stop the app, so such connections stay on TCP. */
     if (known && T.noaccel && T.noaccel[id - 1] &&
-        (e = fl_bpf_conn_no_accel(T.bpf, ns->cookie, (struct sockaddr *)&c->src)) < 0 &&
+        (e = fl_bpf_conn_no_accel(T.bpf, ns->cookie, (struct sockaddr *)&h->src)) < 0 &&
         e != -ENOENT)
-        fl_debug("conn %llu: cannot turn sk_msg off: %s", (unsigned long long)c->id, strerror(-e));
-    c->upstream_netns = fcntl(ns->fd, F_DUPFD_CLOEXEC, 0);
-    if (c->upstream_netns < 0)
+        fl_debug("connection from %s: cannot turn sk_msg off: %s",
+                 fl_addr_str((struct sockaddr *)&h->src, a, sizeof(a)), strerror(-e));
+    h->upstream_netns = fcntl(ns->fd, F_DUPFD_CLOEXEC, 0);
+    if (h->upstream_netns < 0)
         return -errno;
-    pod_source(ns, (struct sockaddr *)&c->dst, &c->src);
+    pod_source(ns, (struct sockaddr *)&h->dst, &h->src);
     atomic_fetch_add_explicit(&T.accepted, 1, memory_order_relaxed);
     return 0;
 }
 
+/* Accepted here on worker 0 (the netns listeners and the BPF maps are its),
+ * then served by the workers in turn. */
 static void on_tp_connection(uv_stream_t *server, int status)
 {
     struct tp_lsn *l = server->data;
+    struct fl_conn_handoff *h = NULL;
     int e;
 
     if (status < 0) {
@@ -316,8 +323,14 @@ static void on_tp_connection(uv_stream_t *server, int status)
                 (unsigned long long)l->ns->cookie, uv_strerror(status));
         return;
     }
-    e = fl_conn_accept_resolve(T.w, server, tp_resolve, l->ns);
-    if (e < 0 && e != UV_EAGAIN && e != -ENOENT)
+    e = fl_conn_handoff_accept(server, &h);
+    if (e == 0 && (e = tp_resolve(h, l->ns)) < 0) {
+        fl_conn_handoff_free(h);
+        h = NULL;
+    }
+    if (e == 0)
+        e = fl_daemon_handoff(T.rr++, h);
+    if (e < 0 && e != UV_EAGAIN && e != -ENOENT && e != -ENOTCONN)
         fl_warn("proxy listener in netns %llu: cannot take a connection: %s%s",
                 (unsigned long long)l->ns->cookie, uv_strerror(e),
                 e == UV_EMFILE ? " (raise the open-files limit: ulimit -n)" : "");

@@ -3,6 +3,7 @@
 # netns + veth, 10.77.9.0/24) against nginx on the host end of the veth,
 #   direct               no daemon
 #   transparent sk_msg   faultline run with targets: (default)
+#   ... 2 workers        the same with --workers 2 (pod connections handed off)
 #   transparent TCP      the same with --no-sockmap
 #   explicit             faultline with a listener on the host end of the veth
 # Prints req/s, p50 and p99, and the ratio to direct. The policy has a rule
@@ -142,6 +143,9 @@ run "transparent sk_msg" "http://10.77.9.1:$BE/"
 grep -q 'connections redirected' "$tmp/daemon.log" || true
 stop_daemon
 redir=$(grep -o '[0-9]* connections redirected.*sk_msg redirects' "$tmp/daemon.log" || true)
+start_daemon "$tmp/tp.yaml" --workers 2
+run "transparent sk_msg, 2 workers" "http://10.77.9.1:$BE/"
+stop_daemon
 start_daemon "$tmp/tp.yaml" --no-sockmap
 run "transparent TCP (--no-sockmap)" "http://10.77.9.1:$BE/"
 stop_daemon

@@ -360,8 +360,22 @@ say "# $(grep 'connections redirected' "$TMP/daemon.log" | sed 's/.*info: //')"
 out=$(curl_in "$A" a -i http://10.77.1.1:$SPORT/abort/after-term)
 check "after SIGTERM: direct" "$out" '^HTTP/1.1 200' '^x-served-by: server'
 
-# --- --no-sockmap: byte-exact, no sk_msg at all
-start_daemon --no-sockmap || exit 1
+# --- --no-sockmap, with 2 workers: byte-exact, no sk_msg at all, and the
+# pods' connections spread over both workers (accepted on worker 0, handed off)
+start_daemon --no-sockmap --workers 2 || exit 1
+in_pod "$A" a bash -c 'for i in 1 2 3 4 5 6 7 8 9 10; do
+    exec {fd}<>/dev/tcp/10.77.1.1/'"$SPORT"'; printf "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n" >&$fd; done
+    sleep 3' >/dev/null 2>&1 &
+hold=$!
+per=
+for _ in $(seq 40); do
+    per=$(curl -s --unix-socket "$TMP/admin.sock" http://x/v1/status | jq -c .worker_connections)
+    [ "$per" = "[5,5]" ] && break
+    sleep 0.05
+done
+[ "$per" = "[5,5]" ] && ok "--workers 2: 10 pod connections served 5 and 5 by the two workers" ||
+    bad "--workers 2: connections per worker $per, expected [5,5]"
+wait "$hold" 2>/dev/null
 for h in 10.77.1.1 "[fd77:1::1]"; do
     t0=$(date +%s%N)
     bulk "$h"; x=$?
