@@ -18,7 +18,9 @@
  * redirect has no TCP window to stop the app.
  *
  * All fl_tp_ calls except fl_tp_stats and fl_tp_socket_in run on the main
- * loop's thread. Transparent connections are accepted on worker 0 only.
+ * loop's thread. Transparent connections are accepted and resolved on worker
+ * 0, which owns the netns listeners and the maps, then served by the workers
+ * in turn (fl_daemon_handoff); fl_tp_socket_in runs on whichever serves.
  */
 #ifndef FL_TRANSPARENT_H
 #define FL_TRANSPARENT_H
