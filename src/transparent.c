@@ -61,6 +61,8 @@ struct tp_ns {
     int closing;
     int pending_closes;
     unsigned users; /* enrolled pods in it (recounted on each reconcile) */
+    uint64_t retry_at; /* no listener (port taken): loop time to try again; 0: listening */
+    unsigned failures; /* attempts that found the port taken, in a row */
     struct tp_route routes[TP_ROUTES];
     unsigned n_routes, next_route;
 };
@@ -392,8 +394,12 @@ static struct tp_ns *ns_find(uint64_t ino)
     return NULL;
 }
 
-/* Takes over sn's fds (listener fds are consumed even on failure). */
-static void ns_add(struct scan_ns *sn)
+/* How long a netns whose proxy port was taken waits before the next try. */
+#define TP_RETRY_MS 5000
+
+/* Takes over sn's fds (listener fds are consumed even on failure). failures:
+ * the earlier attempts in this netns that found the port taken. */
+static void ns_add(struct scan_ns *sn, unsigned failures)
 {
     struct tp_ns *ns = calloc(1, sizeof(*ns));
     int e = 0;
@@ -429,18 +435,24 @@ static void ns_add(struct scan_ns *sn)
     ns->next = T.nss;
     T.nss = ns;
     if (sn->err < 0 || e < 0) {
-        /* Kept (so it is not retried every second) but without listeners:
-         * with nothing listening, the kernel sends that netns's traffic direct. */
-        fl_warn("netns %llu: cannot open the proxy listener on port %u: %s; its pods' traffic "
-                "goes direct (free that port in the pod, or set spec.proxy_port)",
-                (unsigned long long)ns->cookie, T.port,
-                sn->err < 0 ? strerror(-sn->err) : uv_strerror(e));
+        /* Kept without listeners, and tried again every TP_RETRY_MS (not at
+         * every scan): with nothing listening, the kernel sends that netns's
+         * traffic direct. One warning, not one per try. */
+        ns->failures = failures + 1;
+        ns->retry_at = uv_now(T.w->loop) + TP_RETRY_MS;
+        if (failures == 0)
+            fl_warn("netns %llu: cannot open the proxy listener on port %u: %s; its pods' "
+                    "traffic goes direct until it can (tried again every %d s; free that port "
+                    "in the pod, or set spec.proxy_port)",
+                    (unsigned long long)ns->cookie, T.port,
+                    sn->err < 0 ? strerror(-sn->err) : uv_strerror(e), TP_RETRY_MS / 1000);
         ns_close_listeners(ns);
         return;
     }
     atomic_fetch_add(&T.n_netns, 1);
-    fl_info("netns %llu: proxy listening on 127.0.0.1:%u%s", (unsigned long long)ns->cookie, T.port,
-            ns->n_l == 2 ? " and [::1]" : " (no IPv6 loopback)");
+    fl_info("netns %llu: proxy listening on 127.0.0.1:%u%s%s", (unsigned long long)ns->cookie,
+            T.port, ns->n_l == 2 ? " and [::1]" : " (no IPv6 loopback)",
+            failures ? " (the port is free again)" : "");
 }
 
 /* ---- scan ---- */
@@ -606,8 +618,10 @@ static struct scan *scan_new(void)
         scan_free(s, 0);
         return NULL;
     }
+    uint64_t now = uv_now(T.w->loop);
     for (struct tp_ns *ns = T.nss; ns; ns = ns->next)
-        s->known[s->n_known++] = ns->ino;
+        if (!ns->retry_at || now < ns->retry_at) /* else: the scan tries its port again */
+            s->known[s->n_known++] = ns->ino;
     return s;
 }
 
@@ -701,14 +715,19 @@ static void reconcile(struct scan *s)
     struct tp_ns *ns, *nsn;
 
     for (size_t i = 0; i < s->n_ns; i++) {
-        if (ns_find(s->ns[i].ino)) { /* cannot happen with one scan in flight */
+        struct tp_ns *old = ns_find(s->ns[i].ino);
+        unsigned failures = 0;
+        if (old && old->retry_at) { /* a retry: the new attempt replaces the record */
+            failures = old->failures;
+            ns_close(old, NULL);
+        } else if (old) { /* cannot happen with one scan in flight */
             for (int k = 0; k < 2; k++)
                 if (s->ns[i].lfds[k] >= 0)
                     close(s->ns[i].lfds[k]);
             close(s->ns[i].fd);
             continue;
         }
-        ns_add(&s->ns[i]);
+        ns_add(&s->ns[i], failures);
     }
     s->n_ns = 0; /* taken over */
 

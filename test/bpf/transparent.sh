@@ -284,6 +284,23 @@ check "pod C (hooks, no listener: port taken by another program) goes direct" "$
     ok "pod C: the unmarked listener got nothing; counted as no-listener ($nl0 -> $nl1)" ||
     bad "pod C: impostor log '$(cat "$TMP/impostor.log")', no-listener $nl0 -> $nl1"
 
+# --- the program holding the proxy port in pod C exits: the daemon's next try
+# (every 5 s) opens its listener, and pod C's traffic is steered from then on
+pkill -f "$PEER impostor" 2>/dev/null
+t0=$(date +%s)
+steered=
+for _ in $(seq 40); do
+    out=$(curl_in "$CG/podC" c -i http://10.77.3.1:$SPORT/abort/c-again)
+    grep -q '^HTTP/1.1 503' <<<"$out" && { steered=$(($(date +%s) - t0)); break; }
+    sleep 0.25
+done
+[ -n "$steered" ] && [ "$steered" -le 7 ] && grep -q 'listening on 127.0.0.1.*the port is free again' "$TMP/daemon.log" &&
+    ok "pod C: once its proxy port is free, steered within ${steered} s (retry every 5 s)" ||
+    bad "pod C: port freed, not steered within 10 s" "$(grep -i 'netns' "$TMP/daemon.log" | tail -5)"
+[ "$(grep -c 'cannot open the proxy listener' "$TMP/daemon.log")" = 1 ] &&
+    ok "pod C: the taken port was warned about once, not at every try" ||
+    bad "pod C: warnings: $(grep -c 'cannot open the proxy listener' "$TMP/daemon.log")"
+
 # --- a pod that appears while the daemon runs is enrolled, and released when gone
 mkpod d 4 || bad "pod D setup"
 mkdir -p "$CG/podD"
