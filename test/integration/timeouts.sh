@@ -13,13 +13,15 @@ start_backend || { fail "backend starts"; fl_finish; }
 next_port H2UP
 next_port P
 
-# An h2c upstream (prior knowledge): /hello answers at once, /sleep after 1.5 s.
+# An h2c upstream (prior knowledge): /hello answers at once, /sleep after 1.5 s,
+# /bye answers and then closes its connection gracefully (GOAWAY).
 cat >"$FL_TMP/h2up.js" <<'EOJ'
 const http2 = require('http2');
 const srv = http2.createServer();
 srv.on('stream', (s, h) => {
   const reply = () => { s.respond({ ':status': 200 }); s.end('hello\n'); };
   if (h[':path'] === '/sleep') setTimeout(() => { if (!s.destroyed) reply(); }, 1500);
+  else if (h[':path'] === '/bye') { const sess = s.session; reply(); s.on('close', () => sess.close()); }
   else reply();
 });
 srv.listen(+process.argv[2], '127.0.0.1');
@@ -126,6 +128,40 @@ assert_eq "HTTP/2 idle timeout: GOAWAY with NO_ERROR" 0 "$code"
 assert_cmp "HTTP/2 idle timeout: GOAWAY about 2 s after the last stream (ms)" "$goaway" ">=" 1900
 assert_cmp "HTTP/2 idle timeout: not much later (ms)" "$goaway" "<" 3000
 assert_cmp "HTTP/2 idle timeout: connection closed too (ms)" "$closed" "<" 3500
+
+# The upstream ends its HTTP/2 connection (GOAWAY after /bye): the client's
+# next requests, on its connection or a new one if told to go away, succeed.
+cat >"$FL_TMP/h2goaway.js" <<'EOJ'
+const http2 = require('http2');
+const port = +process.argv[2];
+let sess = null, ok = 0, codes = [];
+const session = () => {
+  if (!sess || sess.closed || sess.destroyed) {
+    sess = http2.connect(`http://127.0.0.1:${port}`);
+    sess.on('error', () => {});
+    sess.on('goaway', () => { sess = null; });
+  }
+  return sess;
+};
+const one = (path) => new Promise((res) => {
+  const r = session().request({ ':path': path });
+  r.on('response', (h) => codes.push(h[':status']));
+  r.on('data', () => {});
+  r.on('end', () => res());
+  r.on('error', (e) => { codes.push(`error ${e.code}`); res(); });
+});
+(async () => {
+  for (const p of ['/hello', '/bye', '/hello', '/hello', '/hello']) {
+    await one(p);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  console.log(codes.join(' '));
+  process.exit(0);
+})();
+setTimeout(() => { console.log(`timeout ${codes.join(' ')}`); process.exit(0); }, 8000);
+EOJ
+assert_eq "upstream GOAWAY: every request before and after it answered 200" "200 200 200 200 200" \
+    "$(node "$FL_TMP/h2goaway.js" "$P2")"
 
 # SIGTERM with a stream in flight: GOAWAY first, the stream still completes,
 # and the daemon exits once it has, well inside the 10 s drain bound.
