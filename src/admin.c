@@ -368,16 +368,23 @@ static json_t *rule_json(struct fl_rule *r)
         json_object_set_new(
             fk, "percent",
             json_real(ppm_percent(effective_ppm(rule_file_ppm(r, k), rule_live_ppm(r, k)))));
+        /* overridden: anything of this fault changed live; the others say what */
         int over = v != UINT32_MAX;
+        json_object_set_new(fk, "percent_overridden", json_boolean(over));
         if (k == 0) {
             uint64_t fx = atomic_load(&r->live.delay_fixed_ms);
             if (fx != UINT64_MAX) {
                 json_object_set_new(fk, "fixed_ms", json_integer((json_int_t)fx));
                 over = 1;
             }
-        } else if (k == 1 && atomic_load(&r->live.abort_status)) {
-            json_object_set_new(fk, "status", json_integer(fl_rule_abort_status(r)));
-            over = 1;
+            json_object_set_new(fk, "fixed_overridden", json_boolean(fx != UINT64_MAX));
+        } else if (k == 1) {
+            int st = atomic_load(&r->live.abort_status) != 0;
+            if (st) {
+                json_object_set_new(fk, "status", json_integer(fl_rule_abort_status(r)));
+                over = 1;
+            }
+            json_object_set_new(fk, "status_overridden", json_boolean(st));
         }
         json_object_set_new(fk, "overridden", json_boolean(over));
     }

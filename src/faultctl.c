@@ -184,7 +184,8 @@ static void fmt_duration(char *buf, size_t len, double s)
         snprintf(buf, len, "%.1fs", s);
 }
 
-/* "25%" or "25% 200ms" for one fault kind of a rule; "-" when absent. */
+/* "25%" or "25% 200ms" for one fault kind of a rule; "-" when absent. A "*"
+ * follows each value changed live (faultctl set). */
 static void fmt_fault(char *buf, size_t len, json_t *fault, const char *kind)
 {
     json_t *f = json_object_get(fault, kind);
@@ -192,16 +193,18 @@ static void fmt_fault(char *buf, size_t len, json_t *fault, const char *kind)
         snprintf(buf, len, "-");
         return;
     }
+#define STAR(key) (json_is_true(json_object_get(f, key)) ? "*" : "")
     int n = snprintf(buf, len, "%g%%%s", json_number_value(json_object_get(f, "percent")),
-                     json_is_true(json_object_get(f, "overridden")) ? "*" : "");
+                     STAR("percent_overridden"));
     if (n < 0 || (size_t)n >= len)
         return;
     if (strcmp(kind, "delay") == 0)
-        snprintf(buf + n, len - (size_t)n, " %lldms", ji(f, "fixed_ms"));
+        snprintf(buf + n, len - (size_t)n, " %lldms%s", ji(f, "fixed_ms"), STAR("fixed_overridden"));
     else if (strcmp(kind, "abort") == 0 && json_object_get(f, "status"))
-        snprintf(buf + n, len - (size_t)n, " %lld", ji(f, "status"));
+        snprintf(buf + n, len - (size_t)n, " %lld%s", ji(f, "status"), STAR("status_overridden"));
     else if (strcmp(kind, "abort") == 0 && json_object_get(f, "grpc_status"))
         snprintf(buf + n, len - (size_t)n, " %s", js(f, "grpc_status"));
+#undef STAR
 }
 
 /* ---- verbs ---- */
@@ -300,7 +303,8 @@ static int cmd_rules(struct ctl *g, int argc, char **argv)
     if (json_array_size(rules) == 0)
         printf("(policy '%s' has no rules)\n", js(o, "policy"));
     else
-        printf("(* = changed live; 'faultctl set RULE --percent default' restores the file's)\n");
+        printf("(* = changed live; 'faultctl set RULE --percent|--delay|--status default' restores "
+               "the file's)\n");
 out:
     json_decref(o);
     return ex;

@@ -152,7 +152,7 @@ h2_run() { # port [proxy pids] -> "rps cpu_us_per_request" (h2load's 1 s warm-up
 printf '\x00\x00\x00\x00\x05hello' > "$tmp/grpc.body"
 
 rows=()
-row() { rows+=("$(printf '%-44s|%14s|%-30s|%-22s|%s' "$@")"); }
+row() { rows+=("$(printf '%-46s|%22s|%-46s|%-38s|%s' "$@")"); }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else print "0" }'; }
 meets() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? (v >= t) : (v <= t); print ok ? "met" : "MISSED" }'; }
 
@@ -235,7 +235,15 @@ row "6. gRPC-shaped unary over h2 (h2load)" "$fh_rps req/s" "haproxy h2 $hh_rps"
 row "6c. proxy CPU per call, same run" "$fh_cpu us" "haproxy h2 $hh_cpu us" "(reported: the cost)" "x$(ratio "$hh_cpu" "$fh_cpu") less than haproxy"
 
 if [ "$(id -u)" = 0 ] && [ -x "$here/transparent.sh" ] && [ -e /sys/kernel/btf/vmlinux ]; then
-  row "7. transparent mode (sk_msg)" "see below" "test/bench/transparent.sh" "p50 <= explicit; sk_msg > no-sockmap" "see below"
+  echo "measuring transparent mode (test/bench/transparent.sh, about a minute)..." >&2
+  bash "$here/transparent.sh" --build "$build" > "$tmp/tp.out" 2>&1 || echo "transparent benchmark failed" >> "$tmp/tp.out"
+  read -r tk_rps tk_p50 <<<"$(awk '/^transparent sk_msg  / {print $3, $4}' "$tmp/tp.out")"
+  read -r tk2_rps <<<"$(awk '/^transparent sk_msg, 2 workers/ {print $5}' "$tmp/tp.out")"
+  read -r tt_rps <<<"$(awk '/^transparent TCP/ {print $4}' "$tmp/tp.out")"
+  read -r te_rps te_p50 <<<"$(awk '/^explicit / {print $2, $3}' "$tmp/tp.out")"
+  tp_ok=$( [ "$(meets "${tk_p50:-9}" "${te_p50:-0}" '<=')" = met ] && [ "$(meets "${tk_rps:-0}" "${tt_rps:-0}" '>=')" = met ] && echo met || echo MISSED)
+  row "7. transparent, sk_msg (wrk in a pod)" "p50 ${tk_p50:-?} ms, ${tk_rps:-?} req/s" "explicit p50 ${te_p50:-?} ms; no-sockmap ${tt_rps:-?} req/s" "p50 <= explicit; sk_msg > no-sockmap" "$tp_ok (x$(ratio "${tk_rps:-0}" "${tt_rps:-0}") no-sockmap)"
+  row "7b. transparent, sk_msg, 2 workers" "${tk2_rps:-?} req/s" "1 worker: ${tk_rps:-?}" "x$(ratio "${tk2_rps:-0}" "${tk_rps:-0}") (report)" "reported"
   run_tp=1
 else
   row "7. transparent mode (sk_msg)" "not run" "needs root, BTF and test/bench/transparent.sh" "p50 <= explicit" "not run"
@@ -262,14 +270,14 @@ row "8. workers: 2 (SO_REUSEPORT), 100 conns" "$fw_rps req/s" "1 worker: $wrk2_r
 row "8b. the two workers' CPU, same run" "$shares" "1 worker: $(awk -v c="$wrk2_cpu" -v r="$wrk2_rps" 'BEGIN {printf "%.2f cores", c * r / 1e6}')" "both cores used" "reported"
 
 echo
-printf '%-44s|%14s|%-30s|%-22s|%s\n' "scenario" "faultline" "peers / reference" "target" "result"
-printf '%s\n' "--------------------------------------------+--------------+------------------------------+----------------------+-------"
+printf '%-46s|%22s|%-46s|%-38s|%s\n' "scenario" "faultline" "peers / reference" "target" "result"
+printf '%s\n' "$(printf '%46s|%22s|%46s|%38s|%7s' | tr ' ' -)"
 printf '%s\n' "${rows[@]}"
 echo
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r); wrk -t1, h2load -t1 -c50 -m10; ${dur}s per figure"
 echo "note: client, backend and proxy share the same cores, so figures vary by several percent between runs"
 if [ "$run_tp" = 1 ]; then
   echo
-  echo "7. transparent mode:"
-  bash "$here/transparent.sh" --build "$build" || echo "transparent benchmark failed"
+  echo "7. transparent mode, in full:"
+  cat "$tmp/tp.out"
 fi
