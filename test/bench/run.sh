@@ -3,7 +3,7 @@
 # faultline (one worker) against HAProxy (one thread) and nginx (one worker),
 # all in front of the same nginx backend, driven by wrk and h2load. Prints one
 # table: faultline's figure, the peers', the ratio, the target and whether it
-# is met. Not part of CI; takes about two minutes.
+# is met. Not part of CI; takes about two and a half minutes.
 #
 #   bash test/bench/run.sh [--duration SECONDS] [--rounds N] [--build DIR]
 #
