@@ -1525,27 +1525,29 @@ static int hdr_bytes(struct adm_client *c, size_t len)
     return c->hdr_bytes > ADM_MAX_HDR_BYTES ? HPE_USER : 0;
 }
 
+/* Appends len bytes at `at` to the NUL-terminated buf of cap bytes holding
+ * *used, cutting what does not fit (llhttp may deliver a field in pieces). */
+static void append_cut(char *buf, size_t cap, size_t *used, const char *at, size_t len)
+{
+    size_t room = cap - 1 - *used;
+    size_t n = len < room ? len : room;
+    memcpy(buf + *used, at, n);
+    *used += n;
+    buf[*used] = '\0';
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct adm_client *c = p->data;
-    size_t room = sizeof(c->field) - 1 - c->field_len;
-    size_t n = len < room ? len : room;
-    memcpy(c->field + c->field_len, at, n);
-    c->field_len += n;
-    c->field[c->field_len] = '\0';
+    append_cut(c->field, sizeof(c->field), &c->field_len, at, len);
     return hdr_bytes(c, len);
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct adm_client *c = p->data;
-    if (strcasecmp(c->field, "x-faultline-file") == 0) {
-        size_t room = sizeof(c->file) - 1 - c->file_len;
-        size_t n = len < room ? len : room;
-        memcpy(c->file + c->file_len, at, n);
-        c->file_len += n;
-        c->file[c->file_len] = '\0';
-    }
+    if (strcasecmp(c->field, "x-faultline-file") == 0)
+        append_cut(c->file, sizeof(c->file), &c->file_len, at, len);
     return hdr_bytes(c, len);
 }
 

@@ -231,17 +231,17 @@ int fl_daemon_workers(void)
 
 unsigned long fl_daemon_worker_connections(int i)
 {
+    /* Each worker owns its count; a relaxed read of another thread's is enough
+     * for a gauge. */
     const struct fl_worker *w = i == 0 ? &D.w0 : &D.wt[i]->w;
-    return __atomic_load_n(&w->n_conns, __ATOMIC_RELAXED); /* see below */
+    return __atomic_load_n(&w->n_conns, __ATOMIC_RELAXED);
 }
 
 unsigned long fl_daemon_active_connections(void)
 {
-    /* Each worker owns its count; a relaxed read of another thread's is enough
-     * for a gauge. */
-    unsigned long n = __atomic_load_n(&D.w0.n_conns, __ATOMIC_RELAXED);
-    for (int i = 1; i < D.n_workers; i++)
-        n += __atomic_load_n(&D.wt[i]->w.n_conns, __ATOMIC_RELAXED);
+    unsigned long n = 0;
+    for (int i = 0; i < D.n_workers; i++)
+        n += fl_daemon_worker_connections(i);
     return n;
 }
 

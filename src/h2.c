@@ -107,7 +107,7 @@ struct h2 {
 };
 
 static void pump(struct fl_conn *c);
-static void arm_timer(struct fl_conn *c);
+static void arm_hold(struct fl_conn *c);
 static void became_idle(struct fl_conn *c);
 
 static struct h2 *H(struct fl_conn *c)
@@ -858,7 +858,7 @@ static void hold(struct fl_conn *c, struct h2_stream *st)
         pp = &(*pp)->hnext;
     st->hnext = *pp;
     *pp = st;
-    arm_timer(c);
+    arm_hold(c);
 }
 
 /* The request's header block is complete: decide its fate. */
@@ -916,7 +916,7 @@ static void held_cb(struct fl_hold *hd)
             go_upstream(c, st);
         }
     }
-    arm_timer(c);
+    arm_hold(c);
     pump(c);
 }
 
@@ -967,8 +967,8 @@ static void start_linger(struct fl_conn *c)
     uv_timer_start(&c->timer, linger_cb, FL_H2_LINGER_MS, 0);
 }
 
-/* The conn's hold waits for the earliest held stream. */
-static void arm_timer(struct fl_conn *c)
+/* The conn's hold waits for the earliest held stream (none: not held). */
+static void arm_hold(struct fl_conn *c)
 {
     struct h2 *h = H(c);
     if (c->closing)

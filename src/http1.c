@@ -352,6 +352,12 @@ static void client_timer_cb(uv_timer_t *t)
     }
 }
 
+/* No request in flight or begun, nothing buffered: the connection is idle. */
+static int h1_waiting(const struct h1 *h)
+{
+    return h->sl_count == 0 && h->rs == RQ_HEAD && h->head_bytes == 0 && !h->in;
+}
+
 /* Sets the header or idle deadline for the state the request side is now in;
  * the timer is restarted only when it would fire after the new deadline. */
 static void arm_client_timer(struct fl_conn *c, int header)
@@ -799,8 +805,7 @@ static void client_pump(struct fl_conn *c)
     /* A request answered here (a fault), or whose body ended after its
      * response, leaves the connection idle without response_done() seeing
      * it: the idle deadline starts now. */
-    if (h->tkind == T_NONE && h->sl_count == 0 && h->rs == RQ_HEAD && h->head_bytes == 0 &&
-        !h->in)
+    if (h->tkind == T_NONE && h1_waiting(h))
         arm_client_timer(c, 0);
     maybe_finish(c);
 }
@@ -846,7 +851,7 @@ static void response_done(struct fl_conn *c)
     flush_front(c);
     if (c->closing)
         return;
-    if (h->sl_count == 0 && h->rs == RQ_HEAD && h->head_bytes == 0 && !h->in)
+    if (h1_waiting(h))
         arm_client_timer(c, 0);
     if (h->in && h->rs == RQ_HEAD)
         client_pump(c);
