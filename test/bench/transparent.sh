@@ -74,6 +74,8 @@ http { access_log off; keepalive_requests 1000000;
 EOC
 nginx -p "$tmp/be" -c "$tmp/be/nginx.conf" & pids+=($!)
 
+# Both policies carry a rule that never fires, so every request is parsed and matched.
+NEVER='    - {name: never, match: {path: {exact: /never}}, fault: {abort: {status: 503}}}'
 cat > "$tmp/tp.yaml" <<EOC
 apiVersion: faultline/v1
 kind: FaultPolicy
@@ -85,10 +87,7 @@ spec:
       pods: {cgroup: "$CG/pod"}
       destination: {ip: 10.77.9.1, port: $BE}
   rules:
-    - name: never
-      match: {path: {exact: /never}}
-      fault:
-        abort: {status: 503}
+$NEVER
 EOC
 cat > "$tmp/ex.yaml" <<EOC
 apiVersion: faultline/v1
@@ -100,10 +99,7 @@ spec:
       listen: 10.77.9.1:$EX
       upstream: 10.77.9.1:$BE
   rules:
-    - name: never
-      match: {path: {exact: /never}}
-      fault:
-        abort: {status: 503}
+$NEVER
 EOC
 
 start_daemon() { # policy args...

@@ -20,20 +20,8 @@ PASS=0 FAIL=0
 PIDS=()
 PROXY_PID=
 
-say() { printf '%s\n' "$*"; }
-ok() { PASS=$((PASS + 1)); say "ok   - $1"; }
-bad() { FAIL=$((FAIL + 1)); say "FAIL - $1"; [ -n "${2:-}" ] && sed 's/^/       | /' <<<"$2"; }
-check() { # check NAME OUTPUT grep-pattern...
-    local name=$1 out=$2; shift 2
-    for pat in "$@"; do
-        if [ "${pat:0:1}" = "!" ]; then
-            grep -qE -- "${pat:1}" <<<"$out" && { bad "$name (unexpected /${pat:1}/)" "$out"; return 1; }
-        else
-            grep -qE -- "$pat" <<<"$out" || { bad "$name (missing /$pat/)" "$out"; return 1; }
-        fi
-    done
-    ok "$name"
-}
+# shellcheck source=test/bpf/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 cleanup() {
     set +e

@@ -23,20 +23,8 @@ PIDS=()
 DPID=
 DPIDS=()
 
-say() { printf '%s\n' "$*"; }
-ok() { PASS=$((PASS + 1)); say "ok   - $1"; }
-bad() { FAIL=$((FAIL + 1)); say "FAIL - $1"; [ -n "${2:-}" ] && sed 's/^/       | /' <<<"$2" | head -40; }
-check() { # check NAME OUTPUT pattern... ("!pattern": must not match)
-    local name=$1 out=$2; shift 2
-    for pat in "$@"; do
-        if [ "${pat:0:1}" = "!" ]; then
-            grep -qE -- "${pat:1}" <<<"$out" && { bad "$name (unexpected /${pat:1}/)" "$out"; return 1; }
-        else
-            grep -qE -- "$pat" <<<"$out" || { bad "$name (missing /$pat/)" "$out"; return 1; }
-        fi
-    done
-    ok "$name"
-}
+# shellcheck source=test/bpf/lib.sh
+source "$HERE/lib.sh"
 
 SAVED_LOG=$(mktemp /tmp/fl-tp-daemon.XXXXXX) # every daemon's log, shown on failure
 cleanup() {
