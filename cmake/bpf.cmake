@@ -1,5 +1,5 @@
 # Transparent mode: the BPF object, its skeleton, and the loader's link flags.
-# Included from the top CMakeLists.txt after target flcore is defined.
+# Included from the top CMakeLists.txt after the fl_steer library is defined.
 #
 # vmlinux.h is generated from the running kernel's BTF at build time and never
 # committed; the skeleton embeds the object, so the daemon is a single binary.
@@ -65,15 +65,15 @@ add_custom_command(
   VERBATIM)
 
 add_custom_target(fl_bpf_skel DEPENDS ${FL_BPF_SKEL})
-add_dependencies(flcore fl_bpf_skel)
-set_source_files_properties(${CMAKE_SOURCE_DIR}/src/bpf_loader.c PROPERTIES OBJECT_DEPENDS ${FL_BPF_SKEL})
-target_include_directories(flcore PRIVATE ${FL_BPF_OUT})
-target_compile_definitions(flcore PUBLIC FL_HAVE_BPF=1)
-target_link_libraries(flcore PUBLIC PkgConfig::LIBBPF elf z)
+add_dependencies(fl_steer fl_bpf_skel)
+set_source_files_properties(${CMAKE_SOURCE_DIR}/src/steer/bpf_loader.c PROPERTIES OBJECT_DEPENDS ${FL_BPF_SKEL})
+target_include_directories(fl_steer PRIVATE ${FL_BPF_OUT})
+target_compile_definitions(fl_steer PUBLIC FL_HAVE_BPF=1)
+target_link_libraries(fl_steer PUBLIC PkgConfig::LIBBPF elf z)
 
 # Standalone kernel-side test (test/bpf/run.sh drives it as root).
 if(EXISTS ${CMAKE_SOURCE_DIR}/test/bpf/redirect_test.c)
   add_executable(fl_bpf_test ${CMAKE_SOURCE_DIR}/test/bpf/redirect_test.c)
   target_compile_options(fl_bpf_test PRIVATE ${FL_WARN})
-  target_link_libraries(fl_bpf_test PRIVATE flcore)
+  target_link_libraries(fl_bpf_test PRIVATE fl_steer)
 endif()

@@ -33,6 +33,8 @@
 #include <unistd.h>
 
 #include "bpf_loader.h"
+#include "cgroup.h"
+#include "netns.h"
 
 #define MAX_LIST 8
 

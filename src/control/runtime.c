@@ -1,0 +1,249 @@
+#include "runtime.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "fault.h"
+#include "faultlog.h"
+#include "log.h"
+#include "transparent.h"
+#include "workers.h"
+
+#define RT_MAX_SUBSCRIBERS 8
+#define RT_REASON_MAX 512
+
+static struct {
+    uv_loop_t *loop;
+    struct fl_policy *policy; /* in force (reference) */
+    uv_timer_t ttl_timer;
+    int timer_open;
+    struct fl_runtime_snapshot snaps[FL_RUNTIME_HISTORY];
+    int n_snaps;
+    unsigned long long gen_counter;
+    char halt_reason[RT_REASON_MAX];
+    struct {
+        fl_event_cb cb;
+        void *arg;
+    } subs[RT_MAX_SUBSCRIBERS];
+    int n_subs;
+} runtime;
+
+int fl_runtime_init(uv_loop_t *loop)
+{
+    memset(&runtime, 0, sizeof(runtime));
+    runtime.loop = loop;
+    int e = uv_timer_init(loop, &runtime.ttl_timer);
+    if (e < 0)
+        return e;
+    runtime.timer_open = 1;
+    return 0;
+}
+
+void fl_runtime_close(void)
+{
+    if (runtime.timer_open)
+        uv_close((uv_handle_t *)&runtime.ttl_timer, NULL);
+    runtime.timer_open = 0;
+    for (int i = 0; i < runtime.n_snaps; i++)
+        fl_policy_unref(runtime.snaps[i].p);
+    runtime.n_snaps = 0;
+    fl_policy_unref(runtime.policy);
+    runtime.policy = NULL;
+    runtime.n_subs = 0;
+}
+
+struct fl_policy *fl_runtime_policy(void)
+{
+    return runtime.policy;
+}
+
+/* The generation of p: its held snapshot's, or a new one (the oldest held
+ * snapshot is dropped to make room). */
+static unsigned long long record_generation(struct fl_policy *p)
+{
+    for (int i = 0; i < runtime.n_snaps; i++)
+        if (runtime.snaps[i].p == p)
+            return runtime.snaps[i].gen;
+    if (runtime.n_snaps == FL_RUNTIME_HISTORY) {
+        fl_policy_unref(runtime.snaps[0].p);
+        memmove(&runtime.snaps[0], &runtime.snaps[1],
+                sizeof(runtime.snaps[0]) * (FL_RUNTIME_HISTORY - 1));
+        runtime.n_snaps--;
+    }
+    runtime.snaps[runtime.n_snaps].p = fl_policy_ref(p);
+    runtime.snaps[runtime.n_snaps].gen = ++runtime.gen_counter;
+    return runtime.snaps[runtime.n_snaps++].gen;
+}
+
+unsigned long long fl_runtime_generation(void)
+{
+    for (int i = 0; runtime.policy && i < runtime.n_snaps; i++)
+        if (runtime.snaps[i].p == runtime.policy)
+            return runtime.snaps[i].gen;
+    return 0;
+}
+
+const struct fl_runtime_snapshot *fl_runtime_history(int *n)
+{
+    *n = runtime.n_snaps;
+    return runtime.snaps;
+}
+
+struct fl_policy *fl_runtime_snapshot(unsigned long long gen)
+{
+    for (int i = 0; i < runtime.n_snaps; i++)
+        if (runtime.snaps[i].gen == gen)
+            return runtime.snaps[i].p;
+    return NULL;
+}
+
+static void ttl_cb(uv_timer_t *t)
+{
+    (void)t;
+    if (!runtime.policy)
+        return;
+    fl_warn("policy '%s' expired after its ttl; no faults are injected until a new policy is "
+            "applied (faultctl apply, or edit the file and send SIGHUP)",
+            runtime.policy->name);
+    struct fl_event ev = {.kind = FL_EVENT_EXPIRED, .policy = runtime.policy->name};
+    fl_runtime_emit(&ev);
+}
+
+int fl_runtime_check(const struct fl_policy *p, char *err, size_t errlen)
+{
+    if (p->n_listeners == 0 && p->n_targets == 0) {
+        snprintf(err, errlen, "the policy has no 'listeners' and no 'targets'; add a listener "
+                              "(listen: 127.0.0.1:15000, upstream: HOST:PORT) or a target");
+        return -EINVAL;
+    }
+    /* At startup transparent mode is started from the policy itself; once
+     * running, a new policy must fit the mode the daemon runs in. */
+    if (runtime.policy)
+        return fl_tp_check(p, err, errlen);
+    if (p->n_targets)
+        return fl_tp_probe(err, errlen); /* before anything starts: exit 2 */
+    return 0;
+}
+
+int fl_runtime_apply(struct fl_policy *p, char *err, size_t errlen)
+{
+    int e = fl_tp_apply(p, err, errlen);
+    if (e < 0)
+        return e;
+    e = fl_workers_apply(p, err, errlen);
+    if (e < 0) {
+        char ignored[256];
+        if (runtime.policy)
+            (void)!fl_tp_apply(runtime.policy, ignored, sizeof(ignored));
+        return e;
+    }
+    fl_policy_unref(runtime.policy);
+    runtime.policy = fl_policy_ref(p);
+    record_generation(p);
+    uint64_t now = uv_now(runtime.loop);
+    atomic_store(&fl_global.policy_deadline_ms, p->ttl_ms ? now + p->ttl_ms : 0);
+    uv_timer_stop(&runtime.ttl_timer);
+    if (p->ttl_ms)
+        uv_timer_start(&runtime.ttl_timer, ttl_cb, p->ttl_ms, 0);
+    return 0;
+}
+
+void fl_runtime_carry_counters(struct fl_policy *to)
+{
+    const struct fl_policy *from = runtime.policy;
+    if (!from || to == from)
+        return;
+    for (size_t i = 0; i < to->n_rules; i++) {
+        struct fl_rule *r = &to->rules[i];
+        struct fl_rule *o = fl_policy_find_rule(from, r->name);
+        if (!o)
+            continue;
+        atomic_store(&r->live.matched, atomic_load(&o->live.matched));
+        for (int k = 0; k < 3; k++)
+            atomic_store(&r->live.injected[k], atomic_load(&o->live.injected[k]));
+    }
+}
+
+void fl_runtime_halt(const char *reason)
+{
+    snprintf(runtime.halt_reason, sizeof(runtime.halt_reason), "%s", reason ? reason : "");
+    atomic_store(&fl_global.halted, 1);
+    fl_warn("injection halted%s%s; %s", reason ? ": " : "", reason ? reason : "",
+            reason && strncmp(reason, "HALT file ", 10) == 0
+                ? "remove that file to resume"
+                : "resume with 'faultctl resume'");
+    struct fl_event ev = {.kind = FL_EVENT_HALT, .reason = runtime.halt_reason};
+    fl_runtime_emit(&ev);
+}
+
+void fl_runtime_resume(void)
+{
+    atomic_store(&fl_global.halted, 0);
+    fl_info("injection resumed");
+    struct fl_event ev = {.kind = FL_EVENT_RESUME};
+    fl_runtime_emit(&ev);
+}
+
+int fl_runtime_halted(void)
+{
+    return atomic_load(&fl_global.halted);
+}
+
+const char *fl_runtime_halt_reason(void)
+{
+    return fl_runtime_halted() ? runtime.halt_reason : "";
+}
+
+long long fl_runtime_ttl_remaining_ms(void)
+{
+    uint64_t deadline = atomic_load(&fl_global.policy_deadline_ms);
+    uint64_t now = uv_now(runtime.loop);
+    if (!deadline)
+        return -1;
+    return now >= deadline ? 0 : (long long)(deadline - now);
+}
+
+int fl_runtime_subscribe(fl_event_cb cb, void *arg)
+{
+    if (runtime.n_subs == RT_MAX_SUBSCRIBERS)
+        return -ENOSPC;
+    runtime.subs[runtime.n_subs].cb = cb;
+    runtime.subs[runtime.n_subs].arg = arg;
+    runtime.n_subs++;
+    return 0;
+}
+
+void fl_runtime_unsubscribe(fl_event_cb cb, void *arg)
+{
+    for (int i = 0; i < runtime.n_subs; i++)
+        if (runtime.subs[i].cb == cb && runtime.subs[i].arg == arg) {
+            memmove(&runtime.subs[i], &runtime.subs[i + 1],
+                    sizeof(runtime.subs[0]) * (size_t)(runtime.n_subs - i - 1));
+            runtime.n_subs--;
+            return;
+        }
+}
+
+void fl_runtime_emit(struct fl_event *ev)
+{
+    fl_log_timestamp(ev->ts, sizeof(ev->ts));
+    for (int i = 0; i < runtime.n_subs; i++)
+        runtime.subs[i].cb(ev, runtime.subs[i].arg);
+}
+
+void fl_runtime_counters(struct fl_runtime_counters *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->workers = fl_workers_count();
+    for (int i = 0; i < c->workers && i < FL_WORKERS_MAX; i++) {
+        c->worker_connections[i] = fl_workers_connections(i);
+        c->active_connections += c->worker_connections[i];
+    }
+    c->active_faults = atomic_load(&fl_global.active_faults);
+    c->requests_total = atomic_load(&fl_global.requests_total);
+    c->faults_overflow_total = atomic_load(&fl_global.faults_overflow_total);
+    c->fault_log_dropped = atomic_load(&fl_faultlog_dropped);
+    c->halted = atomic_load(&fl_global.halted);
+}

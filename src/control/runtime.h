@@ -1,0 +1,135 @@
+/* runtime: the state the daemon runs with and the admin API drives.
+ *
+ * The policy in force and the last FL_RUNTIME_HISTORY snapshots applied (by
+ * generation, for rollback), the halt switch and its reason, the policy's TTL,
+ * the process's counters, and the event bus: typed events (struct fl_event)
+ * that any module emits and subscribers (the admin API's event stream) turn
+ * into what they need. Applying a policy goes through here, so transparent
+ * mode (steer) and the workers (proxy) always follow the same snapshot.
+ *
+ * The process's lifecycle (start, signals, reload, drain) is daemon.h's; it
+ * starts this module and the admin API. Everything here runs on the main
+ * loop's thread, except fl_runtime_counters (any thread).
+ */
+#ifndef FL_RUNTIME_H
+#define FL_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "compiler.h"
+#include "policy.h"
+#include "workers.h"
+
+#define FL_RUNTIME_HISTORY 8 /* snapshots held for rollback */
+
+enum fl_event_kind {
+    FL_EVENT_RELOAD,   /* policy: the file was re-read (SIGHUP) and applied */
+    FL_EVENT_APPLY,    /* policy, file, generation, changes: applied through the admin API */
+    FL_EVENT_ROLLBACK, /* policy, generation: a held snapshot was re-applied */
+    FL_EVENT_EXPIRED,  /* policy: its TTL ran out */
+    FL_EVENT_HALT,     /* reason */
+    FL_EVENT_RESUME,
+    FL_EVENT_RULE, /* rule, changed: a rule was changed live */
+};
+
+/* What a FL_EVENT_RULE changed (bits of fl_event.changed). */
+#define FL_EVENT_RULE_ENABLED (1u << 0)
+#define FL_EVENT_RULE_PERCENT(kind) (1u << (1 + (kind))) /* kind: enum fl_fault_kind */
+#define FL_EVENT_RULE_DELAY_FIXED (1u << 4)
+#define FL_EVENT_RULE_ABORT_STATUS (1u << 5)
+
+/* One event. Pointers are borrowed for the duration of the delivery only. */
+struct fl_event {
+    enum fl_event_kind kind;
+    char ts[32]; /* ISO 8601 UTC with milliseconds, set by fl_runtime_emit */
+    const char *policy;
+    const char *file;
+    unsigned long long generation;
+    int changes;
+    const char *reason;
+    const struct fl_rule *rule; /* as it is after the change */
+    unsigned changed;
+};
+
+typedef void (*fl_event_cb)(const struct fl_event *ev, void *arg);
+
+/* The process's counters, read together. */
+struct fl_runtime_counters {
+    int workers;
+    unsigned long active_connections;
+    unsigned long worker_connections[FL_WORKERS_MAX]; /* the first `workers` entries */
+    unsigned active_faults;
+    unsigned long long requests_total;
+    unsigned long long faults_overflow_total;
+    unsigned long long fault_log_dropped;
+    int halted;
+};
+
+/* Sets up the TTL timer on loop. Returns 0 or a negative errno. */
+int fl_runtime_init(uv_loop_t *loop) FL_WUR;
+
+/* Closes the timer and drops the policy and the history; the caller runs the
+ * loop to finish the close. */
+void fl_runtime_close(void);
+
+/* The policy in force (borrowed; valid until the next apply), or NULL before
+ * the first apply. */
+struct fl_policy *fl_runtime_policy(void);
+
+/* The generation of the policy in force (1 for the first), 0 before any. */
+unsigned long long fl_runtime_generation(void);
+
+/* The held snapshots, oldest first: *n of them, valid until the next apply. */
+struct fl_runtime_snapshot {
+    struct fl_policy *p;
+    unsigned long long gen;
+};
+const struct fl_runtime_snapshot *fl_runtime_history(int *n);
+
+/* The held snapshot of generation gen, or NULL. */
+struct fl_policy *fl_runtime_snapshot(unsigned long long gen);
+
+/* Can this daemon run p (transparent mode, listeners)? Before the first
+ * apply, a p with targets is checked against the host (exit 2 when it cannot
+ * run it); afterwards against the mode the daemon runs in. Returns 0, or
+ * -ENOTSUP / -EINVAL with err saying why and what to do. Every way in
+ * (startup, SIGHUP, the admin API) asks before applying. */
+int fl_runtime_check(const struct fl_policy *p, char *err, size_t errlen) FL_WUR;
+
+/* Makes p the policy in force, atomically: transparent mode and worker 0's
+ * listeners take it first and nothing changes when either refuses (err says
+ * why); then every worker adopts it, the TTL restarts and p becomes the
+ * newest generation (a held snapshot keeps its own). Takes a reference of its
+ * own. Returns 0 or a negative errno. */
+int fl_runtime_apply(struct fl_policy *p, char *err, size_t errlen) FL_WUR;
+
+/* Copies the counters of the rules of the policy in force into the rules of
+ * the same name in p, so the Prometheus series stay monotonic across an
+ * apply. The fields are atomics: safe on a snapshot workers may read. */
+void fl_runtime_carry_counters(struct fl_policy *p);
+
+/* Halts or resumes all injection; logged and emitted as events. */
+void fl_runtime_halt(const char *reason);
+void fl_runtime_resume(void);
+int fl_runtime_halted(void);
+/* The reason of the halt in force ("" when not halted). */
+const char *fl_runtime_halt_reason(void);
+
+/* Milliseconds until the policy's TTL runs out: 0 when expired, -1 without
+ * a TTL. */
+long long fl_runtime_ttl_remaining_ms(void);
+
+/* Subscribes cb to every event from now on (at most 8 subscribers). Returns
+ * 0 or -ENOSPC. */
+int fl_runtime_subscribe(fl_event_cb cb, void *arg) FL_WUR;
+void fl_runtime_unsubscribe(fl_event_cb cb, void *arg);
+
+/* Stamps ev->ts and delivers ev to every subscriber, synchronously. */
+void fl_runtime_emit(struct fl_event *ev);
+
+/* Fills *c. Any thread. */
+void fl_runtime_counters(struct fl_runtime_counters *c);
+
+#endif

@@ -1,0 +1,1293 @@
+/* policy: YAML -> immutable snapshot, with every error at file:line:col.
+ *
+ * The document is loaded whole with libyaml's document API (policies are
+ * small), then walked against the schema of DESIGN.md 3.1. The walk never stops
+ * at the first error: it records each one and goes on, so a user fixes a file
+ * in one round.
+ */
+#include "policy.h"
+
+#include "rule_index.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <yaml.h>
+
+#define MAX_ERRORS 100
+
+struct ctx {
+    const char *file;
+    yaml_document_t *doc;
+    struct fl_policy_errors *errs;
+    size_t n_errors; /* counted even past MAX_ERRORS or when a message cannot be stored */
+};
+
+static void add_error(struct fl_policy_errors *errs, const char *msg)
+{
+    if (errs->n >= MAX_ERRORS)
+        return;
+    char **m = realloc(errs->msgs, (errs->n + 1) * sizeof(*m));
+    if (!m)
+        return;
+    errs->msgs = m;
+    errs->msgs[errs->n] = strdup(msg);
+    if (errs->msgs[errs->n])
+        errs->n++;
+}
+
+static void verr_pos(struct ctx *x, size_t line, size_t col, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    int k = snprintf(msg, sizeof(msg), "%s:%zu:%zu: ", x->file, line, col);
+    if (k < 0 || (size_t)k >= sizeof(msg))
+        k = 0;
+    vsnprintf(msg + k, sizeof(msg) - (size_t)k, fmt, ap);
+    x->n_errors++;
+    add_error(x->errs, msg);
+}
+
+/* Records an error at 1-based line:col. */
+static void err_pos(struct ctx *x, int line, int col, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void err_pos(struct ctx *x, int line, int col, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    verr_pos(x, (size_t)line, (size_t)col, fmt, ap);
+    va_end(ap);
+}
+
+/* Records an error at node n (libyaml marks are 0-based). */
+static void err_at(struct ctx *x, const yaml_node_t *n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void err_at(struct ctx *x, const yaml_node_t *n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    verr_pos(x, n ? n->start_mark.line + 1 : 1, n ? n->start_mark.column + 1 : 1, fmt, ap);
+    va_end(ap);
+}
+
+void fl_policy_errors_free(struct fl_policy_errors *errs)
+{
+    if (!errs)
+        return;
+    for (size_t i = 0; i < errs->n; i++)
+        free(errs->msgs[i]);
+    free(errs->msgs);
+    errs->msgs = NULL;
+    errs->n = 0;
+}
+
+/* ---- schema walk ---- */
+
+static yaml_node_t *node(struct ctx *x, int id)
+{
+    return yaml_document_get_node(x->doc, id);
+}
+
+static const char *scalar(const yaml_node_t *n)
+{
+    return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+static const char *type_name(const yaml_node_t *n)
+{
+    switch (n->type) {
+    case YAML_SCALAR_NODE: return "a scalar";
+    case YAML_SEQUENCE_NODE: return "a list";
+    case YAML_MAPPING_NODE: return "a mapping";
+    default: return "nothing";
+    }
+}
+
+static int expect_map(struct ctx *x, yaml_node_t *n, const char *path)
+{
+    if (n->type == YAML_MAPPING_NODE)
+        return 1;
+    err_at(x, n, "%s: expected a mapping (key: value), got %s", path, type_name(n));
+    return 0;
+}
+
+static int expect_seq(struct ctx *x, yaml_node_t *n, const char *path)
+{
+    if (n->type == YAML_SEQUENCE_NODE)
+        return 1;
+    err_at(x, n, "%s: expected a list, got %s", path, type_name(n));
+    return 0;
+}
+
+static const char *expect_str(struct ctx *x, yaml_node_t *n, const char *path)
+{
+    const char *s = scalar(n);
+    if (!s) {
+        err_at(x, n, "%s: expected a single value (a number or a string), got %s", path, type_name(n));
+        return NULL;
+    }
+    /* A "\0" escape would make the C string shorter than the YAML value
+     * (and a body's length disagree with its bytes): refuse it. */
+    if (strlen(s) != n->data.scalar.length) {
+        err_at(x, n, "%s: the value contains a NUL character (\\0); remove it", path);
+        return NULL;
+    }
+    return s;
+}
+
+/* Iterates a mapping's pairs, reporting unknown and duplicate keys.
+ * keys is a NULL-terminated list; fn is called with the index of the key. */
+typedef void (*pair_fn)(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                        const char *path);
+
+static void walk_map(struct ctx *x, yaml_node_t *m, const char *path, const char *const *keys,
+                     pair_fn fn, void *obj)
+{
+    unsigned seen = 0;
+    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = node(x, p->key), *v = node(x, p->value);
+        const char *ks = scalar(k);
+        int i;
+        if (!ks) {
+            err_at(x, k, "%s: keys must be plain strings", path);
+            continue;
+        }
+        for (i = 0; keys[i]; i++)
+            if (strcmp(keys[i], ks) == 0)
+                break;
+        if (!keys[i]) {
+            char allowed[512];
+            size_t o = 0;
+            for (int j = 0; keys[j] && o < sizeof(allowed) - 64; j++)
+                o += (size_t)snprintf(allowed + o, sizeof(allowed) - o, "%s%s", j ? ", " : "",
+                                      keys[j]);
+            err_at(x, k, "%s: unknown key '%s'; expected one of: %s", path, ks, allowed);
+            continue;
+        }
+        if (seen & (1u << i)) {
+            err_at(x, k, "%s: key '%s' appears twice", path, ks);
+            continue;
+        }
+        seen |= 1u << i;
+        char sub[256];
+        snprintf(sub, sizeof(sub), "%s.%s", path, ks);
+        fn(x, obj, i, k, v, sub);
+    }
+}
+
+static int has_key(struct ctx *x, yaml_node_t *m, const char *key)
+{
+    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
+        const char *ks = scalar(node(x, p->key));
+        if (ks && strcmp(ks, key) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int require_keys(struct ctx *x, yaml_node_t *m, const char *path, const char *const *req)
+{
+    int ok = 1;
+    for (int i = 0; req[i]; i++) {
+        if (!has_key(x, m, req[i])) {
+            err_at(x, m, "%s: missing required key '%s'", path, req[i]);
+            ok = 0;
+        }
+    }
+    return ok;
+}
+
+/* Names show up in headers, metrics labels and JSON: keep them to a safe set. */
+static int valid_name(const char *s)
+{
+    if (!*s || strlen(s) > 63)
+        return 0;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_' && *s != '.')
+            return 0;
+    return 1;
+}
+
+static char *name_of(struct ctx *x, yaml_node_t *v, const char *path)
+{
+    const char *s = expect_str(x, v, path);
+    if (!s)
+        return NULL;
+    if (!valid_name(s)) {
+        err_at(x, v, "%s: '%s' is not a valid name; use 1-63 letters, digits, '-', '_' or '.'",
+               path, s);
+        return NULL;
+    }
+    return strdup(s);
+}
+
+static int get_duration(struct ctx *x, yaml_node_t *v, const char *path, uint64_t *ms)
+{
+    const char *s = expect_str(x, v, path);
+    if (!s)
+        return -1;
+    if (fl_parse_duration(s, ms) < 0) {
+        err_at(x, v, "%s: \"%s\" is not a duration; use a number with ms, s, m or h (e.g. 250ms)",
+               path, s);
+        return -1;
+    }
+    return 0;
+}
+
+static int get_percent(struct ctx *x, yaml_node_t *v, const char *path, uint32_t *ppm)
+{
+    const char *s = expect_str(x, v, path);
+    if (!s)
+        return -1;
+    if (fl_parse_percent(s, ppm) < 0) {
+        err_at(x, v, "%s: \"%s\" is not a percentage; use a number from 0 to 100 with at most 4 "
+                     "decimals (e.g. 12.5)",
+               path, s);
+        return -1;
+    }
+    return 0;
+}
+
+static int get_uint(struct ctx *x, yaml_node_t *v, const char *path, uint64_t max, uint64_t *out)
+{
+    const char *s = expect_str(x, v, path);
+    char *end;
+    if (!s)
+        return -1;
+    errno = 0;
+    unsigned long long n = strtoull(s, &end, 10);
+    if (!isdigit((unsigned char)s[0]) || *end || errno || n > max) {
+        err_at(x, v, "%s: \"%s\" is not a whole number from 0 to %llu", path, s,
+               (unsigned long long)max);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
+static int safe_header_text(const char *s)
+{
+    for (; *s; s++)
+        if (*s == '\r' || *s == '\n' || *s == 0)
+            return 0;
+    return 1;
+}
+
+static int header_name_ok(const char *s)
+{
+    static const char tchar[] = "!#$%&'*+-.^_`|~";
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && !strchr(tchar, *s))
+            return 0;
+    return 1;
+}
+
+static char *lower_dup(const char *s)
+{
+    char *d = strdup(s);
+    for (char *p = d; p && *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    return d;
+}
+
+/* string or list of strings */
+static char **str_list(struct ctx *x, yaml_node_t *v, const char *path, size_t *n)
+{
+    char **out;
+    *n = 0;
+    if (v->type == YAML_SCALAR_NODE) {
+        const char *s = expect_str(x, v, path);
+        if (!s)
+            return NULL;
+        out = calloc(1, sizeof(*out));
+        if (out && (out[0] = strdup(s)))
+            *n = 1;
+        return out;
+    }
+    if (v->type != YAML_SEQUENCE_NODE) {
+        err_at(x, v, "%s: expected a string or a list of strings, got %s", path, type_name(v));
+        return NULL;
+    }
+    size_t cnt = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+    out = calloc(cnt ? cnt : 1, sizeof(*out));
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < cnt; i++) {
+        yaml_node_t *it = node(x, v->data.sequence.items.start[i]);
+        char sub[256];
+        snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
+        const char *s = expect_str(x, it, sub);
+        if (s && (out[*n] = strdup(s)))
+            (*n)++;
+    }
+    if (cnt == 0)
+        err_at(x, v, "%s: the list is empty; give at least one entry", path);
+    return out;
+}
+
+/* --- str match {exact|prefix|regex} --- */
+
+static int compile_regex(struct ctx *x, yaml_node_t *v, const char *path, struct fl_str_match *sm)
+{
+    int rc = regcomp(&sm->re, sm->value, REG_EXTENDED | REG_NOSUB);
+    if (rc != 0) {
+        char eb[256];
+        regerror(rc, &sm->re, eb, sizeof(eb));
+        err_at(x, v, "%s: invalid regular expression \"%s\": %s (POSIX extended syntax)", path,
+               sm->value, eb);
+        free(sm->value);
+        sm->value = NULL;
+        sm->kind = FL_SM_ANY;
+        return -1;
+    }
+    return 0;
+}
+
+static void set_str_match(struct ctx *x, struct fl_str_match *sm, int kind, yaml_node_t *v,
+                          const char *path)
+{
+    if (sm->kind != FL_SM_ANY) {
+        err_at(x, v, "%s: give only one of exact, prefix, regex, present, absent", path);
+        return;
+    }
+    if (kind == FL_SM_PRESENT || kind == FL_SM_ABSENT) {
+        const char *s = expect_str(x, v, path);
+        if (!s)
+            return;
+        if (strcmp(s, "true") != 0) {
+            err_at(x, v, "%s: only 'true' is allowed here", path);
+            return;
+        }
+        sm->kind = (enum fl_str_match_kind)kind;
+        return;
+    }
+    const char *s = expect_str(x, v, path);
+    if (!s)
+        return;
+    sm->kind = (enum fl_str_match_kind)kind;
+    sm->value = strdup(s);
+    sm->len = strlen(s);
+    if (kind == FL_SM_REGEX)
+        compile_regex(x, v, path, sm);
+}
+
+static const char *const path_keys[] = {"exact", "prefix", "regex", NULL};
+static const int path_kinds[] = {FL_SM_EXACT, FL_SM_PREFIX, FL_SM_REGEX};
+
+static void path_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                      const char *path)
+{
+    (void)k;
+    set_str_match(x, obj, path_kinds[key], v, path);
+}
+
+static const char *const hdr_keys[] = {"name", "exact", "prefix", "regex", "present", "absent",
+                                       NULL};
+static const int hdr_kinds[] = {0, FL_SM_EXACT, FL_SM_PREFIX, FL_SM_REGEX, FL_SM_PRESENT,
+                                FL_SM_ABSENT};
+
+static void hdr_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                     const char *path)
+{
+    struct fl_header_match *hm = obj;
+    (void)k;
+    if (key == 0) {
+        const char *s = expect_str(x, v, path);
+        if (s && !header_name_ok(s))
+            err_at(x, v, "%s: \"%s\" is not a valid header name", path, s);
+        else if (s) {
+            hm->name = lower_dup(s);
+            hm->name_len = strlen(s);
+        }
+        return;
+    }
+    set_str_match(x, &hm->m, hdr_kinds[key], v, path);
+}
+
+static const char *const grpc_keys[] = {"service", "method", NULL};
+
+static void grpc_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                      const char *path)
+{
+    struct fl_match *m = obj;
+    (void)k;
+    const char *s = expect_str(x, v, path);
+    if (!s)
+        return;
+    if (key == 0)
+        m->grpc_service = strdup(s);
+    else
+        m->grpc_method = strdup(s);
+}
+
+static const char *const match_keys[] = {"method", "path", "headers", "grpc", NULL};
+
+static void match_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                       const char *path)
+{
+    struct fl_match *m = obj;
+    (void)k;
+    switch (key) {
+    case 0: {
+        size_t n;
+        char **l = str_list(x, v, path, &n);
+        for (size_t i = 0; i < n; i++) {
+            enum fl_method me = fl_method_from_str(l[i], strlen(l[i]));
+            if (me == FL_M_OTHER)
+                err_at(x, v, "%s: unknown method \"%s\"; use GET, HEAD, POST, PUT, DELETE, "
+                             "CONNECT, OPTIONS, TRACE or PATCH (upper case)",
+                       path, l[i]);
+            else
+                m->methods |= 1u << me;
+            free(l[i]);
+        }
+        free(l);
+        break;
+    }
+    case 1:
+        if (expect_map(x, v, path)) {
+            walk_map(x, v, path, path_keys, path_pair, &m->path);
+            if (m->path.kind == FL_SM_ANY && v->data.mapping.pairs.top == v->data.mapping.pairs.start)
+                err_at(x, v, "%s: give one of exact, prefix or regex", path);
+        }
+        break;
+    case 2: {
+        if (!expect_seq(x, v, path))
+            break;
+        size_t cnt = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+        m->headers = calloc(cnt ? cnt : 1, sizeof(*m->headers));
+        for (size_t i = 0; i < cnt && m->headers; i++) {
+            yaml_node_t *it = node(x, v->data.sequence.items.start[i]);
+            char sub[256];
+            snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
+            if (!expect_map(x, it, sub))
+                continue;
+            struct fl_header_match *hm = &m->headers[m->n_headers++];
+            walk_map(x, it, sub, hdr_keys, hdr_pair, hm);
+            if (!hm->name && !has_key(x, it, "name"))
+                err_at(x, it, "%s: missing required key 'name'", sub);
+            /* Only when no condition was written: a bad one was reported already. */
+            if (hm->m.kind == FL_SM_ANY && hm->name && !has_key(x, it, "exact") &&
+                !has_key(x, it, "prefix") && !has_key(x, it, "regex") &&
+                !has_key(x, it, "present") && !has_key(x, it, "absent"))
+                err_at(x, it, "%s: give one of exact, prefix, regex, present: true or absent: true",
+                       sub);
+        }
+        break;
+    }
+    case 3:
+        m->has_grpc = 1;
+        if (expect_map(x, v, path))
+            walk_map(x, v, path, grpc_keys, grpc_pair, m);
+        break;
+    }
+}
+
+/* --- faults --- */
+
+static const char *const delay_keys[] = {"fixed", "jitter", "percent", NULL};
+
+static void delay_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                       const char *path)
+{
+    struct fl_delay *d = obj;
+    (void)k;
+    if (key == 0)
+        get_duration(x, v, path, &d->fixed_ms);
+    else if (key == 1)
+        get_duration(x, v, path, &d->jitter_ms);
+    else
+        get_percent(x, v, path, &d->ppm);
+}
+
+static const char *const abort_keys[] = {"status", "body",    "headers", "grpc_status",
+                                         "message", "percent", NULL};
+
+static void abort_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                       const char *path)
+{
+    struct fl_abort *a = obj;
+    uint64_t n;
+    const char *s;
+    (void)k;
+    switch (key) {
+    case 0:
+        if (get_uint(x, v, path, UINT32_MAX, &n) == 0) {
+            if (n < 200 || n > 599)
+                err_at(x, v, "%s: HTTP status %llu is out of range; use 200-599", path,
+                       (unsigned long long)n);
+            else
+                a->status = (int)n;
+        }
+        break;
+    case 1:
+        if ((s = expect_str(x, v, path))) {
+            a->body = strdup(s);
+            a->body_len = v->data.scalar.length;
+        }
+        break;
+    case 2: {
+        if (!expect_map(x, v, path))
+            break;
+        size_t cnt = (size_t)(v->data.mapping.pairs.top - v->data.mapping.pairs.start);
+        a->headers = calloc(cnt ? cnt : 1, sizeof(*a->headers));
+        for (size_t i = 0; i < cnt && a->headers; i++) {
+            yaml_node_pair_t *p = &v->data.mapping.pairs.start[i];
+            yaml_node_t *hk = node(x, p->key), *hv = node(x, p->value);
+            const char *name = scalar(hk), *val = scalar(hv);
+            if (!name || !header_name_ok(name)) {
+                err_at(x, hk, "%s: \"%s\" is not a header name; use letters, digits and '-'",
+                       path, name ? name : "");
+                continue;
+            }
+            if (!val || !safe_header_text(val)) {
+                err_at(x, hv, "%s.%s: header value must be a single-line string", path, name);
+                continue;
+            }
+            if (strcasecmp(name, "content-length") == 0 || strcasecmp(name, "connection") == 0 ||
+                strcasecmp(name, "transfer-encoding") == 0) {
+                err_at(x, hk, "%s: '%s' is set by faultline; remove it", path, name);
+                continue;
+            }
+            a->headers[a->n_headers].name = lower_dup(name);
+            a->headers[a->n_headers].value = strdup(val);
+            a->n_headers++;
+        }
+        break;
+    }
+    case 3:
+        if ((s = expect_str(x, v, path))) {
+            int g = fl_grpc_status_from_str(s);
+            if (g < 0)
+                err_at(x, v, "%s: \"%s\" is not a gRPC status; use a name such as UNAVAILABLE or "
+                             "a number 0-16",
+                       path, s);
+            else
+                a->grpc_status = g;
+        }
+        break;
+    case 4:
+        if ((s = expect_str(x, v, path))) {
+            if (!safe_header_text(s))
+                err_at(x, v, "%s: the message must be a single line", path);
+            else
+                a->message = strdup(s);
+        }
+        break;
+    case 5: get_percent(x, v, path, &a->ppm); break;
+    }
+}
+
+static const char *const reset_keys[] = {"percent", NULL};
+
+static void reset_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                       const char *path)
+{
+    struct fl_reset *r = obj;
+    (void)k;
+    (void)key;
+    get_percent(x, v, path, &r->ppm);
+}
+
+static const char *const fault_keys[] = {"delay", "abort", "reset", NULL};
+
+static void fault_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                       const char *path)
+{
+    struct fl_rule *r = obj;
+    (void)k;
+    if (!expect_map(x, v, path))
+        return;
+    switch (key) {
+    case 0:
+        r->delay.enabled = 1;
+        r->delay.ppm = FL_PPM_MAX;
+        walk_map(x, v, path, delay_keys, delay_pair, &r->delay);
+        if (!has_key(x, v, "fixed"))
+            err_at(x, v, "%s: missing required key 'fixed' (e.g. fixed: 200ms)", path);
+        break;
+    case 1:
+        r->abort.enabled = 1;
+        r->abort.ppm = FL_PPM_MAX;
+        r->abort.grpc_status = -1;
+        walk_map(x, v, path, abort_keys, abort_pair, &r->abort);
+        if (!has_key(x, v, "status") && !has_key(x, v, "grpc_status"))
+            err_at(x, v, "%s: give 'status' (HTTP, 200-599) or 'grpc_status' (e.g. UNAVAILABLE)",
+                   path);
+        break;
+    case 2:
+        r->reset.enabled = 1;
+        r->reset.ppm = FL_PPM_MAX;
+        walk_map(x, v, path, reset_keys, reset_pair, &r->reset);
+        break;
+    }
+}
+
+static const char *const rule_keys[] = {"name", "on", "match", "fault", NULL};
+
+static void rule_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                      const char *path)
+{
+    struct fl_rule *r = obj;
+    (void)k;
+    switch (key) {
+    case 0: r->name = name_of(x, v, path); break;
+    case 1: r->on = str_list(x, v, path, &r->n_on); break;
+    case 2:
+        if (expect_map(x, v, path))
+            walk_map(x, v, path, match_keys, match_pair, &r->match);
+        break;
+    case 3:
+        if (expect_map(x, v, path)) {
+            walk_map(x, v, path, fault_keys, fault_pair, r);
+            if (v->data.mapping.pairs.top == v->data.mapping.pairs.start)
+                err_at(x, v, "%s: give at least one of delay, abort, reset", path);
+        }
+        break;
+    }
+}
+
+/* --- listeners, targets --- */
+
+static const char *const listener_keys[] = {"name", "listen", "upstream", NULL};
+
+static void listener_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                          const char *path)
+{
+    struct fl_listener_spec *l = obj;
+    const char *s;
+    (void)k;
+    if (key == 0) {
+        l->name = name_of(x, v, path);
+        return;
+    }
+    if (!(s = expect_str(x, v, path)))
+        return;
+    if (key == 1) {
+        int n = fl_parse_hostport(s, 1, l->listen_addrs);
+        if (n < 0)
+            err_at(x, v, "%s: \"%s\" is not a listen address; use IP:PORT, [IPv6]:PORT, "
+                         "localhost:PORT or *:PORT",
+                   path, s);
+        else {
+            l->n_listen_addrs = n;
+            l->listen = strdup(s);
+        }
+    } else {
+        struct sockaddr_storage a[2];
+        int n = fl_parse_hostport(s, 0, a);
+        if (n < 0)
+            err_at(x, v, "%s: \"%s\" is not a reachable upstream; use HOST:PORT or [IPv6]:PORT%s",
+                   path, s, n == -ENOENT ? " (the host name does not resolve)" : "");
+        else {
+            l->upstream_addr = a[0];
+            l->upstream = strdup(s);
+        }
+    }
+}
+
+static int parse_cidr(const char *s, int is_ip, struct fl_cidr *c)
+{
+    char buf[128];
+    long prefix = -1;
+    snprintf(buf, sizeof(buf), "%s", s);
+    char *slash = strchr(buf, '/');
+    if (slash) {
+        if (is_ip)
+            return -EINVAL;
+        char *end;
+        *slash = 0;
+        prefix = strtol(slash + 1, &end, 10);
+        if (!slash[1] || *end)
+            return -EINVAL;
+    } else if (!is_ip) {
+        return -EINVAL;
+    }
+    memset(c, 0, sizeof(*c));
+    if (inet_pton(AF_INET, buf, c->addr) == 1) {
+        c->family = AF_INET;
+        if (prefix < 0)
+            prefix = 32;
+        if (prefix > 32)
+            return -EINVAL;
+    } else if (inet_pton(AF_INET6, buf, c->addr) == 1) {
+        c->family = AF_INET6;
+        if (prefix < 0)
+            prefix = 128;
+        if (prefix > 128)
+            return -EINVAL;
+    } else {
+        return -EINVAL;
+    }
+    c->prefix = (int)prefix;
+    return 0;
+}
+
+static const char *const pods_keys[] = {"cgroup", NULL};
+static const char *const dest_keys[] = {"cidr", "ip", "port", NULL};
+static const char *const target_keys[] = {"name", "pods", "destination", NULL};
+
+static void pods_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                      const char *path)
+{
+    struct fl_target_spec *t = obj;
+    (void)k;
+    (void)key;
+    t->cgroups = str_list(x, v, path, &t->n_cgroups);
+    for (size_t i = 0; i < t->n_cgroups; i++)
+        if (t->cgroups[i][0] != '/')
+            err_at(x, v, "%s: \"%s\" must be an absolute cgroup v2 path (e.g. "
+                         "/sys/fs/cgroup/shop/frontend)",
+                   path, t->cgroups[i]);
+}
+
+static void dest_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                      const char *path)
+{
+    struct fl_target_spec *t = obj;
+    const char *s;
+    uint64_t n;
+    (void)k;
+    if (key == 2) {
+        if (get_uint(x, v, path, 65535, &n) == 0)
+            t->port = (uint16_t)n;
+        return;
+    }
+    if (!(s = expect_str(x, v, path)))
+        return;
+    if (t->dst.family) {
+        err_at(x, v, "%s: give either cidr or ip, not both", path);
+        return;
+    }
+    if (parse_cidr(s, key == 1, &t->dst) < 0)
+        err_at(x, v, "%s: \"%s\" is not %s", path, s,
+               key == 1 ? "an IPv4 or IPv6 address" : "a CIDR such as 10.0.0.0/24 or fd00::/64");
+}
+
+static void target_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                        const char *path)
+{
+    struct fl_target_spec *t = obj;
+    (void)k;
+    switch (key) {
+    case 0: t->name = name_of(x, v, path); break;
+    case 1:
+        if (expect_map(x, v, path)) {
+            walk_map(x, v, path, pods_keys, pods_pair, t);
+            static const char *const req[] = {"cgroup", NULL};
+            require_keys(x, v, path, req);
+        }
+        break;
+    case 2:
+        if (expect_map(x, v, path)) {
+            walk_map(x, v, path, dest_keys, dest_pair, t);
+            if (!has_key(x, v, "cidr") && !has_key(x, v, "ip"))
+                err_at(x, v, "%s: give 'cidr' or 'ip'", path);
+        }
+        break;
+    }
+}
+
+/* --- top level --- */
+
+static const char *const spec_keys[] = {"seed",      "ttl",     "max_active_faults",
+                                        "proxy_port", "listeners", "targets",
+                                        "rules",     NULL};
+
+#define SEQ_ITEMS(v) ((size_t)((v)->data.sequence.items.top - (v)->data.sequence.items.start))
+
+static void spec_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                      const char *path)
+{
+    struct fl_policy *p = obj;
+    uint64_t n;
+    (void)k;
+    switch (key) {
+    case 0:
+        if (get_uint(x, v, path, UINT64_MAX, &n) == 0) {
+            p->has_seed = 1;
+            p->seed = n;
+        }
+        break;
+    case 1: get_duration(x, v, path, &p->ttl_ms); break;
+    case 2:
+        if (get_uint(x, v, path, UINT32_MAX, &n) == 0) {
+            /* 0 would silently turn every fault into an overflow. */
+            if (n == 0)
+                err_at(x, v, "%s: must be at least 1; to stop all injection use 'faultctl halt'",
+                       path);
+            p->max_active_faults = (uint32_t)n;
+        }
+        break;
+    case 3:
+        if (get_uint(x, v, path, 65535, &n) == 0) {
+            if (n == 0)
+                err_at(x, v, "%s: port 0 is not usable", path);
+            p->proxy_port = (uint16_t)n;
+        }
+        break;
+    case 4:
+        if (!expect_seq(x, v, path))
+            break;
+        p->listeners = calloc(SEQ_ITEMS(v) + 1, sizeof(*p->listeners));
+        for (size_t i = 0; i < SEQ_ITEMS(v) && p->listeners; i++) {
+            yaml_node_t *it = node(x, v->data.sequence.items.start[i]);
+            char sub[256];
+            snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
+            if (!expect_map(x, it, sub))
+                continue;
+            struct fl_listener_spec *l = &p->listeners[p->n_listeners++];
+            l->line = (int)it->start_mark.line + 1;
+            l->col = (int)it->start_mark.column + 1;
+            walk_map(x, it, sub, listener_keys, listener_pair, l);
+            require_keys(x, it, sub, listener_keys);
+        }
+        break;
+    case 5:
+        if (!expect_seq(x, v, path))
+            break;
+        p->targets = calloc(SEQ_ITEMS(v) + 1, sizeof(*p->targets));
+        for (size_t i = 0; i < SEQ_ITEMS(v) && p->targets; i++) {
+            yaml_node_t *it = node(x, v->data.sequence.items.start[i]);
+            char sub[256];
+            snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
+            if (!expect_map(x, it, sub))
+                continue;
+            struct fl_target_spec *t = &p->targets[p->n_targets++];
+            t->line = (int)it->start_mark.line + 1;
+            t->col = (int)it->start_mark.column + 1;
+            walk_map(x, it, sub, target_keys, target_pair, t);
+            require_keys(x, it, sub, target_keys);
+        }
+        break;
+    case 6:
+        if (!expect_seq(x, v, path))
+            break;
+        p->rules = calloc(SEQ_ITEMS(v) + 1, sizeof(*p->rules));
+        for (size_t i = 0; i < SEQ_ITEMS(v) && p->rules; i++) {
+            yaml_node_t *it = node(x, v->data.sequence.items.start[i]);
+            char sub[256];
+            snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
+            if (!expect_map(x, it, sub))
+                continue;
+            struct fl_rule *r = &p->rules[p->n_rules++];
+            r->line = (int)it->start_mark.line + 1;
+            r->col = (int)it->start_mark.column + 1;
+            r->abort.grpc_status = -1;
+            atomic_init(&r->live.enabled, 1);
+            atomic_init(&r->live.delay_ppm, UINT32_MAX);
+            atomic_init(&r->live.abort_ppm, UINT32_MAX);
+            atomic_init(&r->live.reset_ppm, UINT32_MAX);
+            atomic_init(&r->live.delay_fixed_ms, UINT64_MAX);
+            atomic_init(&r->live.abort_status, 0);
+            walk_map(x, it, sub, rule_keys, rule_pair, r);
+            static const char *const req[] = {"name", "fault", NULL};
+            require_keys(x, it, sub, req);
+        }
+        break;
+    }
+}
+
+static const char *const meta_keys[] = {"name", "labels", "annotations", NULL};
+
+static void meta_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                      const char *path)
+{
+    struct fl_policy *p = obj;
+    (void)k;
+    if (key == 0)
+        p->name = name_of(x, v, path);
+    else
+        expect_map(x, v, path); /* kept for Kubernetes-style files; not used */
+}
+
+static const char *const top_keys[] = {"apiVersion", "kind", "metadata", "spec", NULL};
+
+static void top_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                     const char *path)
+{
+    struct fl_policy *p = obj;
+    const char *s;
+    (void)k;
+    (void)path;
+    switch (key) {
+    case 0:
+        if ((s = expect_str(x, v, "apiVersion")) && strcmp(s, "faultline/v1") != 0)
+            err_at(x, v, "apiVersion: \"%s\" is not supported; use faultline/v1", s);
+        break;
+    case 1:
+        if ((s = expect_str(x, v, "kind")) && strcmp(s, "FaultPolicy") != 0)
+            err_at(x, v, "kind: \"%s\" is not supported; use FaultPolicy", s);
+        break;
+    case 2:
+        if (expect_map(x, v, "metadata")) {
+            walk_map(x, v, "metadata", meta_keys, meta_pair, p);
+            static const char *const req[] = {"name", NULL};
+            require_keys(x, v, "metadata", req);
+        }
+        break;
+    case 3:
+        if (expect_map(x, v, "spec"))
+            walk_map(x, v, "spec", spec_keys, spec_pair, p);
+        break;
+    }
+}
+
+/* Returns the value of key in mapping m, or NULL. */
+static yaml_node_t *map_get(struct ctx *x, yaml_node_t *m, const char *key)
+{
+    if (!m || m->type != YAML_MAPPING_NODE)
+        return NULL;
+    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
+        const char *ks = scalar(node(x, p->key));
+        if (ks && strcmp(ks, key) == 0)
+            return node(x, p->value);
+    }
+    return NULL;
+}
+
+static int scope_exists(const struct fl_policy *p, const char *name)
+{
+    for (size_t j = 0; j < p->n_listeners; j++)
+        if (p->listeners[j].name && strcmp(p->listeners[j].name, name) == 0)
+            return 1;
+    for (size_t j = 0; j < p->n_targets; j++)
+        if (p->targets[j].name && strcmp(p->targets[j].name, name) == 0)
+            return 1;
+    return 0;
+}
+
+static void check_on_name(struct ctx *x, const struct fl_policy *p, yaml_node_t *n, size_t rule)
+{
+    const char *s = scalar(n);
+    if (s && !scope_exists(p, s))
+        err_at(x, n, "spec.rules[%zu].on: '%s' names no listener or target of this policy; "
+                     "define it under spec.listeners or spec.targets, or omit 'on' to apply "
+                     "everywhere",
+               rule, s);
+}
+
+/* `on:` may name listeners and targets defined later in the file, so it is
+ * checked after the walk, against the YAML nodes so each error points at the
+ * name itself. */
+static void check_on(struct ctx *x, struct fl_policy *p)
+{
+    yaml_node_t *rules = map_get(x, map_get(x, yaml_document_get_root_node(x->doc), "spec"),
+                                 "rules");
+    if (!rules || rules->type != YAML_SEQUENCE_NODE)
+        return;
+    for (size_t i = 0; i < SEQ_ITEMS(rules); i++) {
+        yaml_node_t *on = map_get(x, node(x, rules->data.sequence.items.start[i]), "on");
+        if (on && on->type == YAML_SCALAR_NODE)
+            check_on_name(x, p, on, i);
+        else if (on && on->type == YAML_SEQUENCE_NODE)
+            for (size_t k = 0; k < SEQ_ITEMS(on); k++)
+                check_on_name(x, p, node(x, on->data.sequence.items.start[k]), i);
+    }
+}
+
+/* Checks that need the whole document: unique names, `on:` references. */
+static void check_names(struct ctx *x, struct fl_policy *p)
+{
+    /* Rules name listeners and targets in one namespace (`on:`), so a name may
+     * be used once across both. */
+    for (size_t i = 0; i < p->n_listeners; i++) {
+        const struct fl_listener_spec *l = &p->listeners[i];
+        for (size_t j = 0; j < i; j++)
+            if (l->name && p->listeners[j].name && strcmp(l->name, p->listeners[j].name) == 0)
+                err_pos(x, l->line, l->col,
+                        "spec.listeners[%zu].name: '%s' is already used by spec.listeners[%zu]; "
+                        "names must be unique",
+                        i, l->name, j);
+    }
+    for (size_t i = 0; i < p->n_targets; i++) {
+        const struct fl_target_spec *t = &p->targets[i];
+        for (size_t j = 0; j < p->n_listeners; j++)
+            if (t->name && p->listeners[j].name && strcmp(t->name, p->listeners[j].name) == 0)
+                err_pos(x, t->line, t->col,
+                        "spec.targets[%zu].name: '%s' is already used by spec.listeners[%zu]; "
+                        "names must be unique",
+                        i, t->name, j);
+        for (size_t j = 0; j < i; j++)
+            if (t->name && p->targets[j].name && strcmp(t->name, p->targets[j].name) == 0)
+                err_pos(x, t->line, t->col,
+                        "spec.targets[%zu].name: '%s' is already used by spec.targets[%zu]; "
+                        "names must be unique",
+                        i, t->name, j);
+    }
+    for (size_t i = 0; i < p->n_rules; i++) {
+        const struct fl_rule *r = &p->rules[i];
+        for (size_t j = 0; j < i; j++)
+            if (r->name && p->rules[j].name && strcmp(r->name, p->rules[j].name) == 0)
+                err_pos(x, r->line, r->col,
+                        "spec.rules[%zu].name: '%s' is already used by spec.rules[%zu]; names "
+                        "must be unique",
+                        i, r->name, j);
+    }
+    check_on(x, p);
+}
+
+static void policy_free(struct fl_policy *p)
+{
+    if (!p)
+        return;
+    fl_rule_index_free(p->index);
+    for (size_t i = 0; i < p->n_rules; i++) {
+        struct fl_rule *r = &p->rules[i];
+        free(r->name);
+        for (size_t k = 0; k < r->n_on; k++)
+            free(r->on[k]);
+        free(r->on);
+        struct fl_match *m = &r->match;
+        if (m->path.kind == FL_SM_REGEX)
+            regfree(&m->path.re);
+        free(m->path.value);
+        for (size_t k = 0; k < m->n_headers; k++) {
+            free(m->headers[k].name);
+            if (m->headers[k].m.kind == FL_SM_REGEX)
+                regfree(&m->headers[k].m.re);
+            free(m->headers[k].m.value);
+        }
+        free(m->headers);
+        free(m->grpc_service);
+        free(m->grpc_method);
+        free(r->abort.body);
+        free(r->abort.message);
+        for (size_t k = 0; k < r->abort.n_headers; k++) {
+            free(r->abort.headers[k].name);
+            free(r->abort.headers[k].value);
+        }
+        free(r->abort.headers);
+    }
+    free(p->rules);
+    for (size_t i = 0; i < p->n_listeners; i++) {
+        free(p->listeners[i].name);
+        free(p->listeners[i].listen);
+        free(p->listeners[i].upstream);
+    }
+    free(p->listeners);
+    for (size_t i = 0; i < p->n_targets; i++) {
+        free(p->targets[i].name);
+        for (size_t k = 0; k < p->targets[i].n_cgroups; k++)
+            free(p->targets[i].cgroups[k]);
+        free(p->targets[i].cgroups);
+    }
+    free(p->targets);
+    free(p->name);
+    free(p->file);
+    free(p);
+}
+
+/* A second document ("---") would be silently ignored by yaml_parser_load;
+ * the user most likely meant it to count. */
+static void check_single_document(struct ctx *x, yaml_parser_t *parser)
+{
+    yaml_document_t next;
+    if (!yaml_parser_load(parser, &next)) {
+        err_pos(x, (int)parser->problem_mark.line + 1, (int)parser->problem_mark.column + 1,
+                "YAML syntax error: %s%s%s", parser->problem ? parser->problem : "unknown problem",
+                parser->context ? " " : "", parser->context ? parser->context : "");
+        return;
+    }
+    yaml_node_t *root = yaml_document_get_root_node(&next);
+    if (root)
+        err_at(x, root, "a policy file holds one YAML document; remove the '---' and what "
+                        "follows, or put it in its own file");
+    yaml_document_delete(&next);
+}
+
+int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_policy **out,
+                       struct fl_policy_errors *errs)
+{
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    struct ctx x = {.file = name, .doc = &doc, .errs = errs};
+    struct fl_policy *p;
+    char msg[1024];
+
+    *out = NULL;
+    p = calloc(1, sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    atomic_init(&p->refs, 1);
+    p->file = strdup(name);
+    p->ttl_ms = FL_DEFAULT_TTL_MS;
+    p->max_active_faults = FL_DEFAULT_MAX_ACTIVE_FAULTS;
+    p->proxy_port = FL_DEFAULT_PROXY_PORT;
+
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
+    if (!yaml_parser_load(&parser, &doc)) {
+        snprintf(msg, sizeof(msg), "%s:%zu:%zu: YAML syntax error: %s%s%s", name,
+                 parser.problem_mark.line + 1, parser.problem_mark.column + 1,
+                 parser.problem ? parser.problem : "unknown problem",
+                 parser.context ? " " : "", parser.context ? parser.context : "");
+        add_error(errs, msg);
+        yaml_parser_delete(&parser);
+        policy_free(p);
+        return -EINVAL;
+    }
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (!root) {
+        err_pos(&x, 1, 1, "the file is empty; a policy starts with 'apiVersion: faultline/v1'");
+    } else if (expect_map(&x, root, "policy")) {
+        walk_map(&x, root, "policy", top_keys, top_pair, p);
+        static const char *const req[] = {"apiVersion", "kind", "metadata", "spec", NULL};
+        require_keys(&x, root, "policy", req);
+        check_names(&x, p);
+        yaml_node_t *spec = map_get(&x, root, "spec");
+        /* Reported once, also for `listeners: []`: either way nothing would be proxied. */
+        if (spec && spec->type == YAML_MAPPING_NODE && p->n_listeners == 0 &&
+            p->n_targets == 0 && x.n_errors == 0) {
+            err_at(&x, spec, "spec: give 'listeners' (explicit mode) or 'targets' (transparent "
+                             "mode); without either nothing is proxied");
+        }
+    }
+    if (root)
+        check_single_document(&x, &parser);
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    if (x.n_errors) {
+        policy_free(p);
+        return -EINVAL;
+    }
+    if (fl_rule_index_build(p) < 0) {
+        policy_free(p);
+        return -ENOMEM;
+    }
+    *out = p;
+    return 0;
+}
+
+#define MAX_POLICY_BYTES (16u << 20)
+
+int fl_policy_load(const char *path, struct fl_policy **out, struct fl_policy_errors *errs)
+{
+    char msg[1024];
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    FILE *f;
+    int e;
+
+    *out = NULL;
+    f = fopen(path, "rb");
+    if (!f) {
+        e = -errno;
+        goto fail_io;
+    }
+    for (;;) {
+        if (cap - len < 4096) {
+            cap = cap ? cap * 2 : 8192;
+            if (cap > MAX_POLICY_BYTES + 8192) {
+                snprintf(msg, sizeof(msg), "%s: the file is larger than 16 MiB; is it a policy?",
+                         path);
+                add_error(errs, msg);
+                e = -EFBIG;
+                goto out_close;
+            }
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                e = -ENOMEM;
+                goto out_close;
+            }
+            buf = nb;
+        }
+        errno = 0;
+        size_t n = fread(buf + len, 1, cap - len, f);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    if (ferror(f)) {
+        /* A directory opens fine and fails here with EISDIR. */
+        e = errno ? -errno : -EIO;
+        fclose(f);
+        free(buf);
+        goto fail_io;
+    }
+    fclose(f);
+    e = fl_policy_load_buf(path, buf ? buf : "", len, out, errs);
+    free(buf);
+    return e;
+
+out_close:
+    fclose(f);
+    free(buf);
+    return e;
+fail_io:
+    snprintf(msg, sizeof(msg), "%s: cannot read: %s; check the path", path, strerror(-e));
+    add_error(errs, msg);
+    return e;
+}
+
+struct fl_policy *fl_policy_ref(struct fl_policy *p)
+{
+    if (p)
+        atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
+    return p;
+}
+
+void fl_policy_unref(struct fl_policy *p)
+{
+    if (p && atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1)
+        policy_free(p);
+}
+
+struct fl_rule *fl_policy_find_rule(const struct fl_policy *p, const char *name)
+{
+    for (size_t i = 0; i < p->n_rules; i++)
+        if (p->rules[i].name && strcmp(p->rules[i].name, name) == 0)
+            return &p->rules[i];
+    return NULL;
+}
+
+int fl_rule_abort_status(const struct fl_rule *r)
+{
+    int live = atomic_load_explicit(&((struct fl_rule *)r)->live.abort_status, memory_order_relaxed);
+    if (live)
+        return live;
+    return r->abort.status ? r->abort.status : 503;
+}
+
+int fl_rule_applies_to(const struct fl_rule *r, const char *scope)
+{
+    if (r->n_on == 0)
+        return 1;
+    for (size_t i = 0; i < r->n_on; i++)
+        if (strcmp(r->on[i], scope) == 0)
+            return 1;
+    return 0;
+}
+
+int fl_rule_has_kind(const struct fl_rule *r, enum fl_fault_kind k)
+{
+    return k == FL_FAULT_DELAY   ? r->delay.enabled
+           : k == FL_FAULT_ABORT ? r->abort.enabled
+                                 : r->reset.enabled;
+}
+
+uint32_t fl_rule_file_ppm(const struct fl_rule *r, enum fl_fault_kind k)
+{
+    return k == FL_FAULT_DELAY ? r->delay.ppm : k == FL_FAULT_ABORT ? r->abort.ppm : r->reset.ppm;
+}
+
+atomic_uint *fl_rule_live_ppm(struct fl_rule *r, enum fl_fault_kind k)
+{
+    return k == FL_FAULT_DELAY   ? &r->live.delay_ppm
+           : k == FL_FAULT_ABORT ? &r->live.abort_ppm
+                                 : &r->live.reset_ppm;
+}
+
+uint32_t fl_rule_ppm(const struct fl_rule *r, enum fl_fault_kind k)
+{
+    uint32_t v = atomic_load_explicit(fl_rule_live_ppm((struct fl_rule *)r, k),
+                                      memory_order_relaxed);
+    return v == UINT32_MAX ? fl_rule_file_ppm(r, k) : v;
+}

@@ -1,0 +1,210 @@
+/* policy: the fault policy as an immutable, reference-counted snapshot.
+ *
+ * A policy is parsed from YAML (libyaml) by fl_policy_load(); every error names
+ * file:line:col. Once published to the workers a snapshot is never modified,
+ * except for the fields of struct fl_rule_live, which are atomics changed by the
+ * admin API (enable/disable/percent) and read per request.
+ */
+#ifndef FL_POLICY_H
+#define FL_POLICY_H
+
+#include "compiler.h"
+#include "values.h"
+
+#include <regex.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+
+#define FL_DEFAULT_TTL_MS (30ull * 60 * 1000)
+#define FL_DEFAULT_MAX_ACTIVE_FAULTS 10000u
+#define FL_DEFAULT_PROXY_PORT 15001
+
+
+enum fl_str_match_kind {
+    FL_SM_ANY = 0, /* no condition */
+    FL_SM_EXACT,
+    FL_SM_PREFIX,
+    FL_SM_REGEX, /* POSIX extended regex, unanchored unless the pattern anchors */
+    FL_SM_PRESENT, /* headers only */
+    FL_SM_ABSENT,  /* headers only */
+};
+
+struct fl_str_match {
+    enum fl_str_match_kind kind;
+    char *value; /* NUL-terminated; NULL for ANY/PRESENT/ABSENT */
+    size_t len;
+    regex_t re; /* compiled when kind == FL_SM_REGEX */
+};
+
+struct fl_header_match {
+    char *name; /* lower-cased at load time */
+    size_t name_len;
+    struct fl_str_match m;
+};
+
+struct fl_match {
+    uint32_t methods; /* bitmask over enum fl_method; 0 = any method */
+    struct fl_str_match path;
+    struct fl_header_match *headers;
+    size_t n_headers;
+    int has_grpc;       /* a grpc: block was given: only gRPC requests match */
+    char *grpc_service; /* NULL = any service */
+    char *grpc_method;  /* NULL = any method */
+};
+
+struct fl_kv {
+    char *name;
+    char *value;
+};
+
+/* The request-side fault kinds a rule can have; also the index of the
+ * per-kind counters in struct fl_rule_live. */
+enum fl_fault_kind {
+    FL_FAULT_DELAY,
+    FL_FAULT_ABORT,
+    FL_FAULT_RESET,
+};
+#define FL_FAULT_KINDS 3
+
+struct fl_delay {
+    int enabled;
+    uint64_t fixed_ms;
+    uint64_t jitter_ms; /* uniform in [0, jitter_ms] added to fixed_ms */
+    uint32_t ppm;
+};
+
+struct fl_abort {
+    int enabled;
+    int status;      /* HTTP status 200-599; 0 when only grpc_status was given */
+    int grpc_status; /* 0-16, or -1 when not given */
+    char *body;      /* may be NULL */
+    size_t body_len;
+    struct fl_kv *headers;
+    size_t n_headers;
+    char *message; /* grpc-message; may be NULL */
+    uint32_t ppm;
+};
+
+struct fl_reset {
+    int enabled;
+    uint32_t ppm;
+};
+
+/* What the admin API may change on a published snapshot. ppm values of
+ * UINT32_MAX mean "as in the policy file". */
+struct fl_rule_live {
+    atomic_int enabled;
+    atomic_uint delay_ppm;
+    atomic_uint abort_ppm;
+    atomic_uint reset_ppm;
+    atomic_ullong delay_fixed_ms; /* UINT64_MAX: as in the file */
+    atomic_int abort_status;      /* 0: as in the file */
+    atomic_ullong matched;   /* requests this rule decided */
+    atomic_ullong injected[3]; /* by enum fl_fault_kind */
+};
+
+struct fl_rule {
+    char *name;
+    char **on; /* listener/target names; NULL with n_on == 0 means all */
+    size_t n_on;
+    struct fl_match match;
+    struct fl_delay delay;
+    struct fl_abort abort;
+    struct fl_reset reset;
+    struct fl_rule_live live;
+    int line, col; /* where the rule starts, for messages */
+};
+
+struct fl_listener_spec {
+    char *name;
+    char *listen;   /* as written, e.g. "127.0.0.1:15000", "[::1]:15000", "localhost:15000" */
+    char *upstream; /* as written, e.g. "127.0.0.1:8080" */
+    /* Resolved at load time. "localhost:P" listens on both 127.0.0.1 and ::1;
+     * "*:P" or ":P" listens dual-stack on [::]. */
+    struct sockaddr_storage listen_addrs[2];
+    int n_listen_addrs;
+    struct sockaddr_storage upstream_addr;
+    int line, col;
+};
+
+struct fl_cidr {
+    int family;       /* AF_INET or AF_INET6 */
+    uint8_t addr[16]; /* network byte order; IPv4 in the first 4 bytes */
+    int prefix;
+};
+
+struct fl_target_spec {
+    char *name;
+    char **cgroups; /* absolute cgroup v2 paths or glob patterns */
+    size_t n_cgroups;
+    struct fl_cidr dst; /* ip: is a /32 or /128 */
+    uint16_t port;      /* 0 = any port */
+    int line, col;
+};
+
+struct fl_rule_index;
+
+struct fl_policy {
+    atomic_int refs;
+    struct fl_rule_index *index; /* built by fl_rule_index_build (rule_index.h) */
+    char *file; /* path it was loaded from, or "<admin>" */
+    char *name; /* metadata.name */
+    int has_seed;
+    uint64_t seed;
+    uint64_t ttl_ms;
+    uint32_t max_active_faults;
+    uint16_t proxy_port; /* transparent mode listener port (spec.proxy_port) */
+    struct fl_listener_spec *listeners;
+    size_t n_listeners;
+    struct fl_target_spec *targets;
+    size_t n_targets;
+    struct fl_rule *rules;
+    size_t n_rules;
+};
+
+/* Errors collected while loading; each message is "file:line:col: text". */
+struct fl_policy_errors {
+    char **msgs;
+    size_t n;
+};
+
+/* Parses the YAML at path. On success returns 0 and *out holds a policy with one
+ * reference. On failure returns a negative errno (-EINVAL for policy errors,
+ * others for I/O) and errs lists every error found (caller frees with
+ * fl_policy_errors_free). Blocking: call off the event loop. */
+int fl_policy_load(const char *path, struct fl_policy **out, struct fl_policy_errors *errs) FL_WUR;
+
+/* Same, from a buffer; name is used as the file name in messages. */
+int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_policy **out,
+                       struct fl_policy_errors *errs) FL_WUR;
+
+void fl_policy_errors_free(struct fl_policy_errors *errs);
+
+struct fl_policy *fl_policy_ref(struct fl_policy *p);
+/* Drops a reference; frees the snapshot with the last one. Accepts NULL. */
+void fl_policy_unref(struct fl_policy *p);
+
+/* The HTTP status an abort answers with: the live override, else the file's,
+ * else 503 (a gRPC-only abort seen on plain HTTP). */
+int fl_rule_abort_status(const struct fl_rule *r);
+
+/* Does r have a fault of kind k? */
+int fl_rule_has_kind(const struct fl_rule *r, enum fl_fault_kind k);
+/* Kind k's percent (ppm) as in the file. */
+uint32_t fl_rule_file_ppm(const struct fl_rule *r, enum fl_fault_kind k);
+/* Kind k's live override (UINT32_MAX: none), for the admin API to set. */
+atomic_uint *fl_rule_live_ppm(struct fl_rule *r, enum fl_fault_kind k);
+/* Kind k's percent (ppm) in force: the live override, else the file's. */
+uint32_t fl_rule_ppm(const struct fl_rule *r, enum fl_fault_kind k);
+
+/* Returns the rule named name, or NULL. */
+struct fl_rule *fl_policy_find_rule(const struct fl_policy *p, const char *name);
+
+/* Does rule r apply to traffic arriving through the listener/target named scope? */
+int fl_rule_applies_to(const struct fl_rule *r, const char *scope);
+
+
+#endif

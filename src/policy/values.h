@@ -1,0 +1,48 @@
+/* values: parsers for the scalar values of a policy (durations, percents, gRPC
+ * status codes, host:port addresses, HTTP methods). Pure functions, no YAML:
+ * the policy loader, the admin API and faultctl share them. */
+#ifndef FL_VALUES_H
+#define FL_VALUES_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "compiler.h"
+
+#define FL_PPM_MAX 1000000u /* percent 100 == 1,000,000 parts per million */
+
+/* HTTP methods a rule can name; bit i of fl_match.methods is method i. */
+enum fl_method {
+    FL_M_GET,
+    FL_M_HEAD,
+    FL_M_POST,
+    FL_M_PUT,
+    FL_M_DELETE,
+    FL_M_CONNECT,
+    FL_M_OPTIONS,
+    FL_M_TRACE,
+    FL_M_PATCH,
+    FL_M_OTHER, /* any method not listed above; never named by a policy */
+    FL_M__COUNT
+};
+
+/* Returns the enum for a method name (case-sensitive, as on the wire), or FL_M_OTHER. */
+enum fl_method fl_method_from_str(const char *s, size_t len);
+const char *fl_method_name(enum fl_method m);
+
+/* Parses "250ms", "2s", "5m", "1h" into milliseconds. Returns 0 or -EINVAL. */
+int fl_parse_duration(const char *s, uint64_t *ms) FL_WUR;
+
+/* Parses a percent "12.5" (0-100, at most 4 decimals) into ppm. Returns 0 or -EINVAL. */
+int fl_parse_percent(const char *s, uint32_t *ppm) FL_WUR;
+
+/* Parses a gRPC status name ("UNAVAILABLE") or number ("14"). Returns 0-16 or -EINVAL. */
+int fl_grpc_status_from_str(const char *s);
+const char *fl_grpc_status_name(int code);
+
+/* Parses "host:port" / "[v6]:port" into addrs (up to 2, see fl_listener_spec).
+ * for_listen allows "*:P" and ":P". Returns the count (>0) or -EINVAL. */
+int fl_parse_hostport(const char *s, int for_listen, struct sockaddr_storage addrs[2]);
+
+#endif

@@ -1,0 +1,74 @@
+/* faultlog: one JSON line per injected fault (DESIGN.md 3.3).
+ *
+ * Each worker appends to its own buffer and flushes it with an asynchronous
+ * uv_fs_write, so the event loop never waits on the log's disk or pipe. Lines
+ * are written whole; several workers share one O_APPEND descriptor. A clean
+ * shutdown flushes synchronously, so nothing logged is lost. If a buffer grows
+ * past FL_LOG_CAP (a stalled reader), further lines are counted as dropped.
+ */
+#ifndef FL_FAULTLOG_H
+#define FL_FAULTLOG_H
+
+#include "compiler.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "fault.h"
+#include "match.h"
+
+#define FL_LOG_CAP (8u << 20)
+
+struct fl_logbuf {
+    char *buf; /* lines not yet handed to the kernel */
+    size_t len, cap;
+    char *inflight; /* buffer of the write in progress */
+    size_t inflight_len, inflight_cap;
+    uv_fs_t req;
+    int busy;
+    uv_loop_t *loop;
+};
+
+struct fl_fault_event {
+    const char *policy;
+    const char *rule;
+    enum fl_fault_kind kind;
+    uint64_t delay_ms;
+    int status;      /* HTTP status for abort, or 0 */
+    int grpc_status; /* for gRPC aborts, or -1 */
+    const struct fl_request *req;
+    const struct sockaddr *src;
+    const struct sockaddr *dst;
+    uint64_t conn;
+};
+
+/* Opens the log destination: a path (created 0640, appended) or "-" for
+ * stdout. Returns 0 or a negative errno. */
+int fl_faultlog_open(const char *path) FL_WUR;
+void fl_faultlog_close(void);
+
+/* Called with every line (without newline) as it is logged; used by the
+ * admin API to stream events. May be NULL. Runs on the logging worker's thread. */
+extern void (*fl_faultlog_tap)(const char *line, size_t len);
+
+extern atomic_ullong fl_faultlog_dropped;
+
+void fl_logbuf_init(struct fl_logbuf *lb, uv_loop_t *loop);
+void fl_logbuf_fini(struct fl_logbuf *lb);
+
+/* Formats and queues one fault line. Never blocks. */
+void fl_faultlog_emit(struct fl_logbuf *lb, const struct fl_fault_event *ev);
+
+/* Queues an arbitrary pre-formatted JSON object line (events such as reloads). */
+void fl_faultlog_emit_raw(struct fl_logbuf *lb, const char *json, size_t len);
+
+/* Writes out everything queued, blocking; for shutdown. */
+void fl_logbuf_flush_sync(struct fl_logbuf *lb);
+
+/* Appends s as a JSON string body (escaped, no quotes) into out (cap bytes),
+ * returning the new length, truncating safely. */
+size_t fl_json_escape(char *out, size_t cap, size_t pos, const char *s, size_t len);
+
+#endif

@@ -1,0 +1,1184 @@
+/* http1: HTTP/1.1 proxying with llhttp.
+ *
+ * The original bytes go upstream unchanged; llhttp only finds message
+ * boundaries, the method, the target and the headers. Each request's head is
+ * held (by reference to the read chunks) until the rules have decided: pass it
+ * on, hold it (delay), answer it here (abort), or reset the connection.
+ *
+ * Responses must reach the client in request order, also when some are made
+ * here. Every dispatched request takes a slot in a ring: an upstream slot is
+ * completed by the upstream's next response, a synthetic slot carries the bytes
+ * to send once it reaches the front. The response parser finds where each
+ * upstream response ends so the queue can advance.
+ *
+ * The parser is paused at the end of each request head and message, which gives
+ * the exact byte positions to split forwarding at; a held request stops reading
+ * from the client, so pipelined requests behind it wait their turn.
+ */
+#include <errno.h>
+#include <llhttp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http1.h"
+
+#include "conn.h"
+#include "h2.h"
+#include "raw.h"
+#include "fault.h"
+#include "faultlog.h"
+#include "log.h"
+#include "match.h"
+#include "worker.h"
+
+#define H1_MAX_SLOTS 16
+#define H1_MAX_HEAD_SEGS 8
+#define H1_MAX_HEAD FL_CHUNK_CAP /* request head limit (about 64 KiB): 431 above */
+#define H1_MAX_HDRS 100
+#define H1_LINGER_MS 2000
+uint64_t fl_header_timeout_ms = 30000;
+uint64_t fl_idle_timeout_ms = 15 * 60 * 1000;
+
+#define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+enum rq_state {
+    RQ_HEAD, /* reading a request head */
+    RQ_PASS, /* forwarding the body of a passed request */
+    RQ_DROP, /* discarding the body of an answered request */
+    RQ_HOLD, /* request held by a delay; parsing stopped */
+    RQ_RAW,  /* after Upgrade/CONNECT: client bytes pass unparsed */
+    RQ_DONE, /* no more requests on this connection */
+};
+
+enum slot_kind { SLOT_UPSTREAM, SLOT_SYNTH };
+
+struct h1_slot {
+    uint8_t kind;
+    uint8_t method; /* llhttp_method_t of the request */
+    uint8_t close_after;
+    const struct fl_rule *mark; /* upstream slot of a delayed request: add the marker */
+    struct fl_chunk *synth;     /* SLOT_SYNTH: the response bytes */
+};
+
+struct h1_seg {
+    struct fl_chunk *ch;
+    uint32_t off, len;
+};
+
+/* Request facts gathered while the head streams in, kept in a pool chunk that
+ * is returned once the rules have decided. */
+struct h1_scratch {
+    struct fl_hdr hdrs[H1_MAX_HDRS];
+    size_t n_hdrs;
+    char *url;
+    size_t url_len;
+    int last_was_value;
+    int overflow; /* the head did not fit: answered 431 */
+    size_t used;
+    char buf[];
+};
+
+struct h1 {
+    llhttp_t req;
+    llhttp_t resp;
+    enum rq_state rs;
+    int ev; /* event that paused a parser */
+    /* head of the current request, not yet forwarded */
+    struct h1_seg head[H1_MAX_HEAD_SEGS];
+    int n_head;
+    size_t head_bytes;
+    struct fl_chunk *scratch_ch;
+    /* client input not yet parsed (parsing paused) */
+    struct fl_chunk *in;
+    size_t in_off, in_len;
+    /* response ordering */
+    struct h1_slot slots[H1_MAX_SLOTS];
+    unsigned sl_head, sl_count;
+    uint64_t resp_bytes; /* bytes of the front upstream response forwarded */
+    /* held request */
+    struct fl_decision held;
+    uint8_t held_method;
+    /* the client's deadline: header section (T_HEADER) or keep-alive idle
+     * (T_IDLE), on the loop's clock; c->timer fires at or before it */
+    uint8_t tkind;
+    uint64_t tdeadline;
+    unsigned seen_request : 1;
+    unsigned seen_request_done : 1; /* a request line was parsed on this connection */
+    unsigned url_done : 1;
+    unsigned raw_up : 1;
+    unsigned close_after_flush : 1;
+    unsigned client_eof : 1;
+    unsigned finishing : 1;
+    unsigned wait_upstream : 1; /* a dead upstream handle is closing; dispatch waits */
+    unsigned lingering : 1;
+    unsigned resp_until_eof : 1; /* the current response ends with the upstream's FIN */
+};
+
+enum { EV_NONE, EV_HEADERS, EV_DONE, EV_STATUS };
+enum { T_NONE, T_HEADER, T_IDLE };
+
+static const llhttp_settings_t *req_settings(void);
+static const llhttp_settings_t *resp_settings(void);
+static void client_pump(struct fl_conn *c);
+static void release_input(struct h1 *h);
+static void flush_front(struct fl_conn *c);
+
+static struct h1_scratch *scratch(struct h1 *h)
+{
+    return h->scratch_ch ? (struct h1_scratch *)h->scratch_ch->data : NULL;
+}
+
+static void head_release(struct h1 *h)
+{
+    for (int i = 0; i < h->n_head; i++)
+        fl_chunk_unref(h->head[i].ch);
+    h->n_head = 0;
+    h->head_bytes = 0;
+}
+
+static void scratch_release(struct h1 *h)
+{
+    fl_chunk_unref(h->scratch_ch);
+    h->scratch_ch = NULL;
+}
+
+/* ---- slots ---- */
+
+static struct h1_slot *slot_front(struct h1 *h)
+{
+    return h->sl_count ? &h->slots[h->sl_head] : NULL;
+}
+
+static struct h1_slot *slot_push(struct h1 *h)
+{
+    struct h1_slot *s = &h->slots[(h->sl_head + h->sl_count) % H1_MAX_SLOTS];
+    h->sl_count++;
+    memset(s, 0, sizeof(*s));
+    return s;
+}
+
+static void slot_pop(struct h1 *h)
+{
+    struct h1_slot *s = &h->slots[h->sl_head];
+    fl_chunk_unref(s->synth);
+    s->synth = NULL;
+    h->sl_head = (h->sl_head + 1) % H1_MAX_SLOTS;
+    h->sl_count--;
+    h->resp_bytes = 0;
+}
+
+static int upstream_pending(struct h1 *h)
+{
+    for (unsigned i = 0; i < h->sl_count; i++)
+        if (h->slots[(h->sl_head + i) % H1_MAX_SLOTS].kind == SLOT_UPSTREAM)
+            return 1;
+    return 0;
+}
+
+/* ---- synthetic responses ---- */
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Status";
+    }
+}
+
+/* Builds a complete response into a pool chunk. Returns NULL on overflow/oom. */
+static struct fl_chunk *build_response(struct fl_conn *c, int status, const char *rule,
+                                       const struct fl_kv *hdrs, size_t n_hdrs, const char *body,
+                                       size_t body_len, int head_only, int close)
+{
+    struct fl_chunk *ch = fl_chunk_get(&c->w->pool);
+    if (!ch)
+        return NULL;
+    int has_ct = 0;
+    for (size_t i = 0; i < n_hdrs; i++)
+        if (strcasecmp(hdrs[i].name, "content-type") == 0)
+            has_ct = 1;
+    size_t cap = FL_CHUNK_CAP;
+    int n = snprintf(ch->data, cap, "HTTP/1.1 %d %s\r\ncontent-length: %zu\r\n", status,
+                     reason(status), body_len);
+    if (!has_ct && body_len)
+        n += snprintf(ch->data + n, cap - (size_t)n, "content-type: text/plain\r\n");
+    if (rule)
+        n += snprintf(ch->data + n, cap - (size_t)n, "x-faultline-injected: %s\r\n", rule);
+    for (size_t i = 0; i < n_hdrs && (size_t)n < cap; i++)
+        n += snprintf(ch->data + n, cap - (size_t)n, "%s: %s\r\n", hdrs[i].name, hdrs[i].value);
+    if ((size_t)n < cap)
+        n += snprintf(ch->data + n, cap - (size_t)n, "%s\r\n", close ? "connection: close\r\n" : "");
+    if ((size_t)n >= cap || (!head_only && (size_t)n + body_len > cap)) {
+        fl_chunk_unref(ch);
+        return NULL;
+    }
+    if (!head_only && body_len) {
+        memcpy(ch->data + n, body, body_len);
+        n += (int)body_len;
+    }
+    ch->len = (uint32_t)n;
+    return ch;
+}
+
+/* Queues a response made here; it goes out when it reaches the front. */
+static void push_synth(struct fl_conn *c, struct fl_chunk *ch, uint8_t method, int close)
+{
+    struct h1 *h = c->proto;
+    struct h1_slot *s = slot_push(h);
+    s->kind = SLOT_SYNTH;
+    s->method = method;
+    s->synth = ch;
+    s->close_after = (uint8_t)close;
+    flush_front(c);
+}
+
+/* An error response from the proxy itself (400, 431, 502): ends the connection. */
+static void push_error(struct fl_conn *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void push_error(struct fl_conn *c, int status, const char *fmt, ...)
+{
+    struct h1 *h = c->proto;
+    char body[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(body, sizeof(body), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(body))
+        n = (int)strlen(body);
+    struct fl_chunk *ch = build_response(c, status, NULL, NULL, 0, body, (size_t)n, 0, 1);
+    h->rs = RQ_DONE;
+    if (!ch) {
+        fl_conn_close(c, 0);
+        return;
+    }
+    push_synth(c, ch, HTTP_GET, 1);
+}
+
+static void linger_timeout_cb(uv_timer_t *t)
+{
+    fl_conn_close(t->data, 0);
+}
+
+/* Closes the connection once every response is out. After an error response
+ * the client may still be sending; closing with unread input would make the
+ * kernel send RST and could destroy the response, so send FIN first and read
+ * (and discard) for a short while: a lingering close. */
+static void maybe_finish(struct fl_conn *c)
+{
+    struct h1 *h = c->proto;
+    if (c->closing || h->sl_count || h->rs == RQ_HOLD || h->rs == RQ_RAW ||
+        fl_conn_queued(c, FL_CLIENT) != 0)
+        return;
+    if (h->close_after_flush && !h->client_eof) {
+        if (!h->lingering) {
+            h->lingering = 1;
+            fl_conn_shutdown(c, FL_CLIENT);
+            c->s[FL_CLIENT].want_read = 1;
+            fl_conn_update_reading(c);
+            uv_timer_start(&c->timer, linger_timeout_cb, H1_LINGER_MS, 0);
+        }
+        return;
+    }
+    if (h->close_after_flush || h->rs == RQ_DONE || h->client_eof ||
+        (c->close_when_idle && h->rs == RQ_HEAD && h->head_bytes == 0))
+        fl_conn_close(c, 0);
+}
+
+/* Writes out the synthetic responses now at the front of the queue. */
+static void flush_front(struct fl_conn *c)
+{
+    struct h1 *h = c->proto;
+    struct h1_slot *s;
+    while (!c->closing && (s = slot_front(h)) && s->kind == SLOT_SYNTH) {
+        int close = s->close_after;
+        fl_conn_write(c, FL_CLIENT, s->synth, s->synth->data, s->synth->len);
+        slot_pop(h);
+        if (close) {
+            h->close_after_flush = 1;
+            h->rs = RQ_DONE;
+            /* Nothing after this response will be answered. */
+            while (h->sl_count)
+                slot_pop(h);
+        }
+    }
+    maybe_finish(c);
+}
+
+/* ---- request side ---- */
+
+/* The client's deadlines are lazy: a request moves them without touching the
+ * timer, which libuv keeps in a heap (a start and a stop per request cost
+ * more than the parsing of a small request). The timer only has to fire no
+ * later than the deadline; when it fires early it re-arms for the rest. */
+static void client_timer_cb(uv_timer_t *t)
+{
+    struct fl_conn *c = t->data;
+    struct h1 *h = c->proto;
+    uint64_t now = fl_worker_now(c->w);
+    if (c->closing || h->tkind == T_NONE || h->lingering)
+        return;
+    if (now < h->tdeadline) {
+        uv_timer_start(&c->timer, client_timer_cb, h->tdeadline - now, 0);
+        return;
+    }
+    h->tkind = T_NONE;
+    if (h->rs != RQ_HEAD)
+        return;
+    if (h->head_bytes > 0 || h->scratch_ch) {
+        char peer[64];
+        fl_addr_str((struct sockaddr *)&c->src, peer, sizeof(peer));
+        fl_warn("request from %s: header section not complete after %llu ms; answered 408", peer,
+                (unsigned long long)fl_header_timeout_ms);
+        head_release(h);
+        scratch_release(h);
+        release_input(h);
+        push_error(c, 408, "faultline: request header section not received in time\n");
+    } else if (h->sl_count == 0) {
+        fl_conn_close(c, 0);
+    }
+}
+
+/* No request in flight or begun, nothing buffered: the connection is idle. */
+static int h1_waiting(const struct h1 *h)
+{
+    return h->sl_count == 0 && h->rs == RQ_HEAD && h->head_bytes == 0 && !h->in;
+}
+
+/* Sets the header or idle deadline for the state the request side is now in;
+ * the timer is restarted only when it would fire after the new deadline. */
+static void arm_client_timer(struct fl_conn *c, int header)
+{
+    struct h1 *h = c->proto;
+    uint64_t ms = header ? fl_header_timeout_ms : fl_idle_timeout_ms;
+    if (h->lingering)
+        return;
+    h->tkind = header ? T_HEADER : T_IDLE;
+    h->tdeadline = fl_worker_now(c->w) + ms;
+    if (!uv_is_active((uv_handle_t *)&c->timer) || uv_timer_get_due_in(&c->timer) > ms)
+        uv_timer_start(&c->timer, client_timer_cb, ms, 0);
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    struct fl_conn *c = p->data;
+    struct h1 *h = c->proto;
+    h->seen_request = 1;
+    arm_client_timer(c, 1);
+    if (!h->scratch_ch) {
+        h->scratch_ch = fl_chunk_get(&c->w->pool);
+        if (!h->scratch_ch)
+            return -1;
+    }
+    struct h1_scratch *sc = scratch(h);
+    sc->n_hdrs = 0;
+    sc->url = NULL;
+    sc->url_len = 0;
+    sc->last_was_value = 1;
+    sc->overflow = 0;
+    sc->used = 0;
+    return 0;
+}
+
+static char *sc_append(struct h1_scratch *sc, const char *at, size_t len)
+{
+    size_t room = FL_CHUNK_CAP - sizeof(*sc) - sc->used;
+    if (len > room) {
+        sc->overflow = 1;
+        return NULL;
+    }
+    char *d = sc->buf + sc->used;
+    memcpy(d, at, len);
+    sc->used += len;
+    return d;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct fl_conn *c = p->data;
+    struct h1_scratch *sc = scratch(c->proto);
+    char *d = sc_append(sc, at, len);
+    if (!d)
+        return -1;
+    if (!sc->url)
+        sc->url = d;
+    sc->url_len += len;
+    return 0;
+}
+
+static int on_url_complete(llhttp_t *p)
+{
+    struct fl_conn *c = p->data;
+    struct h1 *h = c->proto;
+    h->url_done = 1;
+    h->seen_request_done = 1;
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct fl_conn *c = p->data;
+    struct h1_scratch *sc = scratch(c->proto);
+    if (!sc)
+        return 0; /* a trailer field: the head was decided; its bytes pass as body */
+    char *d = sc_append(sc, at, len);
+    if (!d)
+        return -1;
+    if (sc->last_was_value) {
+        if (sc->n_hdrs == H1_MAX_HDRS)
+            return 0; /* beyond what rules look at; still forwarded */
+        struct fl_hdr *hd = &sc->hdrs[sc->n_hdrs++];
+        hd->name = d;
+        hd->name_len = 0;
+        hd->value = NULL;
+        hd->value_len = 0;
+        sc->last_was_value = 0;
+    }
+    sc->hdrs[sc->n_hdrs - 1].name_len += len;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct fl_conn *c = p->data;
+    struct h1_scratch *sc = scratch(c->proto);
+    if (!sc)
+        return 0; /* trailer value, see on_header_field */
+    if (sc->n_hdrs == 0)
+        return 0;
+    char *d = sc_append(sc, at, len);
+    if (!d)
+        return -1;
+    struct fl_hdr *hd = &sc->hdrs[sc->n_hdrs - 1];
+    if (!hd->value)
+        hd->value = d;
+    hd->value_len += len;
+    sc->last_was_value = 1;
+    return 0;
+}
+
+static int on_req_headers_complete(llhttp_t *p)
+{
+    struct fl_conn *c = p->data;
+    ((struct h1 *)c->proto)->ev = EV_HEADERS;
+    return HPE_PAUSED;
+}
+
+static int on_req_message_complete(llhttp_t *p)
+{
+    struct fl_conn *c = p->data;
+    ((struct h1 *)c->proto)->ev = EV_DONE;
+    return HPE_PAUSED;
+}
+
+static void log_fault(struct fl_conn *c, const struct fl_rule *r, enum fl_fault_kind kind,
+                      uint64_t delay_ms, int status, const struct fl_request *rq)
+{
+    struct fl_fault_event ev = {
+        .policy = c->policy->name,
+        .rule = r->name,
+        .kind = kind,
+        .delay_ms = delay_ms,
+        .status = status,
+        .grpc_status = -1,
+        .req = rq,
+        .src = (const struct sockaddr *)&c->src,
+        .dst = (const struct sockaddr *)&c->dst,
+        .conn = c->id,
+    };
+    fl_faultlog_emit(&c->w->log, &ev);
+}
+
+/* Sends the held head upstream and starts forwarding the body. */
+static void dispatch_upstream(struct fl_conn *c, uint8_t method, const struct fl_rule *mark)
+{
+    struct h1 *h = c->proto;
+    int e = fl_conn_connect_upstream(c);
+    struct h1_slot *s = slot_push(h);
+    s->kind = SLOT_UPSTREAM;
+    s->method = method;
+    s->mark = mark;
+    if (e < 0) {
+        c->ops->upstream_error(c, e);
+        return;
+    }
+    for (int i = 0; i < h->n_head && !c->closing; i++)
+        fl_conn_write(c, FL_UPSTREAM, h->head[i].ch, h->head[i].ch->data + h->head[i].off,
+                      h->head[i].len);
+    head_release(h);
+    if (h->rs != RQ_RAW && h->rs != RQ_DONE)
+        h->rs = RQ_PASS;
+}
+
+static void answer_abort(struct fl_conn *c, const struct fl_rule *r, uint8_t method, int close)
+{
+    struct h1 *h = c->proto;
+    const struct fl_abort *a = &r->abort;
+    int status = fl_rule_abort_status(r);
+    struct fl_chunk *ch = build_response(c, status, r->name, a->headers, a->n_headers, a->body,
+                                         a->body_len, method == HTTP_HEAD, close);
+    head_release(h);
+    fl_fault_release();
+    if (!ch) {
+        fl_conn_close(c, 0);
+        return;
+    }
+    h->rs = close ? RQ_DONE : RQ_DROP;
+    push_synth(c, ch, method, close);
+}
+
+static void held_cb(struct fl_hold *hd)
+{
+    struct fl_conn *c = fl_conn_of_hold(hd);
+    struct h1 *h = c->proto;
+    if (c->closing || h->rs != RQ_HOLD)
+        return;
+    const struct fl_rule *r = h->held.rule;
+    if (h->held.abort) {
+        fl_fault_release(); /* the delay's share; answer_abort releases the abort's */
+        answer_abort(c, r, h->held_method, !llhttp_should_keep_alive(&h->req));
+    } else {
+        fl_fault_release();
+        dispatch_upstream(c, h->held_method, r);
+    }
+    if (!c->closing)
+        client_pump(c);
+}
+
+static void fill_request(struct h1 *h, struct fl_request *rq)
+{
+    struct h1_scratch *sc = scratch(h);
+    const char *m = llhttp_method_name((llhttp_method_t)h->req.method);
+    memset(rq, 0, sizeof(*rq));
+    rq->proto = FL_PROTO_HTTP1;
+    rq->method_str = m;
+    rq->method_len = strlen(m);
+    rq->method = fl_method_from_str(m, rq->method_len);
+    rq->path = sc->url ? sc->url : "";
+    rq->target_len = sc->url_len;
+    const char *q = memchr(rq->path, '?', rq->target_len);
+    rq->path_len = q ? (size_t)(q - rq->path) : rq->target_len;
+    rq->headers = sc->hdrs;
+    rq->n_headers = sc->n_hdrs;
+    for (size_t i = 0; i < sc->n_hdrs; i++) {
+        if (sc->hdrs[i].name_len == 4 && strncasecmp(sc->hdrs[i].name, "host", 4) == 0) {
+            rq->authority = sc->hdrs[i].value;
+            rq->authority_len = sc->hdrs[i].value_len;
+            break;
+        }
+    }
+}
+
+/* The request head is complete: decide its fate. */
+static void on_head(struct fl_conn *c)
+{
+    struct h1 *h = c->proto;
+    struct fl_worker *w = c->w;
+    struct fl_request rq;
+    struct fl_decision d;
+    uint8_t method = (uint8_t)h->req.method;
+    int keep_alive = llhttp_should_keep_alive(&h->req);
+
+    h->tkind = T_NONE; /* the head is in: no header deadline until the next request */
+
+    if (c->policy != w->policy) {
+        fl_policy_unref(c->policy);
+        c->policy = fl_policy_ref(w->policy);
+    }
+    fill_request(h, &rq);
+    if (!fl_fault_decide(c->policy, c->scope, &rq, &w->rng, fl_worker_now(w), &d)) {
+        scratch_release(h);
+        dispatch_upstream(c, method, NULL);
+        return;
+    }
+    if (d.reset) {
+        log_fault(c, d.rule, FL_FAULT_RESET, 0, 0, &rq);
+        scratch_release(h);
+        fl_conn_close(c, 1);
+        return;
+    }
+    if (d.delay)
+        log_fault(c, d.rule, FL_FAULT_DELAY, d.delay_ms, 0, &rq);
+    if (d.abort)
+        log_fault(c, d.rule, FL_FAULT_ABORT, 0, fl_rule_abort_status(d.rule),
+                  &rq);
+    scratch_release(h);
+    if (d.delay) {
+        h->held = d;
+        h->held_method = method;
+        h->rs = RQ_HOLD;
+        if (fl_worker_hold(c->w, &c->hold, fl_worker_deadline(d.delay_ms), held_cb) < 0)
+            fl_conn_close(c, 1); /* out of memory: a reset, rather than no delay */
+        return;
+    }
+    answer_abort(c, d.rule, method, !keep_alive);
+}
+
+/* Bytes [p, p+n) of the client stream belong to the current request, in state rs. */
+static int consume(struct fl_conn *c, struct fl_chunk *ch, const char *p, size_t n)
+{
+    struct h1 *h = c->proto;
+    if (n == 0)
+        return 0;
+    switch (h->rs) {
+    case RQ_HEAD:
+        if (h->head_bytes + n > H1_MAX_HEAD) {
+            head_release(h);
+            scratch_release(h);
+            push_error(c, 431, "faultline: request header section exceeds %d bytes\n",
+                       H1_MAX_HEAD);
+            return -1;
+        }
+        if (h->n_head == H1_MAX_HEAD_SEGS) {
+            /* A head trickling in many small reads: coalesce it into one chunk. */
+            struct fl_chunk *m = fl_chunk_get(&c->w->pool);
+            if (!m) {
+                fl_conn_close(c, 0);
+                return -1;
+            }
+            size_t o = 0;
+            for (int i = 0; i < h->n_head; i++) {
+                memcpy(m->data + o, h->head[i].ch->data + h->head[i].off, h->head[i].len);
+                o += h->head[i].len;
+            }
+            size_t total = h->head_bytes;
+            head_release(h);
+            h->head[0] = (struct h1_seg){m, 0, (uint32_t)o};
+            h->n_head = 1;
+            h->head_bytes = total;
+        }
+        h->head[h->n_head++] =
+            (struct h1_seg){fl_chunk_ref(ch), (uint32_t)(p - ch->data), (uint32_t)n};
+        h->head_bytes += n;
+        return 0;
+    case RQ_PASS:
+    case RQ_RAW:
+        return fl_conn_write(c, FL_UPSTREAM, ch, p, n);
+    case RQ_DROP:
+    case RQ_DONE:
+    case RQ_HOLD:
+        return 0;
+    }
+    return 0;
+}
+
+/* The client sent something that is not HTTP before any request: pass it through. */
+static void switch_to_raw(struct fl_conn *c)
+{
+    struct h1 *h = c->proto;
+    struct h1_seg segs[H1_MAX_HEAD_SEGS];
+    int n = h->n_head;
+    struct fl_chunk *in = h->in;
+    size_t in_off = h->in_off, in_len = h->in_len;
+
+    memcpy(segs, h->head, sizeof(segs));
+    h->n_head = 0;
+    h->in = NULL;
+    if (fl_conn_switch(c, &fl_raw_ops) < 0) {
+        fl_conn_close(c, 0);
+    }
+    for (int i = 0; i < n; i++) {
+        if (!c->closing)
+            fl_conn_write(c, FL_UPSTREAM, segs[i].ch, segs[i].ch->data + segs[i].off, segs[i].len);
+        fl_chunk_unref(segs[i].ch);
+    }
+    if (in) {
+        if (!c->closing && in_len > in_off)
+            fl_conn_write(c, FL_UPSTREAM, in, in->data + in_off, in_len - in_off);
+        fl_chunk_unref(in);
+    }
+}
+
+static void release_input(struct h1 *h)
+{
+    fl_chunk_unref(h->in);
+    h->in = NULL;
+}
+
+static void parse_error(struct fl_conn *c, llhttp_errno_t err)
+{
+    struct h1 *h = c->proto;
+    char peer[64];
+    fl_addr_str((struct sockaddr *)&c->src, peer, sizeof(peer));
+    release_input(h);
+    if (h->rs == RQ_HEAD && scratch(h) && scratch(h)->overflow) {
+        head_release(h);
+        scratch_release(h);
+        fl_warn("request from %s: header section too large; answered 431", peer);
+        push_error(c, 431, "faultline: request header section exceeds %d bytes\n", H1_MAX_HEAD);
+        return;
+    }
+    if (h->rs == RQ_HEAD) {
+        head_release(h);
+        scratch_release(h);
+        fl_warn("malformed request from %s: %s (%s); answered 400", peer, llhttp_errno_name(err),
+                llhttp_get_error_reason(&h->req));
+        push_error(c, 400, "faultline: malformed HTTP request: %s\n",
+                   llhttp_get_error_reason(&h->req));
+        return;
+    }
+    fl_warn("malformed request body from %s: %s; closing the connection", peer,
+            llhttp_get_error_reason(&h->req));
+    fl_conn_close(c, 0);
+}
+
+/* Parses and dispatches buffered client input until it is used up or a
+ * request is held. */
+static void client_pump(struct fl_conn *c)
+{
+    struct h1 *h = c->proto;
+    while (!c->closing && h->in) {
+        if (h->rs == RQ_HOLD || h->wait_upstream)
+            break;
+        if (h->rs == RQ_HEAD && h->sl_count >= H1_MAX_SLOTS)
+            break; /* deep pipeline: wait for responses */
+        if (h->rs == RQ_DONE) {
+            release_input(h);
+            break;
+        }
+        const char *start = h->in->data + h->in_off;
+        size_t avail = h->in_len - h->in_off;
+        if (h->rs == RQ_RAW) {
+            consume(c, h->in, start, avail);
+            release_input(h);
+            break;
+        }
+        h->ev = EV_NONE;
+        llhttp_errno_t err = llhttp_execute(&h->req, start, avail);
+        size_t used = avail;
+        if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE)
+            used = (size_t)(llhttp_get_error_pos(&h->req) - start);
+        else if (err != HPE_OK) {
+            if (!h->seen_request_done && !h->url_done && h->sl_count == 0 && h->rs == RQ_HEAD) {
+                switch_to_raw(c);
+                return;
+            }
+            parse_error(c, err);
+            return;
+        }
+        if (consume(c, h->in, start, used) < 0) {
+            release_input(h);
+            return;
+        }
+        h->in_off += used;
+        if (err == HPE_PAUSED) {
+            llhttp_resume(&h->req);
+            if (h->ev == EV_HEADERS) {
+                on_head(c);
+            } else if (h->ev == EV_DONE) {
+                if (h->rs == RQ_PASS || h->rs == RQ_DROP)
+                    h->rs = llhttp_should_keep_alive(&h->req) ? RQ_HEAD : RQ_DONE;
+                h->url_done = 0;
+            }
+        } else if (err == HPE_PAUSED_UPGRADE) {
+            if (h->rs == RQ_PASS || h->rs == RQ_HEAD) {
+                h->rs = RQ_RAW; /* bytes after an Upgrade/CONNECT head are the new protocol */
+            } else {
+                llhttp_resume_after_upgrade(&h->req); /* refused by a fault: stay HTTP */
+            }
+        }
+        if (h->in && h->in_off >= h->in_len) {
+            /* A message with no body completes without consuming bytes. */
+            if (err == HPE_PAUSED && h->ev == EV_HEADERS && h->rs != RQ_HOLD && !c->closing)
+                continue;
+            release_input(h);
+        }
+    }
+    if (c->closing)
+        return;
+    c->s[FL_CLIENT].want_read =
+        (h->in == NULL && (h->rs != RQ_DONE || h->lingering) && !h->wait_upstream);
+    fl_conn_update_reading(c);
+    /* A request answered here (a fault), or whose body ended after its
+     * response, leaves the connection idle without response_done() seeing
+     * it: the idle deadline starts now. */
+    if (h->tkind == T_NONE && h1_waiting(h))
+        arm_client_timer(c, 0);
+    maybe_finish(c);
+}
+
+/* ---- response side ---- */
+
+static int on_status_complete(llhttp_t *p)
+{
+    struct fl_conn *c = p->data;
+    struct h1 *h = c->proto;
+    struct h1_slot *s = slot_front(h);
+    if (s && s->kind == SLOT_UPSTREAM && s->mark) {
+        h->ev = EV_STATUS;
+        return HPE_PAUSED;
+    }
+    return 0;
+}
+
+static int on_resp_headers_complete(llhttp_t *p)
+{
+    struct fl_conn *c = p->data;
+    struct h1 *h = c->proto;
+    struct h1_slot *s = slot_front(h);
+    if (!s || s->kind != SLOT_UPSTREAM)
+        return 0;
+    if (s->method == HTTP_CONNECT && p->status_code >= 200 && p->status_code < 300)
+        return 2; /* tunnel established: no body, the rest is raw */
+    if (s->method == HTTP_HEAD)
+        return 1;
+    h->resp_until_eof = llhttp_message_needs_eof(p);
+    return 0;
+}
+
+static void response_done(struct fl_conn *c)
+{
+    struct h1 *h = c->proto;
+    int status = h->resp.status_code;
+    struct h1_slot *s = slot_front(h);
+    if (status >= 100 && status < 200 && status != 101)
+        return; /* interim response; the final one follows */
+    if (s && s->kind == SLOT_UPSTREAM)
+        slot_pop(h);
+    flush_front(c);
+    if (c->closing)
+        return;
+    if (h1_waiting(h))
+        arm_client_timer(c, 0);
+    if (h->in && h->rs == RQ_HEAD)
+        client_pump(c);
+    else if (c->s[FL_CLIENT].want_read == 0 && h->rs == RQ_HEAD && !h->in) {
+        c->s[FL_CLIENT].want_read = 1;
+        fl_conn_update_reading(c);
+    }
+    maybe_finish(c);
+}
+
+static int on_resp_message_complete(llhttp_t *p)
+{
+    struct fl_conn *c = p->data;
+    struct h1 *h = c->proto;
+    if (h->finishing) {
+        response_done(c);
+        return 0;
+    }
+    h->ev = EV_DONE;
+    return HPE_PAUSED;
+}
+
+static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, size_t len)
+{
+    struct h1 *h = c->proto;
+    const char *p = ch->data + off;
+    size_t left = len;
+
+    if (h->raw_up) {
+        fl_conn_write(c, FL_CLIENT, ch, p, left);
+        return;
+    }
+    while (left && !c->closing) {
+        h->ev = EV_NONE;
+        llhttp_errno_t err = llhttp_execute(&h->resp, p, left);
+        size_t used = left;
+        if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+            used = (size_t)(llhttp_get_error_pos(&h->resp) - p);
+        } else if (err != HPE_OK) {
+            char up[64];
+            fl_addr_str((struct sockaddr *)&c->dst, up, sizeof(up));
+            fl_warn("conn %llu: invalid HTTP response from upstream %s: %s",
+                    (unsigned long long)c->id, up, llhttp_get_error_reason(&h->resp));
+            if (h->resp_bytes == 0 && slot_front(h)) {
+                slot_pop(h);
+                push_error(c, 502, "faultline: upstream %s sent an invalid HTTP response\n", up);
+            } else {
+                fl_conn_close(c, 0);
+            }
+            return;
+        }
+        if (err == HPE_PAUSED && h->ev == EV_STATUS) {
+            /* A delayed request's response: the marker goes right after the
+             * status line, sent together with it in one write. */
+            struct h1_slot *s = slot_front(h);
+            char mark[1024];
+            int n = 0;
+            if (used < sizeof(mark) - 100) {
+                memcpy(mark, p, used);
+                n = (int)used;
+            } else {
+                fl_conn_write(c, FL_CLIENT, ch, p, used);
+            }
+            n += snprintf(mark + n, sizeof(mark) - (size_t)n, "x-faultline-injected: %s\r\n",
+                          s->mark->name);
+            fl_conn_write(c, FL_CLIENT, NULL, mark, (size_t)n);
+            h->resp_bytes += used;
+        } else if (used) {
+            fl_conn_write(c, FL_CLIENT, ch, p, used);
+            h->resp_bytes += used;
+        }
+        p += used;
+        left -= used;
+        if (err == HPE_PAUSED) {
+            llhttp_resume(&h->resp);
+            if (h->ev == EV_DONE) {
+                response_done(c);
+            }
+        } else if (err == HPE_PAUSED_UPGRADE) {
+            /* 101 Switching Protocols or a CONNECT tunnel: bytes pass unparsed now. */
+            struct h1_slot *s = slot_front(h);
+            if (s && s->kind == SLOT_UPSTREAM)
+                slot_pop(h);
+            h->raw_up = 1;
+            if (h->rs != RQ_RAW)
+                h->rs = RQ_RAW;
+            if (left)
+                fl_conn_write(c, FL_CLIENT, ch, p, left);
+            if (h->in)
+                client_pump(c);
+            c->s[FL_CLIENT].want_read = 1;
+            fl_conn_update_reading(c);
+            return;
+        }
+    }
+}
+
+/* ---- ops ---- */
+
+static void h1_data(struct fl_conn *c, int side, struct fl_chunk *ch, size_t off, size_t len)
+{
+    struct h1 *h = c->proto;
+    if (side == FL_UPSTREAM) {
+        upstream_data(c, ch, off, len);
+        return;
+    }
+    if (h->in) {
+        /* Cannot happen: reading stops while input is pending. */
+        fl_error("conn %llu: unexpected client input while parsing is paused",
+                 (unsigned long long)c->id);
+        fl_conn_close(c, 0);
+        return;
+    }
+    if (!h->seen_request && h->head_bytes == 0 && len >= 3 && memcmp(ch->data + off, "PRI", 3) == 0 &&
+        memcmp(ch->data + off, H2_PREFACE, len < sizeof(H2_PREFACE) - 1 ? len : sizeof(H2_PREFACE) - 1) == 0) {
+        /* HTTP/2 prior knowledge: the h2 handler takes the connection from
+         * its first byte (nghttp2 checks the rest of the preface). */
+        if (fl_conn_switch(c, &fl_h2_ops) < 0) {
+            fl_conn_close(c, 0);
+            return;
+        }
+        c->ops->data(c, side, ch, off, len);
+        return;
+    }
+    h->in = fl_chunk_ref(ch);
+    h->in_off = off;
+    h->in_len = off + len;
+    client_pump(c);
+}
+
+static void upstream_recycled(struct fl_conn *c)
+{
+    struct h1 *h = c->proto;
+    llhttp_init(&h->resp, HTTP_RESPONSE, resp_settings());
+    h->resp.data = c;
+    h->wait_upstream = 0;
+    client_pump(c);
+}
+
+/* The upstream went away between requests (keep-alive timeout on its side):
+ * drop that socket; the next request dials a new one. */
+static void recycle_upstream(struct fl_conn *c)
+{
+    struct h1 *h = c->proto;
+    if (h->wait_upstream)
+        return;
+    h->wait_upstream = 1;
+    fl_conn_recycle_upstream(c, upstream_recycled);
+}
+
+static void h1_eof(struct fl_conn *c, int side)
+{
+    struct h1 *h = c->proto;
+    if (side == FL_CLIENT) {
+        h->client_eof = 1;
+        if (h->lingering) {
+            fl_conn_close(c, 0);
+            return;
+        }
+        if (h->rs == RQ_RAW) {
+            fl_conn_shutdown(c, FL_UPSTREAM);
+            if (c->s[FL_UPSTREAM].eof && fl_conn_queued(c, FL_CLIENT) == 0)
+                fl_conn_close(c, 0);
+            return;
+        }
+        if (h->rs == RQ_HEAD && h->head_bytes == 0 && h->sl_count == 0) {
+            fl_conn_close(c, 0);
+            return;
+        }
+        if (c->s[FL_UPSTREAM].open)
+            fl_conn_shutdown(c, FL_UPSTREAM);
+        maybe_finish(c);
+        return;
+    }
+    /* upstream EOF */
+    if (h->raw_up) {
+        fl_conn_shutdown(c, FL_CLIENT);
+        if (h->client_eof && fl_conn_queued(c, FL_UPSTREAM) == 0)
+            fl_conn_close(c, 0);
+        return;
+    }
+    h->finishing = 1;
+    llhttp_finish(&h->resp);
+    h->finishing = 0;
+    if (c->closing)
+        return;
+    if (upstream_pending(h)) {
+        if (h->resp_bytes == 0 && slot_front(h)->kind == SLOT_UPSTREAM) {
+            char up[64];
+            fl_addr_str((struct sockaddr *)&c->dst, up, sizeof(up));
+            fl_warn("conn %llu: upstream %s (%s) closed the connection before responding; "
+                    "answered 502",
+                    (unsigned long long)c->id, up, c->scope);
+            slot_pop(h);
+            push_error(c, 502, "faultline: upstream %s closed the connection before responding\n",
+                       up);
+        } else {
+            fl_conn_close(c, 0);
+        }
+        return;
+    }
+    if (h->rs == RQ_RAW) {
+        fl_conn_shutdown(c, FL_CLIENT);
+        maybe_finish(c);
+        return;
+    }
+    if (h->rs == RQ_DONE || h->client_eof || h->resp_until_eof) {
+        /* The client was told (or told us) this is the last response, or the
+         * response ended with the upstream's FIN: pass the close on. */
+        h->close_after_flush = 1;
+        maybe_finish(c);
+        return;
+    }
+    recycle_upstream(c);
+}
+
+static void h1_upstream_error(struct fl_conn *c, int err)
+{
+    struct h1 *h = c->proto;
+    char up[64];
+    fl_addr_str((struct sockaddr *)&c->dst, up, sizeof(up));
+    if (!upstream_pending(h) && h->rs != RQ_RAW && !h->raw_up) {
+        /* Failed while idle: forget this socket, dial again on the next request. */
+        if (c->s[FL_UPSTREAM].open)
+            recycle_upstream(c);
+        return;
+    }
+    struct h1_slot *s = slot_front(h);
+    if (s && s->kind == SLOT_UPSTREAM && h->resp_bytes == 0 && !h->raw_up) {
+        fl_warn("upstream %s for listener '%s' is unreachable: %s; answered 502", up, c->scope,
+                uv_strerror(err));
+        slot_pop(h);
+        /* Requests queued behind it cannot be answered either. */
+        push_error(c, 502,
+                   "faultline: upstream %s (listener '%s') is unreachable: %s. "
+                   "Check that the service is running and the policy's upstream is right.\n",
+                   up, c->scope, uv_strerror(err));
+        return;
+    }
+    fl_warn("upstream %s failed mid-response: %s; closing the client connection", up,
+            uv_strerror(err));
+    fl_conn_close(c, 0);
+}
+
+static void h1_drained(struct fl_conn *c, int side)
+{
+    if (side == FL_CLIENT)
+        maybe_finish(c);
+}
+
+static int h1_idle(struct fl_conn *c)
+{
+    struct h1 *h = c->proto;
+    return h->rs == RQ_HEAD && h->head_bytes == 0 && h->sl_count == 0 && !h->in;
+}
+
+static int h1_init(struct fl_conn *c)
+{
+    struct h1 *h = calloc(1, sizeof(*h));
+    if (!h)
+        return -ENOMEM;
+    llhttp_init(&h->req, HTTP_REQUEST, req_settings());
+    llhttp_init(&h->resp, HTTP_RESPONSE, resp_settings());
+    h->req.data = c;
+    h->resp.data = c;
+    h->rs = RQ_HEAD;
+    c->proto = h;
+    arm_client_timer(c, 0);
+    return 0;
+}
+
+static void h1_destroy(struct fl_conn *c)
+{
+    struct h1 *h = c->proto;
+    if (!h)
+        return;
+    if (h->rs == RQ_HOLD) {
+        fl_fault_release();
+        if (h->held.abort)
+            fl_fault_release();
+    }
+    head_release(h);
+    scratch_release(h);
+    release_input(h);
+    while (h->sl_count)
+        slot_pop(h);
+    free(h);
+    c->proto = NULL;
+}
+
+static const llhttp_settings_t req_cbs = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_url_complete = on_url_complete,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_req_headers_complete,
+    .on_message_complete = on_req_message_complete,
+};
+
+static const llhttp_settings_t resp_cbs = {
+    .on_status_complete = on_status_complete,
+    .on_headers_complete = on_resp_headers_complete,
+    .on_message_complete = on_resp_message_complete,
+};
+
+static const llhttp_settings_t *req_settings(void)
+{
+    return &req_cbs;
+}
+
+static const llhttp_settings_t *resp_settings(void)
+{
+    return &resp_cbs;
+}
+
+const struct fl_proto_ops fl_http1_ops = {
+    .name = "http/1.1",
+    .init = h1_init,
+    .data = h1_data,
+    .eof = h1_eof,
+    .upstream_error = h1_upstream_error,
+    .drained = h1_drained,
+    .idle = h1_idle,
+    .destroy = h1_destroy,
+};

@@ -1,0 +1,32 @@
+/* cgroup: cgroup v2 look-ups for transparent mode (DESIGN.md 2.2): where the
+ * cgroup2 hierarchy is mounted, a directory's cgroup id (what the BPF hooks
+ * see), a process's cgroup, and the network namespace of a pod cgroup. Plain
+ * file-system reads; no BPF, no event loop: call them off the loop (the pod
+ * scan runs on libuv's thread pool) or before it runs. */
+#ifndef FL_CGROUP_H
+#define FL_CGROUP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "compiler.h"
+
+/* Finds the cgroup2 mount point in /proc/self/mountinfo (e.g. /sys/fs/cgroup or
+ * /sys/fs/cgroup/unified on hybrid hosts). Returns 0 or -ENOENT. */
+int fl_cgroup2_mount(char *buf, size_t len) FL_WUR;
+
+/* The cgroup v2 id (what bpf_get_current_cgroup_id returns) of the directory
+ * at path. Returns 0 or a negative errno. */
+int fl_cgroup_id(const char *path, uint64_t *id) FL_WUR;
+
+/* The cgroup v2 directory of process pid (0 = self) as an absolute path.
+ * Returns 0 or a negative errno. */
+int fl_cgroup_of_pid(int pid, char *buf, size_t len) FL_WUR;
+
+/* Opens the network namespace of the first process found in the cgroup at
+ * path or any cgroup below it (pods keep their processes in child cgroups).
+ * On success *netns_fd is an O_CLOEXEC fd the caller closes. Returns 0,
+ * -ESRCH when the cgroup has no process, or a negative errno. */
+int fl_cgroup_netns(const char *path, int *netns_fd) FL_WUR;
+
+#endif

@@ -1,0 +1,509 @@
+/* pods: see pods.h.
+ *
+ * The scan reads the policy snapshot (immutable) and its own struct only, so
+ * it can run on the thread pool; everything that touches the BPF maps and
+ * links runs on the loop's thread, in reconcile().
+ */
+#include "pods.h"
+
+#include <errno.h>
+#include <glob.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cgroup.h"
+#include "log.h"
+#include "netns.h"
+
+struct pod {
+    struct pod *next;
+    char *path;
+    uint64_t cgid;
+    uint64_t ns_ino; /* 0: no process in it yet, so no netns known */
+    int seen;
+};
+
+/* One (pod, destination, port) -> target record in the kernel's policy map. */
+struct entry {
+    uint64_t cgid;
+    struct fl_cidr dst;
+    uint16_t port;
+    uint32_t id;
+    int seen;
+};
+
+/* ---- scan: the part that runs on the thread pool ---- */
+
+struct scan_hit {
+    size_t target;
+    char *path;
+    uint64_t cgid;
+    uint64_t ns_ino;
+};
+
+struct scan {
+    uv_work_t req;
+    struct fl_pods *pods; /* NULL once the set was freed: discard */
+    struct fl_policy *p;  /* reference */
+    char daemon_cg[PATH_MAX];
+    uint16_t port;
+    uint64_t *known; /* inos of netns already handled */
+    size_t n_known;
+    struct scan_hit *hits;
+    size_t n_hits, cap_hits;
+    struct fl_pods_netns *ns;
+    size_t n_ns, cap_ns;
+};
+
+struct fl_pods {
+    uv_loop_t *loop;
+    struct fl_bpf *bpf;
+    struct fl_pods_ops ops;
+    char daemon_cg[PATH_MAX];
+    uint16_t port;
+    struct fl_policy *policy; /* reference */
+    struct pod *list;
+    struct entry *entries;
+    size_t n_entries, cap_entries;
+    struct scan *inflight;
+    int rescan;
+    int paused;
+    atomic_uint n_pods;
+};
+
+static int scan_push_hit(struct scan *s, size_t target, const char *path, uint64_t cgid,
+                         uint64_t ino)
+{
+    if (s->n_hits == s->cap_hits) {
+        size_t cap = s->cap_hits ? s->cap_hits * 2 : 16;
+        struct scan_hit *h = realloc(s->hits, cap * sizeof(*h));
+        if (!h)
+            return -ENOMEM;
+        s->hits = h;
+        s->cap_hits = cap;
+    }
+    struct scan_hit *h = &s->hits[s->n_hits];
+    h->path = strdup(path);
+    if (!h->path)
+        return -ENOMEM;
+    h->target = target;
+    h->cgid = cgid;
+    h->ns_ino = ino;
+    s->n_hits++;
+    return 0;
+}
+
+static int ino_known(const struct scan *s, uint64_t ino)
+{
+    for (size_t i = 0; i < s->n_known; i++)
+        if (s->known[i] == ino)
+            return 1;
+    for (size_t i = 0; i < s->n_ns; i++)
+        if (s->ns[i].ino == ino)
+            return 1;
+    return 0;
+}
+
+/* The netns of the pod at path: its inode, and for one not seen before the
+ * listeners opened inside it. Returns the inode or 0 (no process yet). */
+static uint64_t scan_netns(struct scan *s, const char *path)
+{
+    struct stat st;
+    int fd;
+
+    if (fl_cgroup_netns(path, &fd) < 0)
+        return 0;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return 0;
+    }
+    if (ino_known(s, (uint64_t)st.st_ino)) {
+        close(fd);
+        return (uint64_t)st.st_ino;
+    }
+    if (s->n_ns == s->cap_ns) {
+        size_t cap = s->cap_ns ? s->cap_ns * 2 : 8;
+        struct fl_pods_netns *n = realloc(s->ns, cap * sizeof(*n));
+        if (!n) {
+            close(fd);
+            return 0;
+        }
+        s->ns = n;
+        s->cap_ns = cap;
+    }
+    struct fl_pods_netns *sn = &s->ns[s->n_ns++];
+    sn->ino = (uint64_t)st.st_ino;
+    sn->fd = fd;
+    sn->lfds[0] = sn->lfds[1] = -1;
+    sn->cookie = 0;
+    sn->err = fl_netns_cookie(fd, &sn->cookie);
+    if (sn->err == 0)
+        sn->err = fl_netns_listen(fd, s->port, sn->lfds);
+    return sn->ino;
+}
+
+static int is_daemon_cgroup(const struct scan *s, const char *path)
+{
+    size_t n = strlen(s->daemon_cg);
+    return n && strncmp(path, s->daemon_cg, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+/* Thread pool: glob every target's pod patterns. */
+static void scan_work(uv_work_t *req)
+{
+    struct scan *s = req->data;
+    const struct fl_policy *p = s->p;
+
+    for (size_t t = 0; p && t < p->n_targets; t++) {
+        const struct fl_target_spec *ts = &p->targets[t];
+        for (size_t k = 0; k < ts->n_cgroups; k++) {
+            glob_t g;
+            int r = glob(ts->cgroups[k], GLOB_ONLYDIR, NULL, &g);
+            if (r != 0) {
+                if (r != GLOB_NOMATCH)
+                    fl_debug("target '%s': cannot expand %s", ts->name, ts->cgroups[k]);
+                globfree(&g);
+                continue;
+            }
+            for (size_t i = 0; i < g.gl_pathc; i++) {
+                const char *path = g.gl_pathv[i];
+                uint64_t cgid = 0, ino = 0;
+                size_t j;
+                struct stat st;
+
+                if (is_daemon_cgroup(s, path) || stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+                    continue;
+                /* Another target may have looked this pod up already. */
+                for (j = 0; j < s->n_hits; j++)
+                    if (strcmp(s->hits[j].path, path) == 0)
+                        break;
+                if (j < s->n_hits) {
+                    if (s->hits[j].target == t)
+                        continue;
+                    cgid = s->hits[j].cgid;
+                    ino = s->hits[j].ns_ino;
+                } else {
+                    if (fl_cgroup_id(path, &cgid) < 0)
+                        continue;
+                    ino = scan_netns(s, path);
+                }
+                if (scan_push_hit(s, t, path, cgid, ino) < 0)
+                    break;
+            }
+            globfree(&g);
+        }
+    }
+}
+
+static void close_netns(struct fl_pods_netns *n)
+{
+    for (int k = 0; k < 2; k++)
+        if (n->lfds[k] >= 0)
+            close(n->lfds[k]);
+    close(n->fd);
+}
+
+/* Frees s; with close_fds, the descriptors no one took over too. */
+static void scan_free(struct scan *s, int close_fds)
+{
+    for (size_t i = 0; i < s->n_hits; i++)
+        free(s->hits[i].path);
+    free(s->hits);
+    if (close_fds)
+        for (size_t i = 0; i < s->n_ns; i++)
+            close_netns(&s->ns[i]);
+    free(s->ns);
+    free(s->known);
+    fl_policy_unref(s->p);
+    free(s);
+}
+
+#define KNOWN_MAX 4096 /* netns records one scan skips; beyond, listeners are re-tried */
+
+static struct scan *scan_new(struct fl_pods *pods)
+{
+    struct scan *s = calloc(1, sizeof(*s));
+
+    if (!s)
+        return NULL;
+    s->req.data = s;
+    s->pods = pods;
+    s->p = pods->policy ? fl_policy_ref(pods->policy) : NULL;
+    s->port = pods->port;
+    snprintf(s->daemon_cg, sizeof(s->daemon_cg), "%s", pods->daemon_cg);
+    s->known = calloc(KNOWN_MAX, sizeof(*s->known));
+    if (!s->known) {
+        scan_free(s, 0);
+        return NULL;
+    }
+    s->n_known = pods->ops.known_netns(pods->ops.arg, s->known, KNOWN_MAX);
+    return s;
+}
+
+/* ---- reconcile: the part on the loop thread ---- */
+
+static struct pod *pod_find(struct fl_pods *pods, const char *path)
+{
+    for (struct pod *pd = pods->list; pd; pd = pd->next)
+        if (strcmp(pd->path, path) == 0)
+            return pd;
+    return NULL;
+}
+
+static void pod_release(struct fl_pods *pods, struct pod *pd, const char *why)
+{
+    struct pod **pp;
+
+    for (pp = &pods->list; *pp; pp = &(*pp)->next)
+        if (*pp == pd) {
+            *pp = pd->next;
+            break;
+        }
+    if (fl_bpf_detach_cgroup(pods->bpf, pd->path) == 0)
+        fl_info("released pod %s (%s): hooks detached", pd->path, why);
+    atomic_fetch_sub(&pods->n_pods, 1);
+    free(pd->path);
+    free(pd);
+}
+
+static int entry_same(const struct entry *e, uint64_t cgid, const struct fl_target_spec *ts)
+{
+    return e->cgid == cgid && e->port == ts->port && e->dst.family == ts->dst.family &&
+           e->dst.prefix == ts->dst.prefix && memcmp(e->dst.addr, ts->dst.addr, 16) == 0;
+}
+
+static void entry_remove(struct fl_pods *pods, size_t i)
+{
+    struct entry *e = &pods->entries[i];
+
+    if (fl_bpf_remove_target(pods->bpf, e->cgid, e->dst.family, e->dst.addr, e->dst.prefix,
+                             e->port) < 0)
+        fl_debug("removing target entry for cgroup %llu: already gone",
+                 (unsigned long long)e->cgid);
+    pods->entries[i] = pods->entries[--pods->n_entries];
+}
+
+static void entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_target_spec *ts,
+                          uint32_t id, const char *path)
+{
+    struct entry *e = NULL;
+    int r;
+
+    for (size_t i = 0; i < pods->n_entries; i++)
+        if (entry_same(&pods->entries[i], cgid, ts)) {
+            e = &pods->entries[i];
+            break;
+        }
+    if (e && e->seen)
+        return; /* an earlier target of the policy owns the same selection */
+    if (e && e->id == id) {
+        e->seen = 1;
+        return;
+    }
+    if (!e && pods->n_entries == pods->cap_entries) {
+        size_t cap = pods->cap_entries ? pods->cap_entries * 2 : 16;
+        struct entry *n = realloc(pods->entries, cap * sizeof(*n));
+        if (!n)
+            return;
+        pods->entries = n;
+        pods->cap_entries = cap;
+    }
+    r = fl_bpf_add_target(pods->bpf, cgid, ts->dst.family, ts->dst.addr, ts->dst.prefix, ts->port,
+                          id);
+    if (r < 0) {
+        fl_warn("target '%s': cannot select pod %s: %s", ts->name, path, strerror(-r));
+        return;
+    }
+    if (!e) {
+        e = &pods->entries[pods->n_entries++];
+        e->cgid = cgid;
+        e->dst = ts->dst;
+        e->port = ts->port;
+    }
+    e->id = id;
+    e->seen = 1;
+}
+
+/* Tells the owner of the netns records which netns the enrolled pods are in. */
+static void report_netns(struct fl_pods *pods)
+{
+    size_t n = 0, i = 0;
+    for (struct pod *pd = pods->list; pd; pd = pd->next)
+        n++;
+    uint64_t *inos = calloc(n + 1, sizeof(*inos));
+    if (!inos)
+        return; /* keep every record: a listener too many is harmless */
+    for (struct pod *pd = pods->list; pd; pd = pd->next)
+        if (pd->ns_ino)
+            inos[i++] = pd->ns_ino;
+    pods->ops.netns_in_use(pods->ops.arg, inos, i);
+    free(inos);
+}
+
+static void reconcile(struct fl_pods *pods, struct scan *s)
+{
+    const struct fl_policy *p = s->p;
+    struct pod *pd, *next;
+
+    for (size_t i = 0; i < s->n_ns; i++)
+        pods->ops.netns_found(pods->ops.arg, &s->ns[i]);
+    s->n_ns = 0; /* taken over */
+
+    for (pd = pods->list; pd; pd = pd->next)
+        pd->seen = 0;
+    for (size_t i = 0; i < pods->n_entries; i++)
+        pods->entries[i].seen = 0;
+    for (size_t i = 0; p && i < s->n_hits; i++) {
+        struct scan_hit *h = &s->hits[i];
+        const struct fl_target_spec *ts = &p->targets[h->target];
+
+        pd = pod_find(pods, h->path);
+        if (pd && pd->cgid != h->cgid) {
+            pod_release(pods, pd, "its cgroup was re-created");
+            pd = NULL;
+        }
+        if (!pd) {
+            int e = fl_bpf_attach_cgroup(pods->bpf, h->path);
+            if (e < 0) {
+                fl_warn("target '%s': cannot attach to pod cgroup %s: %s", ts->name, h->path,
+                        strerror(-e));
+                continue;
+            }
+            pd = calloc(1, sizeof(*pd));
+            if (!pd || !(pd->path = strdup(h->path))) {
+                free(pd);
+                (void)!fl_bpf_detach_cgroup(pods->bpf, h->path);
+                continue;
+            }
+            pd->cgid = h->cgid;
+            pd->next = pods->list;
+            pods->list = pd;
+            atomic_fetch_add(&pods->n_pods, 1);
+            fl_info("enrolled pod %s for target '%s'%s", h->path, ts->name,
+                    h->ns_ino ? "" : " (no process yet; its netns is looked for every second)");
+        }
+        pd->seen = 1;
+        pd->ns_ino = h->ns_ino;
+        entry_program(pods, h->cgid, ts, (uint32_t)h->target + 1, h->path);
+    }
+    for (size_t i = 0; i < pods->n_entries;) {
+        if (!pods->entries[i].seen)
+            entry_remove(pods, i);
+        else
+            i++;
+    }
+    for (pd = pods->list; pd; pd = next) {
+        next = pd->next;
+        if (!pd->seen)
+            pod_release(pods, pd, "no longer selected or gone");
+    }
+    report_netns(pods);
+}
+
+static void scan_done(uv_work_t *req, int status)
+{
+    struct scan *s = req->data;
+    struct fl_pods *pods = s->pods;
+
+    if (!pods) { /* the set was freed meanwhile */
+        scan_free(s, 1);
+        return;
+    }
+    pods->inflight = NULL;
+    if (status < 0 || pods->paused) {
+        scan_free(s, 1);
+        return;
+    }
+    reconcile(pods, s);
+    scan_free(s, 1);
+    if (pods->rescan)
+        fl_pods_scan(pods);
+}
+
+/* ---- public ---- */
+
+int fl_pods_new(struct fl_pods **out, uv_loop_t *loop, struct fl_bpf *bpf,
+                const char *daemon_cgroup, uint16_t port, const struct fl_pods_ops *ops)
+{
+    struct fl_pods *pods = calloc(1, sizeof(*pods));
+    if (!pods)
+        return -ENOMEM;
+    pods->loop = loop;
+    pods->bpf = bpf;
+    pods->ops = *ops;
+    pods->port = port;
+    snprintf(pods->daemon_cg, sizeof(pods->daemon_cg), "%s", daemon_cgroup ? daemon_cgroup : "");
+    *out = pods;
+    return 0;
+}
+
+void fl_pods_free(struct fl_pods *pods)
+{
+    if (!pods)
+        return;
+    if (pods->inflight)
+        pods->inflight->pods = NULL;
+    /* No detaching one by one: the links go with the BPF object. */
+    while (pods->list) {
+        struct pod *pd = pods->list;
+        pods->list = pd->next;
+        free(pd->path);
+        free(pd);
+    }
+    free(pods->entries);
+    fl_policy_unref(pods->policy);
+    free(pods);
+}
+
+void fl_pods_set_policy(struct fl_pods *pods, const struct fl_policy *p)
+{
+    fl_policy_unref(pods->policy);
+    pods->policy = fl_policy_ref((struct fl_policy *)p);
+}
+
+void fl_pods_scan_sync(struct fl_pods *pods)
+{
+    struct scan *s = scan_new(pods);
+    if (!s)
+        return;
+    scan_work(&s->req);
+    reconcile(pods, s);
+    scan_free(s, 1);
+}
+
+void fl_pods_scan(struct fl_pods *pods)
+{
+    struct scan *s;
+
+    if (pods->paused)
+        return;
+    if (pods->inflight) {
+        pods->rescan = 1;
+        return;
+    }
+    pods->rescan = 0;
+    s = scan_new(pods);
+    if (!s)
+        return;
+    if (uv_queue_work(pods->loop, &s->req, scan_work, scan_done) < 0) {
+        scan_free(s, 1);
+        return;
+    }
+    pods->inflight = s;
+}
+
+void fl_pods_pause(struct fl_pods *pods)
+{
+    if (pods)
+        pods->paused = 1;
+}
+
+unsigned fl_pods_count(const struct fl_pods *pods)
+{
+    return pods ? atomic_load(&((struct fl_pods *)pods)->n_pods) : 0;
+}

@@ -1,0 +1,79 @@
+/* pods: finding the pods a policy's targets select, and keeping the kernel's
+ * view of them in step (DESIGN.md 2.2).
+ *
+ * A scan expands every target's cgroup patterns (globs over cgroupfs) and
+ * finds each pod's netns on libuv's thread pool, opening the proxy's
+ * listeners inside each netns seen for the first time. Reconciling, on the
+ * loop's thread, attaches the BPF hooks to newly selected pod cgroups,
+ * programs the (pod, destination, port) -> target entries, and releases the
+ * pods and entries no longer selected. The netns records (listeners and what
+ * is accepted on them) belong to the caller, which the scan consults and
+ * tells through struct fl_pods_ops. One scan is in flight at a time.
+ *
+ * Every call runs on the loop's thread except fl_pods_count (any thread).
+ */
+#ifndef FL_PODS_H
+#define FL_PODS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "bpf_loader.h"
+#include "compiler.h"
+#include "policy.h"
+
+struct fl_pods;
+
+/* A netns the scan saw for the first time (or is trying again), with the
+ * proxy's listeners opened inside it when err is 0. */
+struct fl_pods_netns {
+    uint64_t ino;    /* nsfs inode: its identity while fd is held */
+    int fd;          /* the netns (owned by whoever takes it over) */
+    uint64_t cookie; /* as bpf_get_netns_cookie sees it */
+    int lfds[2];     /* listeners on 127.0.0.1 and [::1], or -1 */
+    int err;         /* the listeners could not be opened: negative errno */
+};
+
+struct fl_pods_ops {
+    /* Fills inos (room for cap) with the netns that already have a record and
+     * need no listeners opened; returns how many. */
+    size_t (*known_netns)(void *arg, uint64_t *inos, size_t cap);
+    /* A netns counted by known_netns() on no scan before, or one left out of
+     * it to be tried again: takes over n's descriptors. */
+    void (*netns_found)(void *arg, struct fl_pods_netns *n);
+    /* After a reconcile: the netns of the enrolled pods (one entry per pod,
+     * repeats allowed); a record not among them has no selected pod left. */
+    void (*netns_in_use)(void *arg, const uint64_t *inos, size_t n);
+    void *arg;
+};
+
+/* A pod set on loop, programming bpf, skipping daemon_cgroup (and every cgroup
+ * below it), opening listeners on port. Returns 0 or -ENOMEM. */
+int fl_pods_new(struct fl_pods **out, uv_loop_t *loop, struct fl_bpf *bpf,
+                const char *daemon_cgroup, uint16_t port, const struct fl_pods_ops *ops) FL_WUR;
+
+/* Frees the set without touching the kernel: the hooks and entries go with
+ * the BPF object (fl_bpf_close). A scan in flight is abandoned and freed when
+ * it completes. Accepts NULL. */
+void fl_pods_free(struct fl_pods *pods);
+
+/* The policy whose targets select from now on (takes a reference). */
+void fl_pods_set_policy(struct fl_pods *pods, const struct fl_policy *p);
+
+/* Scans and reconciles now, blocking the calling thread (startup only, so the
+ * pods found are enrolled before the daemon says it is ready). */
+void fl_pods_scan_sync(struct fl_pods *pods);
+
+/* Starts a scan on the thread pool, or asks for another once the one in
+ * flight is done. Reconciles when it completes. */
+void fl_pods_scan(struct fl_pods *pods);
+
+/* Graceful shutdown: no reconcile from now on; a scan in flight is
+ * discarded when it completes. Pods stay enrolled until fl_pods_free. */
+void fl_pods_pause(struct fl_pods *pods);
+
+/* Pod cgroups enrolled. Any thread. */
+unsigned fl_pods_count(const struct fl_pods *pods);
+
+#endif

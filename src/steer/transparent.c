@@ -1,0 +1,743 @@
+/* transparent: see transparent.h.
+ *
+ * State lives in one static struct: there is one daemon per process. Finding
+ * the pods and programming the kernel for them is pods.c's; this file owns
+ * what steering needs around it: the daemon's cgroup, the BPF object, one
+ * record per pod netns with the proxy's listeners in it, accepting and
+ * resolving the connections that arrive there, and the watchdog.
+ */
+#include "transparent.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "bpf_loader.h"
+#include "cgroup.h"
+#include "conn.h"
+#include "faultline.h"
+#include "http1.h"
+#include "log.h"
+#include "netns.h"
+#include "pods.h"
+#include "worker.h"
+#include "workers.h"
+
+#define TP_ROUTES 16 /* per-netns cache: destination -> pod source address */
+#define TP_CG_PREFIX "faultline-daemon-"
+
+struct tp_ns;
+
+struct tp_lsn {
+    uv_tcp_t tcp;
+    struct tp_ns *ns;
+};
+
+struct tp_route {
+    int family;
+    uint8_t dst[16];
+    struct sockaddr_storage src; /* port 0 */
+};
+
+/* A pod network namespace with a proxy listener pair. Freed after the last
+ * listener's close callback. */
+struct tp_ns {
+    struct tp_ns *next;
+    uint64_t ino; /* nsfs inode: the identity, stable while fd is held */
+    int fd;
+    uint64_t cookie;
+    struct tp_lsn l[2];
+    int n_l;
+    int closing;
+    int pending_closes;
+    unsigned users; /* enrolled pods in it (recounted after each reconcile) */
+    uint64_t retry_at; /* no listener (port taken): loop time to try again; 0: listening */
+    unsigned failures; /* attempts that found the port taken, in a row */
+    struct tp_route routes[TP_ROUTES];
+    unsigned n_routes, next_route;
+};
+
+static struct {
+    int started;
+    int draining;
+    struct fl_worker *w;
+    unsigned rr; /* the worker the next connection goes to, round robin */
+    struct fl_bpf *bpf;
+    struct fl_policy *policy; /* what the pods and targets follow (reference) */
+    uint8_t *noaccel;         /* per target: a rule delays its requests */
+    uint16_t port;
+    char cg[PATH_MAX];      /* <cgroup2>/faultline-daemon-PID */
+    char orig_cg[PATH_MAX]; /* where the daemon was before */
+    int joined;
+    struct fl_pods *pods;
+    struct tp_ns *nss;
+    uv_timer_t scan_timer, hb_timer;
+    /* watchdog */
+    uv_thread_t wd_tid;
+    uv_mutex_t wd_mu;
+    uv_cond_t wd_cond;
+    int wd_started, wd_stop;
+    int failed_open; /* under wd_mu */
+    atomic_ullong heartbeat_ns;
+    /* counters */
+    atomic_ullong accepted, no_orig, fail_open_events;
+    atomic_uint n_netns;
+    atomic_int enabled, sockmap;
+} tp;
+
+static socklen_t sa_len(const struct sockaddr *sa)
+{
+    return sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+static const uint8_t *sa_addr(const struct sockaddr *sa, size_t *n)
+{
+    if (sa->sa_family == AF_INET6) {
+        *n = 16;
+        return (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+    }
+    *n = 4;
+    return (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+}
+
+/* Rewrites *src (the app's loopback address toward the proxy) to the pod's
+ * own address toward dst, keeping the app's port, so logs name the pod. Left
+ * alone when the route cannot be found. */
+static void pod_source(struct tp_ns *ns, const struct sockaddr *dst, struct sockaddr_storage *src)
+{
+    size_t n;
+    const uint8_t *a = sa_addr(dst, &n);
+    struct tp_route *r = NULL;
+    uint16_t port = src->ss_family == AF_INET6 ? ((struct sockaddr_in6 *)src)->sin6_port
+                                               : ((struct sockaddr_in *)src)->sin_port;
+
+    for (unsigned i = 0; i < ns->n_routes; i++)
+        if (ns->routes[i].family == dst->sa_family && memcmp(ns->routes[i].dst, a, n) == 0) {
+            r = &ns->routes[i];
+            break;
+        }
+    if (!r) {
+        struct sockaddr_storage rs;
+        if (fl_netns_route_source(ns->fd, dst, &rs) < 0)
+            return;
+        r = &ns->routes[ns->n_routes < TP_ROUTES ? ns->n_routes++ : ns->next_route++ % TP_ROUTES];
+        r->family = dst->sa_family;
+        memcpy(r->dst, a, n);
+        r->src = rs;
+    }
+    *src = r->src;
+    if (src->ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)src)->sin6_port = port;
+    else
+        ((struct sockaddr_in *)src)->sin_port = port;
+}
+
+/* ---- accepting ---- */
+
+/* Fills h's destination, scope and netns from the connect hook's record of
+ * the client's original destination. Runs on worker 0, which owns tp. */
+static int tp_resolve(struct fl_conn_handoff *h, struct tp_ns *ns)
+{
+    struct fl_bpf_orig o;
+    char a[64];
+    int e = fl_bpf_lookup_orig_dst(tp.bpf, ns->cookie, (struct sockaddr *)&h->src, &o);
+
+    if (e < 0) {
+        unsigned long long n = atomic_fetch_add(&tp.no_orig, 1) + 1;
+        if (n <= 10 || n % 1000 == 0)
+            fl_warn("connection from %s to the proxy port in netns %llu has no original "
+                    "destination (its client closed before the proxy took it, or it did not "
+                    "come through faultline's connect hook): closed (%llu so far)",
+                    fl_addr_str((struct sockaddr *)&h->src, a, sizeof(a)),
+                    (unsigned long long)ns->cookie, n);
+        return e;
+    }
+    uint32_t id = o.target_id;
+    int known = tp.policy && id >= 1 && id <= tp.policy->n_targets;
+    h->scope = strdup(known ? tp.policy->targets[id - 1].name : "");
+    if (!h->scope)
+        return -ENOMEM;
+    memcpy(&h->dst, &o.dst, sa_len((struct sockaddr *)&o.dst));
+    /* A held request stops the proxy reading; an sk_msg ingress redirect has
+     * no TCP window to stop the app, so such connections stay on TCP. */
+    if (known && tp.noaccel && tp.noaccel[id - 1] &&
+        (e = fl_bpf_conn_no_accel(tp.bpf, ns->cookie, (struct sockaddr *)&h->src)) < 0 &&
+        e != -ENOENT)
+        fl_debug("connection from %s: cannot turn sk_msg off: %s",
+                 fl_addr_str((struct sockaddr *)&h->src, a, sizeof(a)), strerror(-e));
+    h->upstream_netns = fcntl(ns->fd, F_DUPFD_CLOEXEC, 0);
+    if (h->upstream_netns < 0)
+        return -errno;
+    h->upstream_socket = fl_netns_socket_here;
+    h->ops = &fl_http1_ops;
+    pod_source(ns, (struct sockaddr *)&h->dst, &h->src);
+    atomic_fetch_add_explicit(&tp.accepted, 1, memory_order_relaxed);
+    return 0;
+}
+
+/* Accepted here on worker 0 (the netns listeners and the BPF maps are its),
+ * then served by the workers in turn. */
+static void on_tp_connection(uv_stream_t *server, int status)
+{
+    struct tp_lsn *l = server->data;
+    struct fl_conn_handoff *h = NULL;
+    int e;
+
+    if (status < 0) {
+        fl_warn("proxy listener in netns %llu: accept failed: %s",
+                (unsigned long long)l->ns->cookie, uv_strerror(status));
+        return;
+    }
+    e = fl_conn_handoff_accept(server, &h);
+    if (e == 0 && (e = tp_resolve(h, l->ns)) < 0) {
+        fl_conn_handoff_free(h);
+        h = NULL;
+    }
+    if (e == 0)
+        e = fl_workers_handoff(tp.rr++, h);
+    if (e < 0 && e != UV_EAGAIN && e != -ENOENT && e != -ENOTCONN)
+        fl_warn("proxy listener in netns %llu: cannot take a connection: %s%s",
+                (unsigned long long)l->ns->cookie, uv_strerror(e),
+                e == UV_EMFILE ? " (raise the open-files limit: ulimit -n)" : "");
+}
+
+/* ---- netns records ---- */
+
+static void ns_free(struct tp_ns *ns)
+{
+    if (ns->fd >= 0)
+        close(ns->fd);
+    free(ns);
+}
+
+static void on_lsn_closed(uv_handle_t *h)
+{
+    struct tp_lsn *l = h->data;
+    struct tp_ns *ns = l->ns;
+
+    if (--ns->pending_closes == 0 && ns->closing)
+        ns_free(ns);
+}
+
+static void ns_close_listeners(struct tp_ns *ns)
+{
+    ns->pending_closes += ns->n_l;
+    for (int i = 0; i < ns->n_l; i++)
+        uv_close((uv_handle_t *)&ns->l[i].tcp, on_lsn_closed);
+    ns->n_l = 0;
+}
+
+/* Unlinks ns and closes its listeners; the record goes with the last one. */
+static void ns_close(struct tp_ns *ns, const char *why)
+{
+    struct tp_ns **pp;
+
+    for (pp = &tp.nss; *pp; pp = &(*pp)->next)
+        if (*pp == ns) {
+            *pp = ns->next;
+            break;
+        }
+    if (ns->n_l) {
+        atomic_fetch_sub(&tp.n_netns, 1);
+        if (why)
+            fl_info("netns %llu: %s; its proxy listener is closed", (unsigned long long)ns->cookie,
+                    why);
+    }
+    ns->closing = 1;
+    ns_close_listeners(ns);
+    if (ns->pending_closes == 0)
+        ns_free(ns);
+}
+
+static struct tp_ns *ns_find(uint64_t ino)
+{
+    for (struct tp_ns *ns = tp.nss; ns; ns = ns->next)
+        if (ns->ino == ino)
+            return ns;
+    return NULL;
+}
+
+/* How long a netns whose proxy port was taken waits before the next try. */
+#define TP_RETRY_MS 5000
+
+/* Takes over sn's fds (listener fds are consumed even on failure). failures:
+ * the earlier attempts in this netns that found the port taken. */
+static void ns_add(struct fl_pods_netns *sn, unsigned failures)
+{
+    struct tp_ns *ns = calloc(1, sizeof(*ns));
+    int e = 0;
+
+    if (!ns) {
+        for (int i = 0; i < 2; i++)
+            if (sn->lfds[i] >= 0)
+                close(sn->lfds[i]);
+        close(sn->fd);
+        return;
+    }
+    ns->ino = sn->ino;
+    ns->fd = sn->fd;
+    ns->cookie = sn->cookie;
+    for (int i = 0; i < 2; i++) {
+        struct tp_lsn *l = &ns->l[ns->n_l];
+        int fd = sn->lfds[i];
+        if (fd < 0)
+            continue;
+        if (e < 0 || (e = uv_tcp_init(tp.w->loop, &l->tcp)) < 0) {
+            close(fd);
+            continue;
+        }
+        l->ns = ns;
+        l->tcp.data = l;
+        ns->n_l++;
+        if ((e = uv_tcp_open(&l->tcp, fd)) < 0) {
+            close(fd);
+            continue;
+        }
+        e = uv_listen((uv_stream_t *)&l->tcp, SOMAXCONN, on_tp_connection);
+    }
+    ns->next = tp.nss;
+    tp.nss = ns;
+    if (sn->err < 0 || e < 0) {
+        /* Kept without listeners, and tried again every TP_RETRY_MS (not at
+         * every scan): with nothing listening, the kernel sends that netns's
+         * traffic direct. One warning, not one per try. */
+        ns->failures = failures + 1;
+        ns->retry_at = uv_now(tp.w->loop) + TP_RETRY_MS;
+        if (failures == 0)
+            fl_warn("netns %llu: cannot open the proxy listener on port %u: %s; its pods' "
+                    "traffic goes direct until it can (tried again every %d s; free that port "
+                    "in the pod, or set spec.proxy_port)",
+                    (unsigned long long)ns->cookie, tp.port,
+                    sn->err < 0 ? strerror(-sn->err) : uv_strerror(e), TP_RETRY_MS / 1000);
+        ns_close_listeners(ns);
+        return;
+    }
+    atomic_fetch_add(&tp.n_netns, 1);
+    fl_info("netns %llu: proxy listening on 127.0.0.1:%u%s%s", (unsigned long long)ns->cookie,
+            tp.port, ns->n_l == 2 ? " and [::1]" : " (no IPv6 loopback)",
+            failures ? " (the port is free again)" : "");
+}
+
+/* ---- what the pod scan asks of the netns records ---- */
+
+static size_t pods_known_netns(void *arg, uint64_t *inos, size_t cap)
+{
+    size_t n = 0;
+    uint64_t now = uv_now(tp.w->loop);
+    (void)arg;
+    for (struct tp_ns *ns = tp.nss; ns && n < cap; ns = ns->next)
+        if (!ns->retry_at || now < ns->retry_at) /* else: the scan tries its port again */
+            inos[n++] = ns->ino;
+    return n;
+}
+
+static void pods_netns_found(void *arg, struct fl_pods_netns *sn)
+{
+    struct tp_ns *old = ns_find(sn->ino);
+    unsigned failures = 0;
+    (void)arg;
+    if (old && old->retry_at) { /* a retry: the new attempt replaces the record */
+        failures = old->failures;
+        ns_close(old, NULL);
+    } else if (old) { /* cannot happen with one scan in flight */
+        for (int k = 0; k < 2; k++)
+            if (sn->lfds[k] >= 0)
+                close(sn->lfds[k]);
+        close(sn->fd);
+        return;
+    }
+    ns_add(sn, failures);
+}
+
+static void pods_netns_in_use(void *arg, const uint64_t *inos, size_t n)
+{
+    struct tp_ns *ns, *nsn;
+    (void)arg;
+    for (ns = tp.nss; ns; ns = ns->next)
+        ns->users = 0;
+    for (size_t i = 0; i < n; i++)
+        if ((ns = ns_find(inos[i])))
+            ns->users++;
+    for (ns = tp.nss; ns; ns = nsn) {
+        nsn = ns->next;
+        if (!ns->users)
+            ns_close(ns, "no selected pod left in it");
+    }
+}
+
+static const struct fl_pods_ops pods_ops = {
+    .known_netns = pods_known_netns,
+    .netns_found = pods_netns_found,
+    .netns_in_use = pods_netns_in_use,
+};
+
+static void scan_timer_cb(uv_timer_t *t)
+{
+    (void)t;
+    fl_pods_scan(tp.pods);
+}
+
+/* ---- watchdog ---- */
+
+static void hb_cb(uv_timer_t *t)
+{
+    (void)t;
+    atomic_store(&tp.heartbeat_ns, uv_hrtime());
+}
+
+static void watchdog(void *arg)
+{
+    (void)arg;
+    pthread_setname_np(pthread_self(), "fl-watchdog");
+    uv_mutex_lock(&tp.wd_mu);
+    while (!tp.wd_stop) {
+        (void)uv_cond_timedwait(&tp.wd_cond, &tp.wd_mu, FL_TP_HEARTBEAT_MS * 1000000ull);
+        if (tp.wd_stop)
+            break;
+        uint64_t age_ms = (uv_hrtime() - atomic_load(&tp.heartbeat_ns)) / 1000000;
+        if (age_ms > FL_TP_STALL_MS && !tp.failed_open) {
+            tp.failed_open = 1;
+            fl_bpf_set_enabled(tp.bpf, 0);
+            atomic_store(&tp.enabled, 0);
+            atomic_fetch_add(&tp.fail_open_events, 1);
+            fl_warn("the event loop has not turned for %llu ms: redirection is off (fail-open), "
+                    "new connections go direct until it turns again",
+                    (unsigned long long)age_ms);
+        } else if (age_ms <= FL_TP_STALL_MS && tp.failed_open) {
+            tp.failed_open = 0;
+            if (!tp.draining) {
+                fl_bpf_set_enabled(tp.bpf, 1);
+                atomic_store(&tp.enabled, 1);
+                fl_info("the event loop turns again: redirection is back on");
+            }
+        }
+    }
+    uv_mutex_unlock(&tp.wd_mu);
+}
+
+/* ---- the daemon's cgroup ---- */
+
+static int write_pid(const char *cg, int pid)
+{
+    char path[PATH_MAX + 16], buf[24];
+    int n, fd, ret = 0;
+
+    snprintf(path, sizeof(path), "%s/cgroup.procs", cg);
+    fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    n = snprintf(buf, sizeof(buf), "%d\n", pid);
+    if (write(fd, buf, (size_t)n) != n)
+        ret = -errno;
+    close(fd);
+    return ret;
+}
+
+/* Cgroups of daemons that were killed (-9 leaves the empty directory). */
+static void remove_stale_cgroups(const char *mnt)
+{
+    DIR *d = opendir(mnt);
+    struct dirent *de;
+
+    if (!d)
+        return;
+    while ((de = readdir(d))) {
+        char path[PATH_MAX];
+        char *end;
+        long pid;
+
+        if (strncmp(de->d_name, TP_CG_PREFIX, strlen(TP_CG_PREFIX)) != 0)
+            continue;
+        pid = strtol(de->d_name + strlen(TP_CG_PREFIX), &end, 10);
+        if (*end || pid <= 0 || (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", mnt, de->d_name);
+        if (rmdir(path) == 0)
+            fl_info("removed %s, left by a faultline daemon that was killed", path);
+    }
+    closedir(d);
+}
+
+static int join_own_cgroup(char *err, size_t errlen)
+{
+    char mnt[PATH_MAX];
+    int e;
+
+    if ((e = fl_cgroup2_mount(mnt, sizeof(mnt))) < 0 ||
+        (e = fl_cgroup_of_pid(0, tp.orig_cg, sizeof(tp.orig_cg))) < 0) {
+        snprintf(err, errlen, "cannot find the daemon's cgroup v2: %s", strerror(-e));
+        return e;
+    }
+    remove_stale_cgroups(mnt);
+    snprintf(tp.cg, sizeof(tp.cg), "%s/" TP_CG_PREFIX "%d", mnt, (int)getpid());
+    if (mkdir(tp.cg, 0755) != 0 && errno != EEXIST) {
+        e = -errno;
+        snprintf(err, errlen, "cannot create the daemon's cgroup %s: %s", tp.cg, strerror(-e));
+        tp.cg[0] = '\0';
+        return e;
+    }
+    /* Connections from this cgroup are never redirected, and sockops here
+     * pairs the proxy's accepted sockets with the apps'. */
+    if ((e = write_pid(tp.cg, (int)getpid())) < 0) {
+        snprintf(err, errlen, "cannot move the daemon into its cgroup %s: %s", tp.cg, strerror(-e));
+        rmdir(tp.cg);
+        tp.cg[0] = '\0';
+        return e;
+    }
+    tp.joined = 1;
+    return 0;
+}
+
+static void leave_own_cgroup(void)
+{
+    char mnt[PATH_MAX];
+
+    if (tp.joined && write_pid(tp.orig_cg, (int)getpid()) < 0 &&
+        fl_cgroup2_mount(mnt, sizeof(mnt)) == 0)
+        (void)write_pid(mnt, (int)getpid());
+    tp.joined = 0;
+    if (tp.cg[0] && rmdir(tp.cg) != 0)
+        fl_warn("cannot remove the daemon's cgroup %s: %s", tp.cg, strerror(errno));
+    tp.cg[0] = '\0';
+}
+
+/* ---- public ---- */
+
+static void bpf_log(int level, const char *msg, void *arg)
+{
+    (void)arg;
+    fl_log(level >= 2 ? FL_LOG_WARN : level == 1 ? FL_LOG_INFO : FL_LOG_DEBUG, "bpf: %s", msg);
+}
+
+static int set_policy(const struct fl_policy *p)
+{
+    uint8_t *na = calloc(p->n_targets + 1, 1);
+
+    if (!na)
+        return -ENOMEM;
+    for (size_t t = 0; t < p->n_targets; t++)
+        for (size_t r = 0; r < p->n_rules; r++)
+            if (p->rules[r].delay.enabled && fl_rule_applies_to(&p->rules[r], p->targets[t].name))
+                na[t] = 1;
+    free(tp.noaccel);
+    tp.noaccel = na;
+    fl_policy_unref(tp.policy);
+    tp.policy = fl_policy_ref((struct fl_policy *)p);
+    fl_pods_set_policy(tp.pods, p);
+    return 0;
+}
+
+int fl_tp_probe(char *err, size_t errlen)
+{
+    char msg[512];
+
+    if (fl_bpf_probe(msg, sizeof(msg)) < 0) {
+        snprintf(err, errlen, "transparent mode is not available: %s", msg);
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+int fl_tp_start(struct fl_worker *w, const struct fl_policy *p, const struct fl_tp_opts *o,
+                char *err, size_t errlen, int *requirement)
+{
+    struct fl_bpf_opts bo = {0};
+    int e;
+
+    *requirement = 0;
+    if (tp.started)
+        return -EALREADY;
+    if ((e = fl_tp_probe(err, errlen)) < 0) {
+        *requirement = 1;
+        return e;
+    }
+    tp.w = w;
+    tp.port = p->proxy_port ? p->proxy_port : FL_DEFAULT_PORT;
+    if ((e = fl_netns_home_init()) < 0) {
+        snprintf(err, errlen, "cannot open the daemon's network namespace: %s", strerror(-e));
+        return e;
+    }
+    if ((e = join_own_cgroup(err, errlen)) < 0)
+        return e;
+    bo.proxy_port = tp.port;
+    bo.daemon_cgroup = tp.cg;
+    bo.sockmap = !o->no_sockmap;
+    bo.verbose = o->verbose;
+    bo.log = bpf_log;
+    if ((e = fl_bpf_open(&tp.bpf, &bo)) < 0) {
+        snprintf(err, errlen,
+                 "cannot load faultline's BPF programs: %s (the log above has the details; "
+                 "a verifier failure usually means the kernel is too old: Linux 5.15 or later)",
+                 strerror(-e));
+        *requirement = 1;
+        goto fail_cg;
+    }
+    if ((e = fl_pods_new(&tp.pods, w->loop, tp.bpf, tp.cg, tp.port, &pods_ops)) < 0 ||
+        (e = set_policy(p)) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail_bpf;
+    }
+    atomic_store(&tp.enabled, 1);
+    atomic_store(&tp.sockmap, !o->no_sockmap);
+    tp.started = 1;
+
+    /* The first scan runs here, so the pods found now are enrolled before the
+     * daemon says it is ready. */
+    fl_pods_scan_sync(tp.pods);
+
+    uv_timer_init(w->loop, &tp.scan_timer);
+    uv_timer_init(w->loop, &tp.hb_timer);
+    uv_timer_start(&tp.scan_timer, scan_timer_cb, FL_TP_RESCAN_MS, FL_TP_RESCAN_MS);
+    atomic_store(&tp.heartbeat_ns, uv_hrtime());
+    uv_timer_start(&tp.hb_timer, hb_cb, FL_TP_HEARTBEAT_MS, FL_TP_HEARTBEAT_MS);
+    uv_mutex_init(&tp.wd_mu);
+    uv_cond_init(&tp.wd_cond);
+    tp.wd_stop = 0;
+    if (uv_thread_create(&tp.wd_tid, watchdog, NULL) == 0)
+        tp.wd_started = 1;
+    else
+        fl_warn("cannot start the watchdog thread: a stalled event loop will not fail open");
+    fl_info("transparent mode: proxy port %u, sk_msg acceleration %s, %u pod%s, %u netns, "
+            "daemon cgroup %s",
+            tp.port, o->no_sockmap ? "off (--no-sockmap)" : "on", fl_pods_count(tp.pods),
+            fl_pods_count(tp.pods) == 1 ? "" : "s", atomic_load(&tp.n_netns), tp.cg);
+    return 0;
+
+fail_bpf:
+    fl_pods_free(tp.pods);
+    tp.pods = NULL;
+    fl_bpf_close(tp.bpf);
+    tp.bpf = NULL;
+fail_cg:
+    leave_own_cgroup();
+    return e;
+}
+
+int fl_tp_check(const struct fl_policy *p, char *err, size_t errlen)
+{
+    uint16_t port = p->proxy_port ? p->proxy_port : FL_DEFAULT_PORT;
+
+    if (!tp.started) {
+        if (!p->n_targets)
+            return 0;
+        snprintf(err, errlen,
+                 "the policy has 'targets' but the daemon was started without "
+                 "transparent mode: restart faultline with this policy");
+        return -ENOTSUP;
+    }
+    if (p->n_targets && port != tp.port) {
+        snprintf(err, errlen, "spec.proxy_port changes from %u to %u, which needs a restart",
+                 tp.port, port);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int fl_tp_apply(const struct fl_policy *p, char *err, size_t errlen)
+{
+    int e = fl_tp_check(p, err, errlen);
+
+    if (e < 0 || !tp.started)
+        return e;
+    if ((e = set_policy(p)) < 0) {
+        snprintf(err, errlen, "out of memory");
+        return e;
+    }
+    if (!tp.draining)
+        fl_pods_scan(tp.pods);
+    return 0;
+}
+
+void fl_tp_drain(void)
+{
+    if (!tp.started || tp.draining)
+        return;
+    uv_mutex_lock(&tp.wd_mu);
+    tp.draining = 1;
+    fl_bpf_set_enabled(tp.bpf, 0);
+    atomic_store(&tp.enabled, 0);
+    uv_mutex_unlock(&tp.wd_mu);
+    uv_timer_stop(&tp.scan_timer);
+    fl_pods_pause(tp.pods);
+    while (tp.nss)
+        ns_close(tp.nss, NULL);
+}
+
+void fl_tp_stats(struct fl_tp_stats *st)
+{
+    struct fl_bpf_stats bs = {0};
+
+    memset(st, 0, sizeof(*st));
+    if (!tp.started)
+        return;
+    st->active = 1;
+    if (fl_bpf_stats(tp.bpf, &bs) < 0)
+        memset(&bs, 0, sizeof(bs));
+    st->enabled = atomic_load(&tp.enabled);
+    st->sockmap = atomic_load(&tp.sockmap);
+    st->redirected = bs.redirected;
+    st->accepted = atomic_load(&tp.accepted);
+    st->no_orig = atomic_load(&tp.no_orig);
+    st->no_listener = bs.fail_open;
+    st->msg_redirects = bs.msg_redirects;
+    st->msg_fallbacks = bs.msg_no_peer;
+    st->fail_open_events = atomic_load(&tp.fail_open_events);
+    st->pods = fl_pods_count(tp.pods);
+    st->netns = atomic_load(&tp.n_netns);
+}
+
+void fl_tp_stop(void)
+{
+    struct fl_tp_stats st;
+
+    if (!tp.started)
+        return;
+    if (tp.wd_started) {
+        uv_mutex_lock(&tp.wd_mu);
+        tp.wd_stop = 1;
+        uv_cond_signal(&tp.wd_cond);
+        uv_mutex_unlock(&tp.wd_mu);
+        uv_thread_join(&tp.wd_tid);
+        tp.wd_started = 0;
+    }
+    fl_tp_stats(&st);
+    fl_info("transparent mode: %llu connections redirected, %llu proxied, %llu without an "
+            "original destination, %llu sent direct for want of a listener, %llu sk_msg "
+            "redirects, %llu fail-open events",
+            (unsigned long long)st.redirected, (unsigned long long)st.accepted,
+            (unsigned long long)st.no_orig, (unsigned long long)st.no_listener,
+            (unsigned long long)st.msg_redirects, (unsigned long long)st.fail_open_events);
+    fl_bpf_set_enabled(tp.bpf, 0);
+    tp.draining = 1;
+    uv_close((uv_handle_t *)&tp.scan_timer, NULL);
+    uv_close((uv_handle_t *)&tp.hb_timer, NULL);
+    while (tp.nss)
+        ns_close(tp.nss, NULL);
+    /* The links go with the object: every hook detaches here. */
+    fl_bpf_close(tp.bpf);
+    tp.bpf = NULL;
+    fl_pods_free(tp.pods);
+    tp.pods = NULL;
+    leave_own_cgroup();
+    fl_info("transparent mode: hooks detached, daemon cgroup removed");
+    free(tp.noaccel);
+    tp.noaccel = NULL;
+    fl_policy_unref(tp.policy);
+    tp.policy = NULL;
+    tp.started = 0;
+    uv_mutex_destroy(&tp.wd_mu);
+    uv_cond_destroy(&tp.wd_cond);
+}
