@@ -1,5 +1,5 @@
 /* faultline.bpf.c: steers selected pods' outbound TCP connections into the
- * faultline proxy listening inside the pod's own netns (DESIGN.md 2.1).
+ * faultline proxy listening inside the pod's own netns (docs/architecture.md, "The steering path").
  *
  *   cgroup/connect4, connect6  rewrite a matching connect() to the proxy
  *   sockops                    pair app and proxy sockets in a SOCKHASH,

@@ -66,7 +66,7 @@ add_custom_command(
 
 add_custom_target(fl_bpf_skel DEPENDS ${FL_BPF_SKEL})
 add_dependencies(fl_steer fl_bpf_skel)
-set_source_files_properties(${CMAKE_SOURCE_DIR}/src/steer/bpf_loader.c PROPERTIES OBJECT_DEPENDS ${FL_BPF_SKEL})
+set_source_files_properties(${CMAKE_SOURCE_DIR}/src/steer/bpf.c PROPERTIES OBJECT_DEPENDS ${FL_BPF_SKEL})
 target_include_directories(fl_steer PRIVATE ${FL_BPF_OUT})
 target_compile_definitions(fl_steer PUBLIC FL_HAVE_BPF=1)
 target_link_libraries(fl_steer PUBLIC PkgConfig::LIBBPF elf z)

@@ -96,7 +96,7 @@ static int cmd_run(int argc, char **argv)
         case 'T':
         case 'I': {
             uint64_t ms;
-            if (fl_parse_duration(optarg, &ms) < 0 || ms == 0) {
+            if (fl_values_parse_duration(optarg, &ms) < 0 || ms == 0) {
                 fprintf(stderr, "faultline run: --%s takes a duration above zero such as 500ms, 30s "
                                 "or 15m; got '%s'\n",
                         ch == 'T' ? "header-timeout" : "idle-timeout", optarg);

@@ -73,10 +73,10 @@ if [ -x faultctl ]; then
     else
         bad "faultctl links:" $up
     fi
-    if nm faultctl | grep -q ' T fl_parse_duration$'; then
+    if nm faultctl | grep -q ' T fl_values_parse_duration$'; then
         ok "faultctl links the policy value parsers"
     else
-        bad "faultctl lacks fl_parse_duration: has the value library moved?"
+        bad "faultctl lacks fl_values_parse_duration: has the value library moved?"
     fi
 else
     bad "faultctl was not built"

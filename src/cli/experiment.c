@@ -99,7 +99,7 @@ static char *dup_scalar(struct experiment *x, const yaml_node_t *n, const char *
 static int get_duration(struct experiment *x, const yaml_node_t *n, const char *key, uint64_t *ms)
 {
     const char *s = scalar(n);
-    if (!s || fl_parse_duration(s, ms) < 0) {
+    if (!s || fl_values_parse_duration(s, ms) < 0) {
         perr(x, n, "'%s' must be a duration such as 500ms, 10s, 2m", key);
         return -EINVAL;
     }
@@ -372,7 +372,7 @@ static int parse_experiment(struct experiment *x, const char *text, size_t len)
             size_t bl = strlen(buf);
             if (bl && buf[bl - 1] == '%')
                 buf[bl - 1] = '\0';
-            if (!s || fl_parse_percent(buf, &x->tolerance_ppm) < 0)
+            if (!s || fl_values_parse_percent(buf, &x->tolerance_ppm) < 0)
                 perr(x, val, "'tolerance' must be a percent from 0 to 100, e.g. 5%%");
         } else if (strcmp(key, "probes") == 0) {
             if (val->type != YAML_SEQUENCE_NODE) {

@@ -1,4 +1,4 @@
-/* faultctl: the command line for a running faultline daemon (DESIGN.md 3.2).
+/* faultctl: the command line for a running faultline daemon (docs/reference.md, "Commands").
  * Each verb is one admin API call (see admin.h) and a way to print its answer:
  * a table on a terminal, the API's JSON otherwise (or as -o says).
  *
@@ -392,7 +392,7 @@ static int cmd_set(struct ctl *g, int argc, char **argv)
         json_object_set_new(body, "percent", json_null());
     } else if (percent) {
         uint32_t ppm;
-        if (fl_parse_percent(percent, &ppm) < 0) {
+        if (fl_values_parse_percent(percent, &ppm) < 0) {
             json_decref(body);
             return verb_usage("set", "--percent takes 0-100 with at most 4 decimals");
         }
@@ -400,7 +400,7 @@ static int cmd_set(struct ctl *g, int argc, char **argv)
     }
     if (delay) {
         uint64_t ms;
-        if (strcmp(delay, "default") != 0 && fl_parse_duration(delay, &ms) < 0) {
+        if (strcmp(delay, "default") != 0 && fl_values_parse_duration(delay, &ms) < 0) {
             json_decref(body);
             return verb_usage("set", "--delay takes a duration such as 250ms or 2s, or 'default'");
         }

@@ -2,6 +2,8 @@
 #ifndef FL_LOG_H
 #define FL_LOG_H
 
+#include "addr.h"
+
 enum fl_log_level { FL_LOG_DEBUG, FL_LOG_INFO, FL_LOG_WARN, FL_LOG_ERROR };
 
 extern enum fl_log_level fl_log_min_level;
@@ -18,8 +20,5 @@ void fl_log(enum fl_log_level lvl, const char *fmt, ...) __attribute__((format(p
 /* Formats the current UTC time as ISO 8601 with milliseconds into buf (>= 25 bytes). */
 void fl_log_timestamp(char *buf, unsigned len);
 
-/* Formats a socket address as "1.2.3.4:80" or "[::1]:80" into buf; returns buf. */
-struct sockaddr;
-char *fl_addr_str(const struct sockaddr *sa, char *buf, unsigned len);
 
 #endif

@@ -7,7 +7,7 @@
 
 #include "compiler.h"
 
-/* Writes the default admin socket path into buf (DESIGN.md 3.2):
+/* Writes the default admin socket path into buf (docs/reference.md, "Commands"):
  * /run/faultline/admin.sock for root, else $XDG_RUNTIME_DIR/faultline/admin.sock,
  * else /tmp/faultline-UID/admin.sock. Returns 0 or -ENAMETOOLONG. */
 int fl_paths_admin_socket(char *buf, size_t len) FL_WUR;

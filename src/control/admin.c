@@ -25,8 +25,8 @@
 #include "sbuf.h"
 #include "transparent.h"
 
-#define ADM_RING_CAP (1u << 20)      /* fault lines in flight from the workers */
-#define ADM_EVENT_HISTORY 256        /* lines kept for GET /v1/events?follow=0 */
+#define ADM_RING_CAP (1u << 20) /* fault lines in flight from the workers */
+#define ADM_EVENT_HISTORY 256   /* lines kept for GET /v1/events?follow=0 */
 #define ADM_HALT_POLL_MS 500
 #define ADM_REASON_MAX 256
 
@@ -154,13 +154,20 @@ static void async_cb(uv_async_t *a)
 static const char *event_name(enum fl_event_kind k)
 {
     switch (k) {
-    case FL_EVENT_RELOAD: return "reload";
-    case FL_EVENT_APPLY: return "apply";
-    case FL_EVENT_ROLLBACK: return "rollback";
-    case FL_EVENT_EXPIRED: return "expired";
-    case FL_EVENT_HALT: return "halt";
-    case FL_EVENT_RESUME: return "resume";
-    case FL_EVENT_RULE: return "rule";
+    case FL_EVENT_RELOAD:
+        return "reload";
+    case FL_EVENT_APPLY:
+        return "apply";
+    case FL_EVENT_ROLLBACK:
+        return "rollback";
+    case FL_EVENT_EXPIRED:
+        return "expired";
+    case FL_EVENT_HALT:
+        return "halt";
+    case FL_EVENT_RESUME:
+        return "resume";
+    case FL_EVENT_RULE:
+        return "rule";
     }
     return "unknown";
 }
@@ -200,16 +207,17 @@ static void on_event(const struct fl_event *ev, void *arg)
             json_object_set_new(o, "enabled", json_boolean(atomic_load(&r->live.enabled)));
         for (enum fl_fault_kind k = FL_FAULT_DELAY; k < FL_FAULT_KINDS; k++)
             if (ev->changed & FL_EVENT_RULE_PERCENT(k))
-                json_object_set_new(
-                    o, fl_fault_kind_name(k),
-                    json_pack("{s:f}", "percent", fl_policy_json_percent(fl_rule_ppm(r, k))));
+                json_object_set_new(o, fl_fault_kind_name(k),
+                                    json_pack("{s:f}", "percent",
+                                              fl_policy_json_percent(fl_policy_rule_ppm(r, k))));
         if (ev->changed & FL_EVENT_RULE_DELAY_FIXED) {
             uint64_t fx = atomic_load(&r->live.delay_fixed_ms);
-            json_object_set_new(o, "delay_fixed_ms",
-                                json_integer((json_int_t)(fx == UINT64_MAX ? r->delay.fixed_ms : fx)));
+            json_object_set_new(
+                o, "delay_fixed_ms",
+                json_integer((json_int_t)(fx == UINT64_MAX ? r->delay.fixed_ms : fx)));
         }
         if (ev->changed & FL_EVENT_RULE_ABORT_STATUS)
-            json_object_set_new(o, "abort_status", json_integer(fl_rule_abort_status(r)));
+            json_object_set_new(o, "abort_status", json_integer(fl_policy_rule_abort_status(r)));
         break;
     }
     }
@@ -306,8 +314,8 @@ static json_t *status_json(void)
         json_object_set_new(o, "ttl_remaining_s", json_null());
     }
     json_object_set_new(o, "events_dropped", json_integer((json_int_t)ring.dropped));
-    struct fl_tp_stats tp;
-    fl_tp_stats(&tp);
+    struct fl_transparent_stats tp;
+    fl_transparent_stats(&tp);
     if (tp.active) {
         json_object_set_new(
             o, "transparent",
@@ -366,8 +374,9 @@ static void patch_rule(struct fl_admin_http_req *c, const char *name)
     int new_status = 0, has_fixed = 0, has_status = 0;
 
     if (!r) {
-        fl_admin_http_error(c, 404, "no rule named '%s' in policy '%s'; 'faultctl rules' lists them",
-                      name, p ? p->name : "");
+        fl_admin_http_error(c, 404,
+                            "no rule named '%s' in policy '%s'; 'faultctl rules' lists them", name,
+                            p ? p->name : "");
         return;
     }
     size_t blen;
@@ -375,14 +384,15 @@ static void patch_rule(struct fl_admin_http_req *c, const char *name)
     in = json_loadb(body, blen, 0, &jerr);
     if (!json_is_object(in)) {
         fl_admin_http_error(c, 400, "body must be a JSON object: %s",
-                      in ? "got another JSON value" : jerr.text);
+                            in ? "got another JSON value" : jerr.text);
         json_decref(in);
         return;
     }
     v = json_object_get(in, "fault");
     if (v) {
         for (int k = 0; k < 3; k++)
-            if (json_is_string(v) && strcmp(json_string_value(v), fl_fault_kind_name((enum fl_fault_kind)k)) == 0)
+            if (json_is_string(v) &&
+                strcmp(json_string_value(v), fl_fault_kind_name((enum fl_fault_kind)k)) == 0)
                 only = k;
         if (only < 0) {
             fl_admin_http_error(c, 400, "\"fault\" must be \"delay\", \"abort\" or \"reset\"");
@@ -405,14 +415,15 @@ static void patch_rule(struct fl_admin_http_req *c, const char *name)
             }
             int any = 0;
             for (int k = 0; k < 3; k++) {
-                if ((only >= 0 && k != only) || !fl_rule_has_kind(r, (enum fl_fault_kind)k))
+                if ((only >= 0 && k != only) || !fl_policy_rule_has_kind(r, (enum fl_fault_kind)k))
                     continue;
                 set[k] = ppm;
                 has_set[k] = any = 1;
             }
             if (!any) {
                 fl_admin_http_error(c, 422, "rule '%s' has no %s fault to set a percent for", name,
-                              only >= 0 ? fl_fault_kind_name((enum fl_fault_kind)only) : "delay, abort or reset");
+                                    only >= 0 ? fl_fault_kind_name((enum fl_fault_kind)only)
+                                              : "delay, abort or reset");
                 goto out;
             }
         } else if (strcmp(key, "fault") == 0) {
@@ -422,17 +433,19 @@ static void patch_rule(struct fl_admin_http_req *c, const char *name)
             for (k = 0; k < 3 && strcmp(key, fl_fault_kind_name((enum fl_fault_kind)k)) != 0; k++)
                 ;
             if (k == 3) {
-                fl_admin_http_error(c, 400,
-                              "unknown key \"%s\"; known: enabled, percent, fault, delay, abort, "
-                              "reset",
-                              key);
+                fl_admin_http_error(
+                    c, 400,
+                    "unknown key \"%s\"; known: enabled, percent, fault, delay, abort, "
+                    "reset",
+                    key);
                 goto out;
             }
             if (!json_is_object(v)) {
-                fl_admin_http_error(c, 400, "\"%s\" must be an object such as {\"percent\": 10}", key);
+                fl_admin_http_error(c, 400, "\"%s\" must be an object such as {\"percent\": 10}",
+                                    key);
                 goto out;
             }
-            if (!fl_rule_has_kind(r, (enum fl_fault_kind)k)) {
+            if (!fl_policy_rule_has_kind(r, (enum fl_fault_kind)k)) {
                 fl_admin_http_error(c, 422, "rule '%s' has no %s fault", name, key);
                 goto out;
             }
@@ -451,9 +464,10 @@ static void patch_rule(struct fl_admin_http_req *c, const char *name)
                     if (json_is_null(fv)) {
                         new_fixed = UINT64_MAX;
                     } else if (!json_is_string(fv) ||
-                               fl_parse_duration(json_string_value(fv), &new_fixed) < 0) {
-                        fl_admin_http_error(c, 400, "\"delay.fixed\" must be a duration such as "
-                                              "\"250ms\", or null for the policy's value");
+                               fl_values_parse_duration(json_string_value(fv), &new_fixed) < 0) {
+                        fl_admin_http_error(c, 400,
+                                            "\"delay.fixed\" must be a duration such as "
+                                            "\"250ms\", or null for the policy's value");
                         goto out;
                     }
                     has_fixed = 1;
@@ -462,8 +476,9 @@ static void patch_rule(struct fl_admin_http_req *c, const char *name)
                         new_status = 0;
                     } else if (!json_is_integer(fv) || json_integer_value(fv) < 200 ||
                                json_integer_value(fv) > 599) {
-                        fl_admin_http_error(c, 400, "\"abort.status\" must be an HTTP status 200-599, "
-                                              "or null for the policy's value");
+                        fl_admin_http_error(c, 400,
+                                            "\"abort.status\" must be an HTTP status 200-599, "
+                                            "or null for the policy's value");
                         goto out;
                     } else {
                         new_status = (int)json_integer_value(fv);
@@ -471,7 +486,9 @@ static void patch_rule(struct fl_admin_http_req *c, const char *name)
                     has_status = 1;
                 } else {
                     fl_admin_http_error(c, 400, "unknown key \"%s.%s\"; known: percent%s", key, fk,
-                                  k == 0 ? ", fixed" : k == 1 ? ", status" : "");
+                                        k == 0   ? ", fixed"
+                                        : k == 1 ? ", status"
+                                                 : "");
                     goto out;
                 }
             }
@@ -486,7 +503,7 @@ static void patch_rule(struct fl_admin_http_req *c, const char *name)
     for (enum fl_fault_kind k = FL_FAULT_DELAY; k < FL_FAULT_KINDS; k++) {
         if (!has_set[k])
             continue;
-        atomic_store(fl_rule_live_ppm(r, k), set[k]);
+        atomic_store(fl_policy_rule_live_ppm(r, k), set[k]);
         ev.changed |= FL_EVENT_RULE_PERCENT(k);
     }
     if (has_fixed) {
@@ -528,10 +545,11 @@ static void policy_after_cb(uv_work_t *req, int status)
             json_array_append_new(a, json_string(w->errs.msgs[i]));
         if (w->errs.n == 0)
             json_array_append_new(a, json_pack("s+", w->name, ": cannot be loaded"));
-        fl_admin_http_json(c, 422,
-                     json_pack("{s:s,s:o}", "error",
-                               "invalid policy; nothing changed, the running policy stays in force",
-                               "errors", a));
+        fl_admin_http_json(
+            c, 422,
+            json_pack("{s:s,s:o}", "error",
+                      "invalid policy; nothing changed, the running policy stays in force",
+                      "errors", a));
         goto out;
     }
     if (fl_runtime_check(w->p, err, sizeof(err)) < 0) {
@@ -542,8 +560,8 @@ static void policy_after_cb(uv_work_t *req, int status)
     unsigned long long prev = fl_runtime_generation();
     json_t *diff = cur ? fl_policy_json_diff(cur, w->p, &n_changes) : json_object();
     if (w->dry_run) {
-        fl_admin_http_json(c, 200,
-                     json_pack("{s:b,s:s,s:o}", "dry_run", 1, "policy", w->p->name, "diff", diff));
+        fl_admin_http_json(
+            c, 200, json_pack("{s:b,s:s,s:o}", "dry_run", 1, "policy", w->p->name, "diff", diff));
         goto out;
     }
     fl_runtime_carry_counters(w->p);
@@ -562,9 +580,9 @@ static void policy_after_cb(uv_work_t *req, int status)
                           .changes = n_changes};
     fl_runtime_emit(&ev);
     fl_admin_http_json(c, 200,
-                 json_pack("{s:b,s:s,s:I,s:I,s:o}", "applied", 1, "policy", w->p->name,
-                           "generation", (json_int_t)gen, "previous_generation", (json_int_t)prev,
-                           "diff", diff));
+                       json_pack("{s:b,s:s,s:I,s:I,s:o}", "applied", 1, "policy", w->p->name,
+                                 "generation", (json_int_t)gen, "previous_generation",
+                                 (json_int_t)prev, "diff", diff));
 out:
     fl_policy_unref(w->p);
     fl_policy_errors_free(&w->errs);
@@ -605,8 +623,8 @@ static void get_policy(struct fl_admin_http_req *c)
         json_array_append_new(h, json_pack("{s:I,s:s,s:s}", "generation", (json_int_t)snaps[i].gen,
                                            "policy", snaps[i].p->name, "file", snaps[i].p->file));
     fl_admin_http_json(c, 200,
-                 json_pack("{s:s?,s:s?,s:I,s:o}", "policy", p ? p->name : NULL, "file",
-                           p ? p->file : NULL, "generation", (json_int_t)gen, "history", h));
+                       json_pack("{s:s?,s:s?,s:I,s:o}", "policy", p ? p->name : NULL, "file",
+                                 p ? p->file : NULL, "generation", (json_int_t)gen, "history", h));
 }
 
 /* POST /v1/policy/rollback {"generation": G}: re-applies a held snapshot
@@ -629,10 +647,11 @@ static void rollback_policy(struct fl_admin_http_req *c)
     json_decref(in);
     struct fl_policy *p = fl_runtime_snapshot(gen);
     if (!p) {
-        fl_admin_http_error(c, 404,
-                      "policy generation %llu is no longer held (the daemon keeps the last %d); "
-                      "apply the policy file again with 'faultctl apply -f FILE'",
-                      gen, FL_RUNTIME_HISTORY);
+        fl_admin_http_error(
+            c, 404,
+            "policy generation %llu is no longer held (the daemon keeps the last %d); "
+            "apply the policy file again with 'faultctl apply -f FILE'",
+            gen, FL_RUNTIME_HISTORY);
         return;
     }
     if (gen != prev) {
@@ -646,8 +665,8 @@ static void rollback_policy(struct fl_admin_http_req *c)
         fl_runtime_emit(&ev);
     }
     fl_admin_http_json(c, 200,
-                 json_pack("{s:b,s:s,s:I,s:I}", "applied", 1, "policy", p->name, "generation",
-                           (json_int_t)gen, "previous_generation", (json_int_t)prev));
+                       json_pack("{s:b,s:s,s:I,s:I}", "applied", 1, "policy", p->name, "generation",
+                                 (json_int_t)gen, "previous_generation", (json_int_t)prev));
 }
 
 static void post_halt(struct fl_admin_http_req *c)
@@ -675,7 +694,8 @@ static void post_halt(struct fl_admin_http_req *c)
 static void delete_halt(struct fl_admin_http_req *c)
 {
     if (admin.halt_file_on) {
-        fl_admin_http_error(c, 409, "the HALT file %s exists; remove it to resume", admin.halt_path);
+        fl_admin_http_error(c, 409, "the HALT file %s exists; remove it to resume",
+                            admin.halt_path);
         return;
     }
     fl_runtime_resume();
@@ -691,8 +711,8 @@ static void get_events(struct fl_admin_http_req *c, int follow)
             fl_sbuf_add(&b, l, strlen(l));
             fl_sbuf_add(&b, "\n", 1);
         }
-        fl_admin_http_respond(c, b.oom ? 500 : 200, "application/x-ndjson", NULL,
-                              b.p ? b.p : "", b.len);
+        fl_admin_http_respond(c, b.oom ? 500 : 200, "application/x-ndjson", NULL, b.p ? b.p : "",
+                              b.len);
         fl_sbuf_free(&b);
         return;
     }
@@ -797,7 +817,8 @@ static void dispatch(struct fl_admin_http_req *c)
             if (r)
                 fl_admin_http_json(c, 200, fl_policy_json_rule(r));
             else
-                fl_admin_http_error(c, 404, "no rule named '%s'; 'faultctl rules' lists them", name);
+                fl_admin_http_error(c, 404, "no rule named '%s'; 'faultctl rules' lists them",
+                                    name);
         } else {
             method_not_allowed(c, "GET, PATCH");
         }
@@ -826,12 +847,13 @@ static void dispatch(struct fl_admin_http_req *c)
         else
             get_events(c, query_flag(q, "follow", 1));
     } else {
-        fl_admin_http_error(c, 404,
-                      "no such endpoint %s %s; the endpoints are GET /v1/status, /v1/rules, "
-                      "/v1/rules/NAME, /v1/policy, /v1/events, /metrics; PATCH /v1/rules/NAME; "
-                      "PUT /v1/policy; POST /v1/policy/rollback; POST and DELETE /v1/halt "
-                      "(docs/architecture.md, 'The admin API')",
-                      m, path);
+        fl_admin_http_error(
+            c, 404,
+            "no such endpoint %s %s; the endpoints are GET /v1/status, /v1/rules, "
+            "/v1/rules/NAME, /v1/policy, /v1/events, /metrics; PATCH /v1/rules/NAME; "
+            "PUT /v1/policy; POST /v1/policy/rollback; POST and DELETE /v1/halt "
+            "(docs/reference.md, 'Admin API')",
+            m, path);
     }
 }
 

@@ -1,4 +1,4 @@
-/* admin: the admin API's endpoints (docs/architecture.md, "The admin API"),
+/* admin: the admin API's endpoints (docs/reference.md, "Admin API"),
  * HTTP/1.1 + JSON on a unix socket, served on the daemon's main loop by
  * admin_http.h. faultctl is its client. The endpoints read and drive the
  * runtime (runtime.h); the JSON views of a policy are policy_json.h's and the

@@ -38,7 +38,7 @@ struct fl_admin_http_req {
     char url[FL_ADMIN_HTTP_MAX_URL];
     size_t url_len;
     const char *query; /* into url, after the '?', or NULL */
-    char field[32]; /* current header name, truncated; only X-Faultline-File matters */
+    char field[32];    /* current header name, truncated; only X-Faultline-File matters */
     size_t field_len;
     char file[256]; /* X-Faultline-File: the name policy errors are reported against */
     size_t file_len;
@@ -172,8 +172,8 @@ static const char *status_text(int s)
     }
 }
 
-void fl_admin_http_respond(struct fl_admin_http_req *c, int status, const char *ctype, const char *extra,
-                    const char *body, size_t len)
+void fl_admin_http_respond(struct fl_admin_http_req *c, int status, const char *ctype,
+                           const char *extra, const char *body, size_t len)
 {
     if (c->closing)
         return;
@@ -198,7 +198,8 @@ void fl_admin_http_json(struct fl_admin_http_req *c, int status, json_t *o)
     char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
     json_decref(o);
     if (!s) {
-        fl_admin_http_respond(c, 500, "application/json", NULL, "{\"error\":\"out of memory\"}\n", 26);
+        fl_admin_http_respond(c, 500, "application/json", NULL, "{\"error\":\"out of memory\"}\n",
+                              26);
         return;
     }
     size_t n = strlen(s);
@@ -374,14 +375,15 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (e != HPE_OK) {
         c->complete = 1;
         if (c->url_overflow)
-            fl_admin_http_error(c, 414, "request target longer than %d bytes", FL_ADMIN_HTTP_MAX_URL - 1);
+            fl_admin_http_error(c, 414, "request target longer than %d bytes",
+                                FL_ADMIN_HTTP_MAX_URL - 1);
         else if (c->hdr_bytes > ADM_MAX_HDR_BYTES)
             fl_admin_http_error(c, 431, "request headers larger than %d bytes", ADM_MAX_HDR_BYTES);
         else if (c->body_overflow)
             fl_admin_http_error(c, 413, "request body larger than %u bytes", ADM_MAX_BODY);
         else
             fl_admin_http_error(c, 400, "malformed HTTP request: %s",
-                          llhttp_get_error_reason(&c->parser));
+                                llhttp_get_error_reason(&c->parser));
     }
 }
 
@@ -533,7 +535,7 @@ static int open_socket(const char *path, char *err, size_t errlen)
 static int open_metrics(const char *addr, char *err, size_t errlen)
 {
     struct sockaddr_storage ss[2];
-    int n = fl_parse_hostport(addr, 1, ss);
+    int n = fl_values_parse_hostport(addr, 1, ss);
     if (n <= 0) {
         snprintf(err, errlen, "--metrics-listen %s: give ADDR:PORT, e.g. 127.0.0.1:9464", addr);
         return -EINVAL;

@@ -89,7 +89,6 @@ static void reload(void)
     }
 }
 
-
 /* ---- shutdown ---- */
 
 static void close_main_handles(void)
@@ -134,8 +133,8 @@ static void begin_drain(const char *why)
         return;
     }
     lifecycle.draining = 1;
-    fl_tp_drain();   /* new connections go direct at once */
-    fl_admin_stop(); /* event streams end; a second daemon may now take the socket */
+    fl_transparent_drain(); /* new connections go direct at once */
+    fl_admin_stop();        /* event streams end; a second daemon may now take the socket */
     fl_info("%s: no longer accepting; finishing in-flight requests (up to %d ms)", why,
             FL_DRAIN_MS);
     fl_workers_drain();
@@ -147,11 +146,21 @@ static void signal_cb(uv_signal_t *s, int signum)
 {
     (void)s;
     switch (signum) {
-    case SIGTERM: begin_drain("SIGTERM"); break;
-    case SIGINT: begin_drain("SIGINT"); break;
-    case SIGHUP: reload(); break;
-    case SIGUSR1: fl_runtime_halt("SIGUSR1"); break;
-    case SIGUSR2: fl_runtime_resume(); break;
+    case SIGTERM:
+        begin_drain("SIGTERM");
+        break;
+    case SIGINT:
+        begin_drain("SIGINT");
+        break;
+    case SIGHUP:
+        reload();
+        break;
+    case SIGUSR1:
+        fl_runtime_halt("SIGUSR1");
+        break;
+    case SIGUSR2:
+        fl_runtime_resume();
+        break;
     }
 }
 
@@ -208,8 +217,9 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
     }
     e = fl_faultlog_open(o->fault_log);
     if (e < 0) {
-        fprintf(stderr, "faultline: cannot open fault log %s: %s; check the directory exists and "
-                        "is writable\n",
+        fprintf(stderr,
+                "faultline: cannot open fault log %s: %s; check the directory exists and "
+                "is writable\n",
                 o->fault_log, strerror(-e));
         fl_policy_unref(p);
         fl_runtime_close();
@@ -219,9 +229,9 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
     }
 
     if (o->header_timeout_ms)
-        fl_header_timeout_ms = o->header_timeout_ms;
+        fl_conn_header_timeout_ms = o->header_timeout_ms;
     if (o->idle_timeout_ms)
-        fl_idle_timeout_ms = o->idle_timeout_ms;
+        fl_conn_idle_timeout_ms = o->idle_timeout_ms;
     if (fl_workers_init(lifecycle.loop, err, sizeof(err)) < 0) {
         fprintf(stderr, "faultline: %s\n", err);
         fl_policy_unref(p);
@@ -251,10 +261,10 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
     uv_signal_init(lifecycle.loop, &lifecycle.sig_usr1);
     uv_signal_init(lifecycle.loop, &lifecycle.sig_usr2);
     if (p->n_targets) {
-        struct fl_tp_opts to = {.no_sockmap = o->no_sockmap,
-                                .verbose = fl_log_min_level == FL_LOG_DEBUG};
+        struct fl_transparent_opts to = {.no_sockmap = o->no_sockmap,
+                                         .verbose = fl_log_min_level == FL_LOG_DEBUG};
         int requirement;
-        if (fl_tp_start(fl_workers_main(), p, &to, err, sizeof(err), &requirement) < 0) {
+        if (fl_transparent_start(fl_workers_main(), p, &to, err, sizeof(err), &requirement) < 0) {
             fprintf(stderr, "faultline: %s\n", err);
             lifecycle.exit_code = requirement ? 2 : 1;
             goto out;
@@ -285,7 +295,7 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
     fl_info("stopped");
 out:
     fl_workers_stop();
-    fl_tp_stop();
+    fl_transparent_stop();
     fl_admin_stop();
     fl_runtime_close();
     close_main_handles();

@@ -12,7 +12,6 @@ double fl_policy_json_percent(uint32_t ppm)
     return ppm / 10000.0;
 }
 
-
 static const char *sm_kind_name(enum fl_str_match_kind k)
 {
     switch (k) {
@@ -48,7 +47,7 @@ static json_t *match_json(const struct fl_match *m)
         json_t *a = json_array();
         for (int i = 0; i < FL_M__COUNT; i++)
             if (m->methods & (1u << i))
-                json_array_append_new(a, json_string(fl_method_name((enum fl_method)i)));
+                json_array_append_new(a, json_string(fl_values_method_name((enum fl_method)i)));
         json_object_set_new(o, "method", a);
     }
     if (m->path.kind != FL_SM_ANY)
@@ -94,7 +93,7 @@ static json_t *rule_spec_json(const struct fl_rule *r)
             json_object_set_new(a, "status", json_integer(r->abort.status));
         if (r->abort.grpc_status >= 0)
             json_object_set_new(a, "grpc_status",
-                                json_string(fl_grpc_status_name(r->abort.grpc_status)));
+                                json_string(fl_values_grpc_status_name(r->abort.grpc_status)));
         if (r->abort.body)
             json_object_set_new(a, "body", json_stringn(r->abort.body, r->abort.body_len));
         if (r->abort.message)
@@ -109,7 +108,8 @@ static json_t *rule_spec_json(const struct fl_rule *r)
         json_object_set_new(f, "abort", a);
     }
     if (r->reset.enabled)
-        json_object_set_new(f, "reset", json_pack("{s:f}", "percent", fl_policy_json_percent(r->reset.ppm)));
+        json_object_set_new(f, "reset",
+                            json_pack("{s:f}", "percent", fl_policy_json_percent(r->reset.ppm)));
     json_object_set_new(o, "fault", f);
     return o;
 }
@@ -126,11 +126,11 @@ json_t *fl_policy_json_rule(struct fl_rule *r)
         json_t *fk = json_object_get(f, fl_fault_kind_name(k));
         if (!fk)
             continue;
-        unsigned v = atomic_load(fl_rule_live_ppm(r, k));
-        json_object_set_new(fk, "percent_file", json_real(fl_policy_json_percent(fl_rule_file_ppm(r, k))));
-        json_object_set_new(
-            fk, "percent",
-            json_real(fl_policy_json_percent(fl_rule_ppm(r, k))));
+        unsigned v = atomic_load(fl_policy_rule_live_ppm(r, k));
+        json_object_set_new(fk, "percent_file",
+                            json_real(fl_policy_json_percent(fl_policy_rule_file_ppm(r, k))));
+        json_object_set_new(fk, "percent",
+                            json_real(fl_policy_json_percent(fl_policy_rule_ppm(r, k))));
         /* overridden: anything of this fault changed live; the others say what */
         int over = v != UINT32_MAX;
         json_object_set_new(fk, "percent_overridden", json_boolean(over));
@@ -144,7 +144,7 @@ json_t *fl_policy_json_rule(struct fl_rule *r)
         } else if (k == FL_FAULT_ABORT) {
             int st = atomic_load(&r->live.abort_status) != 0;
             if (st) {
-                json_object_set_new(fk, "status", json_integer(fl_rule_abort_status(r)));
+                json_object_set_new(fk, "status", json_integer(fl_policy_rule_abort_status(r)));
                 over = 1;
             }
             json_object_set_new(fk, "status_overridden", json_boolean(st));
@@ -191,11 +191,11 @@ json_t *fl_policy_json_diff(const struct fl_policy *a, const struct fl_policy *b
 #undef SETTING
     /* seed: null when the policy has none (random), else the number */
     if (a->has_seed != b->has_seed || (a->has_seed && a->seed != b->seed)) {
-        json_object_set_new(settings, "seed",
-                            json_pack("{s:o,s:o}", "from",
-                                      a->has_seed ? json_integer((json_int_t)a->seed) : json_null(),
-                                      "to",
-                                      b->has_seed ? json_integer((json_int_t)b->seed) : json_null()));
+        json_object_set_new(
+            settings, "seed",
+            json_pack("{s:o,s:o}", "from",
+                      a->has_seed ? json_integer((json_int_t)a->seed) : json_null(), "to",
+                      b->has_seed ? json_integer((json_int_t)b->seed) : json_null()));
         n++;
     }
     json_object_set_new(d, "settings", settings);
@@ -274,4 +274,3 @@ json_t *fl_policy_json_diff(const struct fl_policy *a, const struct fl_policy *b
     *n_changes = n;
     return d;
 }
-

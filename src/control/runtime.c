@@ -114,36 +114,37 @@ static void ttl_cb(uv_timer_t *t)
 int fl_runtime_check(const struct fl_policy *p, char *err, size_t errlen)
 {
     if (p->n_listeners == 0 && p->n_targets == 0) {
-        snprintf(err, errlen, "the policy has no 'listeners' and no 'targets'; add a listener "
-                              "(listen: 127.0.0.1:15000, upstream: HOST:PORT) or a target");
+        snprintf(err, errlen,
+                 "the policy has no 'listeners' and no 'targets'; add a listener "
+                 "(listen: 127.0.0.1:15000, upstream: HOST:PORT) or a target");
         return -EINVAL;
     }
     /* At startup transparent mode is started from the policy itself; once
      * running, a new policy must fit the mode the daemon runs in. */
     if (runtime.policy)
-        return fl_tp_check(p, err, errlen);
+        return fl_transparent_check(p, err, errlen);
     if (p->n_targets)
-        return fl_tp_probe(err, errlen); /* before anything starts: exit 2 */
+        return fl_transparent_probe(err, errlen); /* before anything starts: exit 2 */
     return 0;
 }
 
 int fl_runtime_apply(struct fl_policy *p, char *err, size_t errlen)
 {
-    int e = fl_tp_apply(p, err, errlen);
+    int e = fl_transparent_apply(p, err, errlen);
     if (e < 0)
         return e;
     e = fl_workers_apply(p, err, errlen);
     if (e < 0) {
         char ignored[256];
         if (runtime.policy)
-            (void)!fl_tp_apply(runtime.policy, ignored, sizeof(ignored));
+            (void)!fl_transparent_apply(runtime.policy, ignored, sizeof(ignored));
         return e;
     }
     fl_policy_unref(runtime.policy);
     runtime.policy = fl_policy_ref(p);
     record_generation(p);
     uint64_t now = uv_now(runtime.loop);
-    atomic_store(&fl_global.policy_deadline_ms, p->ttl_ms ? now + p->ttl_ms : 0);
+    atomic_store(&fl_fault_global.policy_deadline_ms, p->ttl_ms ? now + p->ttl_ms : 0);
     uv_timer_stop(&runtime.ttl_timer);
     if (p->ttl_ms)
         uv_timer_start(&runtime.ttl_timer, ttl_cb, p->ttl_ms, 0);
@@ -169,18 +170,17 @@ void fl_runtime_carry_counters(struct fl_policy *to)
 void fl_runtime_halt(const char *reason)
 {
     snprintf(runtime.halt_reason, sizeof(runtime.halt_reason), "%s", reason ? reason : "");
-    atomic_store(&fl_global.halted, 1);
+    atomic_store(&fl_fault_global.halted, 1);
     fl_warn("injection halted%s%s; %s", reason ? ": " : "", reason ? reason : "",
-            reason && strncmp(reason, "HALT file ", 10) == 0
-                ? "remove that file to resume"
-                : "resume with 'faultctl resume'");
+            reason && strncmp(reason, "HALT file ", 10) == 0 ? "remove that file to resume"
+                                                             : "resume with 'faultctl resume'");
     struct fl_event ev = {.kind = FL_EVENT_HALT, .reason = runtime.halt_reason};
     fl_runtime_emit(&ev);
 }
 
 void fl_runtime_resume(void)
 {
-    atomic_store(&fl_global.halted, 0);
+    atomic_store(&fl_fault_global.halted, 0);
     fl_info("injection resumed");
     struct fl_event ev = {.kind = FL_EVENT_RESUME};
     fl_runtime_emit(&ev);
@@ -188,7 +188,7 @@ void fl_runtime_resume(void)
 
 int fl_runtime_halted(void)
 {
-    return atomic_load(&fl_global.halted);
+    return atomic_load(&fl_fault_global.halted);
 }
 
 const char *fl_runtime_halt_reason(void)
@@ -198,7 +198,7 @@ const char *fl_runtime_halt_reason(void)
 
 long long fl_runtime_ttl_remaining_ms(void)
 {
-    uint64_t deadline = atomic_load(&fl_global.policy_deadline_ms);
+    uint64_t deadline = atomic_load(&fl_fault_global.policy_deadline_ms);
     uint64_t now = uv_now(runtime.loop);
     if (!deadline)
         return -1;
@@ -241,9 +241,9 @@ void fl_runtime_counters(struct fl_runtime_counters *c)
         c->worker_connections[i] = fl_workers_connections(i);
         c->active_connections += c->worker_connections[i];
     }
-    c->active_faults = atomic_load(&fl_global.active_faults);
-    c->requests_total = atomic_load(&fl_global.requests_total);
-    c->faults_overflow_total = atomic_load(&fl_global.faults_overflow_total);
+    c->active_faults = atomic_load(&fl_fault_global.active_faults);
+    c->requests_total = atomic_load(&fl_fault_global.requests_total);
+    c->faults_overflow_total = atomic_load(&fl_fault_global.faults_overflow_total);
     c->fault_log_dropped = atomic_load(&fl_faultlog_dropped);
-    c->halted = atomic_load(&fl_global.halted);
+    c->halted = atomic_load(&fl_fault_global.halted);
 }

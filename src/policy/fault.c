@@ -2,13 +2,14 @@
  * no allocation, no locks, only relaxed atomics on shared counters. */
 #include "fault.h"
 
-#include "rule_index.h"
-
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct fl_global fl_global;
+#include "rng.h"
+#include "rule_index.h"
+
+struct fl_fault_global fl_fault_global;
 
 const char *fl_fault_kind_name(enum fl_fault_kind k)
 {
@@ -18,53 +19,6 @@ const char *fl_fault_kind_name(enum fl_fault_kind k)
     case FL_FAULT_RESET: return "reset";
     }
     return "unknown";
-}
-
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-void fl_rng_seed(struct fl_rng *r, uint64_t seed)
-{
-    for (int i = 0; i < 4; i++)
-        r->s[i] = splitmix64(&seed);
-}
-
-static inline uint64_t rotl(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
-
-uint64_t fl_rng_next(struct fl_rng *r)
-{
-    uint64_t *s = r->s;
-    uint64_t result = rotl(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-
-uint64_t fl_rng_below(struct fl_rng *r, uint64_t n)
-{
-    /* n == 0 stands for 2^64 (what jitter_ms + 1 wraps to): the full range. */
-    if (n == 0)
-        return fl_rng_next(r);
-    /* Rejection sampling keeps every value equally likely (no modulo bias). */
-    uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-    uint64_t x;
-    do {
-        x = fl_rng_next(r);
-    } while (x >= limit);
-    return x % n;
 }
 
 static uint32_t effective_ppm(const atomic_uint *live, uint32_t file)
@@ -88,10 +42,10 @@ int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct f
                     struct fl_rng *rng, uint64_t now_ms, struct fl_decision *d)
 {
     memset(d, 0, sizeof(*d));
-    atomic_fetch_add_explicit(&fl_global.requests_total, 1, memory_order_relaxed);
-    if (!p || p->n_rules == 0 || atomic_load_explicit(&fl_global.halted, memory_order_relaxed))
+    atomic_fetch_add_explicit(&fl_fault_global.requests_total, 1, memory_order_relaxed);
+    if (!p || p->n_rules == 0 || atomic_load_explicit(&fl_fault_global.halted, memory_order_relaxed))
         return 0;
-    uint64_t deadline = atomic_load_explicit(&fl_global.policy_deadline_ms, memory_order_relaxed);
+    uint64_t deadline = atomic_load_explicit(&fl_fault_global.policy_deadline_ms, memory_order_relaxed);
     if (deadline && now_ms >= deadline)
         return 0;
 
@@ -121,9 +75,9 @@ int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct f
         /* The limit bounds the blast radius, so it holds back every kind, resets
          * included. Load-then-add may let concurrent workers overshoot by a few;
          * a CAS loop would cost more than the bound is worth. */
-        unsigned active = atomic_load_explicit(&fl_global.active_faults, memory_order_relaxed);
+        unsigned active = atomic_load_explicit(&fl_fault_global.active_faults, memory_order_relaxed);
         if (active >= p->max_active_faults) {
-            atomic_fetch_add_explicit(&fl_global.faults_overflow_total, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&fl_fault_global.faults_overflow_total, 1, memory_order_relaxed);
             d->abort = d->delay = d->reset = 0;
             d->overflow = 1;
             return 0;
@@ -131,7 +85,7 @@ int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct f
         /* One unit per held kind: callers release the delay's share when the
          * timer fires and the abort's once the answer is queued. */
         if (d->abort || d->delay)
-            atomic_fetch_add_explicit(&fl_global.active_faults, (unsigned)(d->abort + d->delay),
+            atomic_fetch_add_explicit(&fl_fault_global.active_faults, (unsigned)(d->abort + d->delay),
                                       memory_order_relaxed);
         if (d->reset)
             atomic_fetch_add_explicit(&r->live.injected[FL_FAULT_RESET], 1, memory_order_relaxed);
@@ -146,5 +100,5 @@ int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct f
 
 void fl_fault_release(void)
 {
-    atomic_fetch_sub_explicit(&fl_global.active_faults, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&fl_fault_global.active_faults, 1, memory_order_relaxed);
 }

@@ -5,20 +5,11 @@
 
 #include <stdint.h>
 #include "match.h"
+#include "rng.h"
 #include "policy.h"
 
 const char *fl_fault_kind_name(enum fl_fault_kind k);
 
-/* Per-worker random state (xoshiro256**). Seeded from the policy seed and the
- * worker index so a seeded run with one worker is reproducible. */
-struct fl_rng {
-    uint64_t s[4];
-};
-
-void fl_rng_seed(struct fl_rng *r, uint64_t seed);
-uint64_t fl_rng_next(struct fl_rng *r);
-/* Uniform in [0, n), without modulo bias; n == 0 means the full 64-bit range. */
-uint64_t fl_rng_below(struct fl_rng *r, uint64_t n);
 
 struct fl_decision {
     const struct fl_rule *rule; /* the rule that fit, or NULL */
@@ -30,7 +21,7 @@ struct fl_decision {
 };
 
 /* Process-wide switches, shared by all workers. */
-struct fl_global {
+struct fl_fault_global {
     atomic_int halted;
     atomic_uint active_faults; /* faults in progress (held delays, pending aborts) */
     atomic_ullong requests_total;
@@ -38,7 +29,7 @@ struct fl_global {
     atomic_ullong policy_deadline_ms; /* CLOCK_MONOTONIC ms at which the policy expires; 0 = none */
 };
 
-extern struct fl_global fl_global;
+extern struct fl_fault_global fl_fault_global;
 
 /* Decides what happens to req, arriving through scope (listener or target name).
  * now_ms is the loop's monotonic time. Fills *d; returns 1 if any fault is to be

@@ -21,7 +21,7 @@
 static _Thread_local char regex_copy[64 * 1024 + 1];
 #endif
 
-const char *fl_proto_name(enum fl_proto p)
+const char *fl_match_proto_name(enum fl_proto p)
 {
     switch (p) {
     case FL_PROTO_HTTP1: return "http/1.1";
@@ -32,7 +32,7 @@ const char *fl_proto_name(enum fl_proto p)
     return "unknown";
 }
 
-int fl_str_match(const struct fl_str_match *sm, const char *s, size_t len)
+int fl_match_str(const struct fl_str_match *sm, const char *s, size_t len)
 {
     switch (sm->kind) {
     case FL_SM_ANY: return 1;
@@ -70,7 +70,7 @@ static int header_fits(const struct fl_header_match *hm, const struct fl_request
         seen = 1;
         if (hm->m.kind == FL_SM_ABSENT)
             return 0;
-        if (fl_str_match(&hm->m, h->value ? h->value : "", h->value_len))
+        if (fl_match_str(&hm->m, h->value ? h->value : "", h->value_len))
             return 1;
     }
     if (!seen)
@@ -82,7 +82,7 @@ int fl_match_request(const struct fl_match *m, const struct fl_request *req)
 {
     if (m->methods && !(m->methods & (1u << req->method)))
         return 0;
-    if (m->path.kind != FL_SM_ANY && !fl_str_match(&m->path, req->path, req->path_len))
+    if (m->path.kind != FL_SM_ANY && !fl_match_str(&m->path, req->path, req->path_len))
         return 0;
     if (m->has_grpc) {
         if (req->proto != FL_PROTO_GRPC)
@@ -102,7 +102,7 @@ int fl_match_request(const struct fl_match *m, const struct fl_request *req)
     return 1;
 }
 
-int fl_request_set_grpc_path(struct fl_request *req)
+int fl_match_set_grpc_path(struct fl_request *req)
 {
     const char *p = req->path;
     size_t n = req->path_len;

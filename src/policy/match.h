@@ -17,7 +17,7 @@ enum fl_proto {
 };
 
 /* Name for the fault log's "proto" field: "http/1.1", "h2", "grpc", "tcp". */
-const char *fl_proto_name(enum fl_proto p);
+const char *fl_match_proto_name(enum fl_proto p);
 
 struct fl_hdr {
     const char *name; /* as received; compared case-insensitively */
@@ -51,10 +51,10 @@ struct fl_request {
 int fl_match_request(const struct fl_match *m, const struct fl_request *req);
 
 /* Returns 1 if s fits sm (for FL_SM_PRESENT/ABSENT, s == NULL means absent). */
-int fl_str_match(const struct fl_str_match *sm, const char *s, size_t len);
+int fl_match_str(const struct fl_str_match *sm, const char *s, size_t len);
 
 /* Splits a gRPC :path "/pkg.Service/Method" into req's grpc_* fields.
  * Returns 0, or -EINVAL when the path is not of that form. */
-int fl_request_set_grpc_path(struct fl_request *req) FL_WUR;
+int fl_match_set_grpc_path(struct fl_request *req) FL_WUR;
 
 #endif

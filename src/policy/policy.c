@@ -1,7 +1,7 @@
 /* policy: YAML -> immutable snapshot, with every error at file:line:col.
  *
  * The document is loaded whole with libyaml's document API (policies are
- * small), then walked against the schema of DESIGN.md 3.1. The walk never stops
+ * small), then walked against the schema of docs/reference.md, "Policy". The walk never stops
  * at the first error: it records each one and goes on, so a user fixes a file
  * in one round.
  */
@@ -231,7 +231,7 @@ static int get_duration(struct ctx *x, yaml_node_t *v, const char *path, uint64_
     const char *s = expect_str(x, v, path);
     if (!s)
         return -1;
-    if (fl_parse_duration(s, ms) < 0) {
+    if (fl_values_parse_duration(s, ms) < 0) {
         err_at(x, v, "%s: \"%s\" is not a duration; use a number with ms, s, m or h (e.g. 250ms)",
                path, s);
         return -1;
@@ -244,7 +244,7 @@ static int get_percent(struct ctx *x, yaml_node_t *v, const char *path, uint32_t
     const char *s = expect_str(x, v, path);
     if (!s)
         return -1;
-    if (fl_parse_percent(s, ppm) < 0) {
+    if (fl_values_parse_percent(s, ppm) < 0) {
         err_at(x, v, "%s: \"%s\" is not a percentage; use a number from 0 to 100 with at most 4 "
                      "decimals (e.g. 12.5)",
                path, s);
@@ -439,7 +439,7 @@ static void match_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_n
         size_t n;
         char **l = str_list(x, v, path, &n);
         for (size_t i = 0; i < n; i++) {
-            enum fl_method me = fl_method_from_str(l[i], strlen(l[i]));
+            enum fl_method me = fl_values_parse_method(l[i], strlen(l[i]));
             if (me == FL_M_OTHER)
                 err_at(x, v, "%s: unknown method \"%s\"; use GET, HEAD, POST, PUT, DELETE, "
                              "CONNECT, OPTIONS, TRACE or PATCH (upper case)",
@@ -564,7 +564,7 @@ static void abort_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_n
     }
     case 3:
         if ((s = expect_str(x, v, path))) {
-            int g = fl_grpc_status_from_str(s);
+            int g = fl_values_parse_grpc_status(s);
             if (g < 0)
                 err_at(x, v, "%s: \"%s\" is not a gRPC status; use a name such as UNAVAILABLE or "
                              "a number 0-16",
@@ -671,7 +671,7 @@ static void listener_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yam
     if (!(s = expect_str(x, v, path)))
         return;
     if (key == 1) {
-        int n = fl_parse_hostport(s, 1, l->listen_addrs);
+        int n = fl_values_parse_hostport(s, 1, l->listen_addrs);
         if (n < 0)
             err_at(x, v, "%s: \"%s\" is not a listen address; use IP:PORT, [IPv6]:PORT, "
                          "localhost:PORT or *:PORT",
@@ -682,7 +682,7 @@ static void listener_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yam
         }
     } else {
         struct sockaddr_storage a[2];
-        int n = fl_parse_hostport(s, 0, a);
+        int n = fl_values_parse_hostport(s, 0, a);
         if (n < 0)
             err_at(x, v, "%s: \"%s\" is not a reachable upstream; use HOST:PORT or [IPv6]:PORT%s",
                    path, s, n == -ENOENT ? " (the host name does not resolve)" : "");
@@ -1248,7 +1248,7 @@ struct fl_rule *fl_policy_find_rule(const struct fl_policy *p, const char *name)
     return NULL;
 }
 
-int fl_rule_abort_status(const struct fl_rule *r)
+int fl_policy_rule_abort_status(const struct fl_rule *r)
 {
     int live = atomic_load_explicit(&((struct fl_rule *)r)->live.abort_status, memory_order_relaxed);
     if (live)
@@ -1256,7 +1256,7 @@ int fl_rule_abort_status(const struct fl_rule *r)
     return r->abort.status ? r->abort.status : 503;
 }
 
-int fl_rule_applies_to(const struct fl_rule *r, const char *scope)
+int fl_policy_rule_applies_to(const struct fl_rule *r, const char *scope)
 {
     if (r->n_on == 0)
         return 1;
@@ -1266,28 +1266,28 @@ int fl_rule_applies_to(const struct fl_rule *r, const char *scope)
     return 0;
 }
 
-int fl_rule_has_kind(const struct fl_rule *r, enum fl_fault_kind k)
+int fl_policy_rule_has_kind(const struct fl_rule *r, enum fl_fault_kind k)
 {
     return k == FL_FAULT_DELAY   ? r->delay.enabled
            : k == FL_FAULT_ABORT ? r->abort.enabled
                                  : r->reset.enabled;
 }
 
-uint32_t fl_rule_file_ppm(const struct fl_rule *r, enum fl_fault_kind k)
+uint32_t fl_policy_rule_file_ppm(const struct fl_rule *r, enum fl_fault_kind k)
 {
     return k == FL_FAULT_DELAY ? r->delay.ppm : k == FL_FAULT_ABORT ? r->abort.ppm : r->reset.ppm;
 }
 
-atomic_uint *fl_rule_live_ppm(struct fl_rule *r, enum fl_fault_kind k)
+atomic_uint *fl_policy_rule_live_ppm(struct fl_rule *r, enum fl_fault_kind k)
 {
     return k == FL_FAULT_DELAY   ? &r->live.delay_ppm
            : k == FL_FAULT_ABORT ? &r->live.abort_ppm
                                  : &r->live.reset_ppm;
 }
 
-uint32_t fl_rule_ppm(const struct fl_rule *r, enum fl_fault_kind k)
+uint32_t fl_policy_rule_ppm(const struct fl_rule *r, enum fl_fault_kind k)
 {
-    uint32_t v = atomic_load_explicit(fl_rule_live_ppm((struct fl_rule *)r, k),
+    uint32_t v = atomic_load_explicit(fl_policy_rule_live_ppm((struct fl_rule *)r, k),
                                       memory_order_relaxed);
-    return v == UINT32_MAX ? fl_rule_file_ppm(r, k) : v;
+    return v == UINT32_MAX ? fl_policy_rule_file_ppm(r, k) : v;
 }

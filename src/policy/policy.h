@@ -189,22 +189,22 @@ void fl_policy_unref(struct fl_policy *p);
 
 /* The HTTP status an abort answers with: the live override, else the file's,
  * else 503 (a gRPC-only abort seen on plain HTTP). */
-int fl_rule_abort_status(const struct fl_rule *r);
+int fl_policy_rule_abort_status(const struct fl_rule *r);
 
 /* Does r have a fault of kind k? */
-int fl_rule_has_kind(const struct fl_rule *r, enum fl_fault_kind k);
+int fl_policy_rule_has_kind(const struct fl_rule *r, enum fl_fault_kind k);
 /* Kind k's percent (ppm) as in the file. */
-uint32_t fl_rule_file_ppm(const struct fl_rule *r, enum fl_fault_kind k);
+uint32_t fl_policy_rule_file_ppm(const struct fl_rule *r, enum fl_fault_kind k);
 /* Kind k's live override (UINT32_MAX: none), for the admin API to set. */
-atomic_uint *fl_rule_live_ppm(struct fl_rule *r, enum fl_fault_kind k);
+atomic_uint *fl_policy_rule_live_ppm(struct fl_rule *r, enum fl_fault_kind k);
 /* Kind k's percent (ppm) in force: the live override, else the file's. */
-uint32_t fl_rule_ppm(const struct fl_rule *r, enum fl_fault_kind k);
+uint32_t fl_policy_rule_ppm(const struct fl_rule *r, enum fl_fault_kind k);
 
 /* Returns the rule named name, or NULL. */
 struct fl_rule *fl_policy_find_rule(const struct fl_policy *p, const char *name);
 
 /* Does rule r apply to traffic arriving through the listener/target named scope? */
-int fl_rule_applies_to(const struct fl_rule *r, const char *scope);
+int fl_policy_rule_applies_to(const struct fl_rule *r, const char *scope);
 
 
 #endif

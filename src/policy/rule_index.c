@@ -138,11 +138,11 @@ static int fits(const struct fl_policy *p, uint32_t i, const char *scope,
 {
     const struct fl_rule *r = &p->rules[i];
     return atomic_load_explicit(&r->live.enabled, memory_order_relaxed) &&
-           fl_rule_applies_to(r, scope) && fl_match_request(&r->match, req);
+           fl_policy_rule_applies_to(r, scope) && fl_match_request(&r->match, req);
 }
 
 struct fl_rule *fl_rule_index_first(const struct fl_policy *p, const char *scope,
-                                 const struct fl_request *req)
+                                    const struct fl_request *req)
 {
     const struct fl_rule_index *ix = p->index;
     /* Rules are immutable but for their live atomics; the casts reach those. */
@@ -156,8 +156,8 @@ struct fl_rule *fl_rule_index_first(const struct fl_policy *p, const char *scope
     uint32_t ng = ix->n_generic[req->method < FL_M__COUNT ? req->method : FL_M_OTHER];
     const uint32_t *b = NULL;
     uint32_t nb = 0;
-    const struct seg_bucket *bk =
-        bucket_find((struct fl_rule_index *)ix, req->path, request_seg(req->path, req->path_len), 0);
+    const struct seg_bucket *bk = bucket_find((struct fl_rule_index *)ix, req->path,
+                                              request_seg(req->path, req->path_len), 0);
     if (bk) {
         b = bk->rules;
         nb = bk->n;

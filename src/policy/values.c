@@ -14,7 +14,7 @@
 static const char *const method_names[FL_M__COUNT] = {
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER"};
 
-enum fl_method fl_method_from_str(const char *s, size_t len)
+enum fl_method fl_values_parse_method(const char *s, size_t len)
 {
     for (int i = 0; i < FL_M_OTHER; i++)
         if (strlen(method_names[i]) == len && memcmp(method_names[i], s, len) == 0)
@@ -22,19 +22,18 @@ enum fl_method fl_method_from_str(const char *s, size_t len)
     return FL_M_OTHER;
 }
 
-const char *fl_method_name(enum fl_method m)
+const char *fl_values_method_name(enum fl_method m)
 {
     return (unsigned)m < FL_M__COUNT ? method_names[m] : "OTHER";
 }
 
 static const char *const grpc_names[17] = {
-    "OK",           "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED", "NOT_FOUND",     "ALREADY_EXISTS",    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",    "OUT_OF_RANGE",
-    "UNIMPLEMENTED", "INTERNAL",          "UNAVAILABLE",       "DATA_LOSS",
-    "UNAUTHENTICATED"};
+    "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+    "DATA_LOSS", "UNAUTHENTICATED"};
 
-int fl_grpc_status_from_str(const char *s)
+int fl_values_parse_grpc_status(const char *s)
 {
     char *end;
     if (isdigit((unsigned char)s[0])) {
@@ -47,7 +46,7 @@ int fl_grpc_status_from_str(const char *s)
     return -EINVAL;
 }
 
-const char *fl_grpc_status_name(int code)
+const char *fl_values_grpc_status_name(int code)
 {
     return code >= 0 && code <= 16 ? grpc_names[code] : "UNKNOWN";
 }
@@ -86,7 +85,7 @@ static int parse_fixed(const char *s, int scale, uint64_t *out, int *decimals_ou
     return 0;
 }
 
-int fl_parse_duration(const char *s, uint64_t *ms)
+int fl_values_parse_duration(const char *s, uint64_t *ms)
 {
     char num[64];
     size_t i = 0;
@@ -118,7 +117,7 @@ int fl_parse_duration(const char *s, uint64_t *ms)
     return 0;
 }
 
-int fl_parse_percent(const char *s, uint32_t *ppm)
+int fl_values_parse_percent(const char *s, uint32_t *ppm)
 {
     uint64_t v;
     int r = parse_fixed(s, 4, &v, NULL);
@@ -128,7 +127,7 @@ int fl_parse_percent(const char *s, uint32_t *ppm)
     return 0;
 }
 
-int fl_parse_hostport(const char *s, int for_listen, struct sockaddr_storage addrs[2])
+int fl_values_parse_hostport(const char *s, int for_listen, struct sockaddr_storage addrs[2])
 {
     char host[256];
     const char *colon;

@@ -28,21 +28,21 @@ enum fl_method {
 };
 
 /* Returns the enum for a method name (case-sensitive, as on the wire), or FL_M_OTHER. */
-enum fl_method fl_method_from_str(const char *s, size_t len);
-const char *fl_method_name(enum fl_method m);
+enum fl_method fl_values_parse_method(const char *s, size_t len);
+const char *fl_values_method_name(enum fl_method m);
 
 /* Parses "250ms", "2s", "5m", "1h" into milliseconds. Returns 0 or -EINVAL. */
-int fl_parse_duration(const char *s, uint64_t *ms) FL_WUR;
+int fl_values_parse_duration(const char *s, uint64_t *ms) FL_WUR;
 
 /* Parses a percent "12.5" (0-100, at most 4 decimals) into ppm. Returns 0 or -EINVAL. */
-int fl_parse_percent(const char *s, uint32_t *ppm) FL_WUR;
+int fl_values_parse_percent(const char *s, uint32_t *ppm) FL_WUR;
 
 /* Parses a gRPC status name ("UNAVAILABLE") or number ("14"). Returns 0-16 or -EINVAL. */
-int fl_grpc_status_from_str(const char *s);
-const char *fl_grpc_status_name(int code);
+int fl_values_parse_grpc_status(const char *s);
+const char *fl_values_grpc_status_name(int code);
 
 /* Parses "host:port" / "[v6]:port" into addrs (up to 2, see fl_listener_spec).
  * for_listen allows "*:P" and ":P". Returns the count (>0) or -EINVAL. */
-int fl_parse_hostport(const char *s, int for_listen, struct sockaddr_storage addrs[2]);
+int fl_values_parse_hostport(const char *s, int for_listen, struct sockaddr_storage addrs[2]);
 
 #endif

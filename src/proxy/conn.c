@@ -11,6 +11,9 @@
 
 #define FL_WREQ_MAX_FREE 256
 
+uint64_t fl_conn_header_timeout_ms = 30000;
+uint64_t fl_conn_idle_timeout_ms = 15 * 60 * 1000;
+
 /* A write in flight. It holds the chunk whose bytes it sends, or owns a copy. */
 struct fl_wreq {
     uv_write_t req;

@@ -16,7 +16,7 @@
 #include <sys/socket.h>
 #include <uv.h>
 
-#include "buf.h"
+#include "chunk.h"
 #include "policy.h"
 #include "worker.h"
 
@@ -71,8 +71,8 @@ typedef int (*fl_conn_socket_fn)(int netns_fd, int family, int *fd);
  * --header-timeout / --idle-timeout): a request head must arrive within the
  * first once it has begun (slowloris; answered 408), and a keep-alive
  * connection with nothing in flight is closed after the second. */
-extern uint64_t fl_header_timeout_ms;
-extern uint64_t fl_idle_timeout_ms;
+extern uint64_t fl_conn_header_timeout_ms;
+extern uint64_t fl_conn_idle_timeout_ms;
 
 struct fl_side {
     uv_tcp_t tcp;

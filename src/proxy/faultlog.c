@@ -33,13 +33,13 @@ void fl_faultlog_close(void)
     log_fd = -1;
 }
 
-void fl_logbuf_init(struct fl_logbuf *lb, uv_loop_t *loop)
+void fl_faultlog_buf_init(struct fl_faultlog_buf *lb, uv_loop_t *loop)
 {
     memset(lb, 0, sizeof(*lb));
     lb->loop = loop;
 }
 
-void fl_logbuf_fini(struct fl_logbuf *lb)
+void fl_faultlog_buf_fini(struct fl_faultlog_buf *lb)
 {
     free(lb->buf);
     free(lb->inflight);
@@ -48,11 +48,11 @@ void fl_logbuf_fini(struct fl_logbuf *lb)
     lb->len = lb->cap = 0;
 }
 
-static void flush_async(struct fl_logbuf *lb);
+static void flush_async(struct fl_faultlog_buf *lb);
 
 static void write_cb(uv_fs_t *req)
 {
-    struct fl_logbuf *lb = req->data;
+    struct fl_faultlog_buf *lb = req->data;
     ssize_t r = req->result;
     uv_fs_req_cleanup(req);
     if (r < 0) {
@@ -79,7 +79,7 @@ static void write_cb(uv_fs_t *req)
         flush_async(lb);
 }
 
-static void flush_async(struct fl_logbuf *lb)
+static void flush_async(struct fl_faultlog_buf *lb)
 {
     if (lb->busy || lb->len == 0 || log_fd < 0 || !lb->loop)
         return;
@@ -101,7 +101,7 @@ static void flush_async(struct fl_logbuf *lb)
     }
 }
 
-static void append(struct fl_logbuf *lb, const char *s, size_t n)
+static void append(struct fl_faultlog_buf *lb, const char *s, size_t n)
 {
     if (lb->len + n > FL_LOG_CAP) {
         atomic_fetch_add_explicit(&fl_faultlog_dropped, 1, memory_order_relaxed);
@@ -123,7 +123,9 @@ static void append(struct fl_logbuf *lb, const char *s, size_t n)
     lb->len += n;
 }
 
-size_t fl_json_escape(char *out, size_t cap, size_t pos, const char *s, size_t len)
+/* Appends s as a JSON string body (escaped, no quotes) into out (cap bytes),
+ * returning the new length, truncating safely. */
+static size_t json_escape(char *out, size_t cap, size_t pos, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
     for (size_t i = 0; i < len; i++) {
@@ -160,11 +162,11 @@ static size_t put_str(char *out, size_t cap, size_t pos, const char *key, const 
                       size_t len)
 {
     pos = put(out, cap, pos, key);
-    pos = fl_json_escape(out, cap, pos, s ? s : "", s ? len : 0);
+    pos = json_escape(out, cap, pos, s ? s : "", s ? len : 0);
     return put(out, cap, pos, "\"");
 }
 
-void fl_faultlog_emit(struct fl_logbuf *lb, const struct fl_fault_event *ev)
+void fl_faultlog_emit(struct fl_faultlog_buf *lb, const struct fl_fault_event *ev)
 {
     char line[4096];
     char ts[32], num[64], addr[64];
@@ -192,7 +194,7 @@ void fl_faultlog_emit(struct fl_logbuf *lb, const struct fl_fault_event *ev)
     }
     if (rq) {
         pos = put(line, sizeof(line), pos, ",\"proto\":\"");
-        pos = put(line, sizeof(line), pos, fl_proto_name(rq->proto));
+        pos = put(line, sizeof(line), pos, fl_match_proto_name(rq->proto));
         pos = put(line, sizeof(line), pos, "\"");
         pos = put_str(line, sizeof(line), pos, ",\"method\":\"", rq->method_str, rq->method_len);
         pos = put_str(line, sizeof(line), pos, ",\"path\":\"", rq->path, rq->target_len);
@@ -212,7 +214,7 @@ void fl_faultlog_emit(struct fl_logbuf *lb, const struct fl_fault_event *ev)
     fl_faultlog_emit_raw(lb, line, pos);
 }
 
-void fl_faultlog_emit_raw(struct fl_logbuf *lb, const char *json, size_t len)
+void fl_faultlog_emit_raw(struct fl_faultlog_buf *lb, const char *json, size_t len)
 {
     if (fl_faultlog_tap)
         fl_faultlog_tap(json, len);
@@ -221,7 +223,7 @@ void fl_faultlog_emit_raw(struct fl_logbuf *lb, const char *json, size_t len)
     flush_async(lb);
 }
 
-void fl_logbuf_flush_sync(struct fl_logbuf *lb)
+void fl_faultlog_buf_flush_sync(struct fl_faultlog_buf *lb)
 {
     if (log_fd < 0)
         return;

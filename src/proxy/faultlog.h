@@ -1,4 +1,4 @@
-/* faultlog: one JSON line per injected fault (DESIGN.md 3.3).
+/* faultlog: one JSON line per injected fault (docs/reference.md, "Fault log").
  *
  * Each worker appends to its own buffer and flushes it with an asynchronous
  * uv_fs_write, so the event loop never waits on the log's disk or pipe. Lines
@@ -21,7 +21,7 @@
 
 #define FL_LOG_CAP (8u << 20)
 
-struct fl_logbuf {
+struct fl_faultlog_buf {
     char *buf; /* lines not yet handed to the kernel */
     size_t len, cap;
     char *inflight; /* buffer of the write in progress */
@@ -55,20 +55,17 @@ extern void (*fl_faultlog_tap)(const char *line, size_t len);
 
 extern atomic_ullong fl_faultlog_dropped;
 
-void fl_logbuf_init(struct fl_logbuf *lb, uv_loop_t *loop);
-void fl_logbuf_fini(struct fl_logbuf *lb);
+void fl_faultlog_buf_init(struct fl_faultlog_buf *lb, uv_loop_t *loop);
+void fl_faultlog_buf_fini(struct fl_faultlog_buf *lb);
 
 /* Formats and queues one fault line. Never blocks. */
-void fl_faultlog_emit(struct fl_logbuf *lb, const struct fl_fault_event *ev);
+void fl_faultlog_emit(struct fl_faultlog_buf *lb, const struct fl_fault_event *ev);
 
 /* Queues an arbitrary pre-formatted JSON object line (events such as reloads). */
-void fl_faultlog_emit_raw(struct fl_logbuf *lb, const char *json, size_t len);
+void fl_faultlog_emit_raw(struct fl_faultlog_buf *lb, const char *json, size_t len);
 
 /* Writes out everything queued, blocking; for shutdown. */
-void fl_logbuf_flush_sync(struct fl_logbuf *lb);
+void fl_faultlog_buf_flush_sync(struct fl_faultlog_buf *lb);
 
-/* Appends s as a JSON string body (escaped, no quotes) into out (cap bytes),
- * returning the new length, truncating safely. */
-size_t fl_json_escape(char *out, size_t cap, size_t pos, const char *s, size_t len);
 
 #endif

@@ -781,7 +781,7 @@ static void log_fault(struct fl_conn *c, struct h2_stream *st, enum fl_fault_kin
         if (st->grpc && r->abort.grpc_status >= 0)
             ev.grpc_status = r->abort.grpc_status;
         else
-            ev.status = fl_rule_abort_status(r);
+            ev.status = fl_policy_rule_abort_status(r);
     }
     fl_faultlog_emit(&c->w->log, &ev);
 }
@@ -794,7 +794,7 @@ static void do_abort(struct fl_conn *c, struct h2_stream *st)
         (void)answer(c, st, 0, a->grpc_status, a->message, a->headers, a->n_headers, NULL, 0,
                      r->name);
     else
-        (void)answer(c, st, fl_rule_abort_status(r), -1, NULL, a->headers, a->n_headers,
+        (void)answer(c, st, fl_policy_rule_abort_status(r), -1, NULL, a->headers, a->n_headers,
                      a->body, a->body_len, r->name);
     fl_fault_release();
 }
@@ -836,13 +836,13 @@ static void fill_request(struct h2_stream *st, const struct h2_hdrs *hd, struct 
     if (!rq->method_str) {
         rq->method_str = "";
     }
-    rq->method = fl_method_from_str(rq->method_str, rq->method_len);
+    rq->method = fl_values_parse_method(rq->method_str, rq->method_len);
     if (!rq->path)
         rq->path = "";
     const char *q = memchr(rq->path, '?', rq->target_len);
     rq->path_len = q ? (size_t)(q - rq->path) : rq->target_len;
     rq->proto = st->grpc ? FL_PROTO_GRPC : FL_PROTO_H2;
-    if (st->grpc && fl_request_set_grpc_path(rq) < 0) {
+    if (st->grpc && fl_match_set_grpc_path(rq) < 0) {
         rq->grpc_service = NULL;
         rq->grpc_method = NULL;
     }
@@ -927,7 +927,7 @@ static void linger_cb(uv_timer_t *t)
 
 static void go_away(struct fl_conn *c, uint32_t code);
 
-/* No stream open since h->idle_since: after fl_idle_timeout_ms the client is
+/* No stream open since h->idle_since: after fl_conn_idle_timeout_ms the client is
  * told GOAWAY and the connection closes. The deadline is lazy, like HTTP/1's:
  * streams coming and going only move idle_since, and a timer that fires early
  * re-arms for the rest. */
@@ -938,8 +938,8 @@ static void idle_cb(uv_timer_t *t)
     uint64_t now = fl_worker_now(c->w);
     if (c->closing || h->closing || h->n_streams)
         return; /* armed again when the last stream ends */
-    if (now - h->idle_since < fl_idle_timeout_ms) {
-        uv_timer_start(&c->timer, idle_cb, fl_idle_timeout_ms - (now - h->idle_since), 0);
+    if (now - h->idle_since < fl_conn_idle_timeout_ms) {
+        uv_timer_start(&c->timer, idle_cb, fl_conn_idle_timeout_ms - (now - h->idle_since), 0);
         return;
     }
     go_away(c, NGHTTP2_NO_ERROR);
@@ -957,7 +957,7 @@ static void became_idle(struct fl_conn *c)
     }
     h->idle_since = fl_worker_now(c->w);
     if (!uv_is_active((uv_handle_t *)&c->timer))
-        uv_timer_start(&c->timer, idle_cb, fl_idle_timeout_ms, 0);
+        uv_timer_start(&c->timer, idle_cb, fl_conn_idle_timeout_ms, 0);
 }
 
 /* Closing: the last bytes get FL_H2_LINGER_MS to leave. */

@@ -38,8 +38,6 @@
 #define H1_MAX_HEAD FL_CHUNK_CAP /* request head limit (about 64 KiB): 431 above */
 #define H1_MAX_HDRS 100
 #define H1_LINGER_MS 2000
-uint64_t fl_header_timeout_ms = 30000;
-uint64_t fl_idle_timeout_ms = 15 * 60 * 1000;
 
 #define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -346,7 +344,7 @@ static void client_timer_cb(uv_timer_t *t)
         char peer[64];
         fl_addr_str((struct sockaddr *)&c->src, peer, sizeof(peer));
         fl_warn("request from %s: header section not complete after %llu ms; answered 408", peer,
-                (unsigned long long)fl_header_timeout_ms);
+                (unsigned long long)fl_conn_header_timeout_ms);
         head_release(h);
         scratch_release(h);
         release_input(h);
@@ -367,7 +365,7 @@ static int h1_waiting(const struct h1 *h)
 static void arm_client_timer(struct fl_conn *c, int header)
 {
     struct h1 *h = c->proto;
-    uint64_t ms = header ? fl_header_timeout_ms : fl_idle_timeout_ms;
+    uint64_t ms = header ? fl_conn_header_timeout_ms : fl_conn_idle_timeout_ms;
     if (h->lingering)
         return;
     h->tkind = header ? T_HEADER : T_IDLE;
@@ -531,7 +529,7 @@ static void answer_abort(struct fl_conn *c, const struct fl_rule *r, uint8_t met
 {
     struct h1 *h = c->proto;
     const struct fl_abort *a = &r->abort;
-    int status = fl_rule_abort_status(r);
+    int status = fl_policy_rule_abort_status(r);
     struct fl_chunk *ch = build_response(c, status, r->name, a->headers, a->n_headers, a->body,
                                          a->body_len, method == HTTP_HEAD, close);
     head_release(h);
@@ -570,7 +568,7 @@ static void fill_request(struct h1 *h, struct fl_request *rq)
     rq->proto = FL_PROTO_HTTP1;
     rq->method_str = m;
     rq->method_len = strlen(m);
-    rq->method = fl_method_from_str(m, rq->method_len);
+    rq->method = fl_values_parse_method(m, rq->method_len);
     rq->path = sc->url ? sc->url : "";
     rq->target_len = sc->url_len;
     const char *q = memchr(rq->path, '?', rq->target_len);
@@ -617,7 +615,7 @@ static void on_head(struct fl_conn *c)
     if (d.delay)
         log_fault(c, d.rule, FL_FAULT_DELAY, d.delay_ms, 0, &rq);
     if (d.abort)
-        log_fault(c, d.rule, FL_FAULT_ABORT, 0, fl_rule_abort_status(d.rule),
+        log_fault(c, d.rule, FL_FAULT_ABORT, 0, fl_policy_rule_abort_status(d.rule),
                   &rq);
     scratch_release(h);
     if (d.delay) {

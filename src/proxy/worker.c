@@ -14,7 +14,7 @@ int fl_worker_init(struct fl_worker *w, uv_loop_t *loop, int index)
     memset(w, 0, sizeof(*w));
     w->loop = loop;
     w->index = index;
-    fl_logbuf_init(&w->log, loop);
+    fl_faultlog_buf_init(&w->log, loop);
     fl_rng_seed(&w->rng, ((uint64_t)uv_hrtime() << 8) ^ (uint64_t)index);
     /* uv_hrtime() reads CLOCK_MONOTONIC, so deadlines from it arm this directly. */
     w->hold_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -168,9 +168,9 @@ void fl_worker_fini(struct fl_worker *w)
     free(w->holds);
     w->holds = NULL;
     w->n_holds = w->cap_holds = 0;
-    fl_pool_drain(&w->pool);
+    fl_chunk_pool_drain(&w->pool);
     fl_slab_drain(&w->slab);
-    fl_logbuf_fini(&w->log);
+    fl_faultlog_buf_fini(&w->log);
     fl_policy_unref(w->policy);
     w->policy = NULL;
 }

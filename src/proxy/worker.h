@@ -11,7 +11,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "buf.h"
+#include "chunk.h"
+#include "slab.h"
 #include "fault.h"
 #include "faultlog.h"
 #include "policy.h"
@@ -35,13 +36,13 @@ struct fl_hold {
 struct fl_worker {
     uv_loop_t *loop;
     int index;
-    struct fl_pool pool;
+    struct fl_chunk_pool pool;
     struct fl_slab slab; /* nghttp2's small objects */
     struct fl_wreq *free_wreqs;
     unsigned n_free_wreqs;
     struct fl_rng rng;
     struct fl_policy *policy; /* current snapshot (one reference) */
-    struct fl_logbuf log;
+    struct fl_faultlog_buf log;
     struct fl_conn *conns; /* conn.c's list */
     unsigned n_conns;
     struct fl_listener *listeners; /* listener.c's list */

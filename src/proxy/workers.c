@@ -98,7 +98,7 @@ static void wt_main(void *arg)
     snprintf(name, sizeof(name), "fl-worker-%d", t->w.index);
     pthread_setname_np(pthread_self(), name);
     uv_run(&t->loop, UV_RUN_DEFAULT);
-    fl_logbuf_flush_sync(&t->w.log);
+    fl_faultlog_buf_flush_sync(&t->w.log);
 }
 
 static void wt_post(struct wthread *t, struct fl_policy *p, int drain, int close_all)
@@ -302,7 +302,7 @@ void fl_workers_fini(void)
         return;
     /* Every write the loop had queued is done or cancelled; what is left in the
      * buffer goes out synchronously so no fault line is lost. */
-    fl_logbuf_flush_sync(&workers.w0.log);
+    fl_faultlog_buf_flush_sync(&workers.w0.log);
     fl_conn_pool_drain(&workers.w0);
     fl_worker_fini(&workers.w0);
     workers.w0_ready = 0;

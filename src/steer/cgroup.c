@@ -29,7 +29,7 @@ static void unescape_octal(char *s)
     *w = '\0';
 }
 
-int fl_cgroup2_mount(char *buf, size_t len)
+int fl_cgroup_mountpoint(char *buf, size_t len)
 {
     FILE *f = fopen("/proc/self/mountinfo", "re");
     char *line = NULL;
@@ -101,7 +101,7 @@ int fl_cgroup_of_pid(int pid, char *buf, size_t len)
     FILE *f;
     int ret;
 
-    ret = fl_cgroup2_mount(mnt, sizeof(mnt));
+    ret = fl_cgroup_mountpoint(mnt, sizeof(mnt));
     if (ret)
         return ret;
     if (pid)

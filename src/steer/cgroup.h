@@ -1,8 +1,8 @@
-/* cgroup: cgroup v2 look-ups for transparent mode (DESIGN.md 2.2): where the
- * cgroup2 hierarchy is mounted, a directory's cgroup id (what the BPF hooks
- * see), a process's cgroup, and the network namespace of a pod cgroup. Plain
- * file-system reads; no BPF, no event loop: call them off the loop (the pod
- * scan runs on libuv's thread pool) or before it runs. */
+/* cgroup: cgroup v2 look-ups for transparent mode (docs/architecture.md, "The steering path"):
+ * where the cgroup2 hierarchy is mounted, a directory's cgroup id (what the BPF hooks see), a
+ * process's cgroup, and the network namespace of a pod cgroup. Plain file-system reads; no BPF, no
+ * event loop: call them off the loop (the pod scan runs on libuv's thread pool) or before it runs.
+ */
 #ifndef FL_CGROUP_H
 #define FL_CGROUP_H
 
@@ -13,7 +13,7 @@
 
 /* Finds the cgroup2 mount point in /proc/self/mountinfo (e.g. /sys/fs/cgroup or
  * /sys/fs/cgroup/unified on hybrid hosts). Returns 0 or -ENOENT. */
-int fl_cgroup2_mount(char *buf, size_t len) FL_WUR;
+int fl_cgroup_mountpoint(char *buf, size_t len) FL_WUR;
 
 /* The cgroup v2 id (what bpf_get_current_cgroup_id returns) of the directory
  * at path. Returns 0 or a negative errno. */

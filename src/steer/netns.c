@@ -251,8 +251,8 @@ static int route_job_fn(void *arg)
 {
     struct route_job *j = arg;
     socklen_t sl = sizeof(j->src);
-    socklen_t dl = j->dst->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                  : sizeof(struct sockaddr_in);
+    socklen_t dl =
+        j->dst->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
     int ret = 0, fd = socket(j->dst->sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 
     if (fd < 0)

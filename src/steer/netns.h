@@ -1,4 +1,4 @@
-/* netns: sockets inside other network namespaces (DESIGN.md 2.2).
+/* netns: sockets inside other network namespaces (docs/architecture.md, "The steering path").
  *
  * Two ways in. The fl_netns_* calls without "here" run their work on a
  * short-lived helper thread that joins the netns, so the caller's own netns

@@ -1,5 +1,5 @@
 /* pods: finding the pods a policy's targets select, and keeping the kernel's
- * view of them in step (DESIGN.md 2.2).
+ * view of them in step (docs/architecture.md, "The steering path").
  *
  * A scan expands every target's cgroup patterns (globs over cgroupfs) and
  * finds each pod's netns on libuv's thread pool, opening the proxy's
@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "bpf_loader.h"
+#include "bpf.h"
 #include "compiler.h"
 #include "policy.h"
 

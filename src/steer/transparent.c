@@ -25,7 +25,7 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "bpf_loader.h"
+#include "bpf.h"
 #include "cgroup.h"
 #include "conn.h"
 #include "faultline.h"
@@ -404,11 +404,11 @@ static void watchdog(void *arg)
     pthread_setname_np(pthread_self(), "fl-watchdog");
     uv_mutex_lock(&tp.wd_mu);
     while (!tp.wd_stop) {
-        (void)uv_cond_timedwait(&tp.wd_cond, &tp.wd_mu, FL_TP_HEARTBEAT_MS * 1000000ull);
+        (void)uv_cond_timedwait(&tp.wd_cond, &tp.wd_mu, FL_TRANSPARENT_HEARTBEAT_MS * 1000000ull);
         if (tp.wd_stop)
             break;
         uint64_t age_ms = (uv_hrtime() - atomic_load(&tp.heartbeat_ns)) / 1000000;
-        if (age_ms > FL_TP_STALL_MS && !tp.failed_open) {
+        if (age_ms > FL_TRANSPARENT_STALL_MS && !tp.failed_open) {
             tp.failed_open = 1;
             fl_bpf_set_enabled(tp.bpf, 0);
             atomic_store(&tp.enabled, 0);
@@ -416,7 +416,7 @@ static void watchdog(void *arg)
             fl_warn("the event loop has not turned for %llu ms: redirection is off (fail-open), "
                     "new connections go direct until it turns again",
                     (unsigned long long)age_ms);
-        } else if (age_ms <= FL_TP_STALL_MS && tp.failed_open) {
+        } else if (age_ms <= FL_TRANSPARENT_STALL_MS && tp.failed_open) {
             tp.failed_open = 0;
             if (!tp.draining) {
                 fl_bpf_set_enabled(tp.bpf, 1);
@@ -476,7 +476,7 @@ static int join_own_cgroup(char *err, size_t errlen)
     char mnt[PATH_MAX];
     int e;
 
-    if ((e = fl_cgroup2_mount(mnt, sizeof(mnt))) < 0 ||
+    if ((e = fl_cgroup_mountpoint(mnt, sizeof(mnt))) < 0 ||
         (e = fl_cgroup_of_pid(0, tp.orig_cg, sizeof(tp.orig_cg))) < 0) {
         snprintf(err, errlen, "cannot find the daemon's cgroup v2: %s", strerror(-e));
         return e;
@@ -506,7 +506,7 @@ static void leave_own_cgroup(void)
     char mnt[PATH_MAX];
 
     if (tp.joined && write_pid(tp.orig_cg, (int)getpid()) < 0 &&
-        fl_cgroup2_mount(mnt, sizeof(mnt)) == 0)
+        fl_cgroup_mountpoint(mnt, sizeof(mnt)) == 0)
         (void)write_pid(mnt, (int)getpid());
     tp.joined = 0;
     if (tp.cg[0] && rmdir(tp.cg) != 0)
@@ -530,7 +530,7 @@ static int set_policy(const struct fl_policy *p)
         return -ENOMEM;
     for (size_t t = 0; t < p->n_targets; t++)
         for (size_t r = 0; r < p->n_rules; r++)
-            if (p->rules[r].delay.enabled && fl_rule_applies_to(&p->rules[r], p->targets[t].name))
+            if (p->rules[r].delay.enabled && fl_policy_rule_applies_to(&p->rules[r], p->targets[t].name))
                 na[t] = 1;
     free(tp.noaccel);
     tp.noaccel = na;
@@ -540,7 +540,7 @@ static int set_policy(const struct fl_policy *p)
     return 0;
 }
 
-int fl_tp_probe(char *err, size_t errlen)
+int fl_transparent_probe(char *err, size_t errlen)
 {
     char msg[512];
 
@@ -551,7 +551,7 @@ int fl_tp_probe(char *err, size_t errlen)
     return 0;
 }
 
-int fl_tp_start(struct fl_worker *w, const struct fl_policy *p, const struct fl_tp_opts *o,
+int fl_transparent_start(struct fl_worker *w, const struct fl_policy *p, const struct fl_transparent_opts *o,
                 char *err, size_t errlen, int *requirement)
 {
     struct fl_bpf_opts bo = {0};
@@ -560,7 +560,7 @@ int fl_tp_start(struct fl_worker *w, const struct fl_policy *p, const struct fl_
     *requirement = 0;
     if (tp.started)
         return -EALREADY;
-    if ((e = fl_tp_probe(err, errlen)) < 0) {
+    if ((e = fl_transparent_probe(err, errlen)) < 0) {
         *requirement = 1;
         return e;
     }
@@ -600,9 +600,9 @@ int fl_tp_start(struct fl_worker *w, const struct fl_policy *p, const struct fl_
 
     uv_timer_init(w->loop, &tp.scan_timer);
     uv_timer_init(w->loop, &tp.hb_timer);
-    uv_timer_start(&tp.scan_timer, scan_timer_cb, FL_TP_RESCAN_MS, FL_TP_RESCAN_MS);
+    uv_timer_start(&tp.scan_timer, scan_timer_cb, FL_TRANSPARENT_RESCAN_MS, FL_TRANSPARENT_RESCAN_MS);
     atomic_store(&tp.heartbeat_ns, uv_hrtime());
-    uv_timer_start(&tp.hb_timer, hb_cb, FL_TP_HEARTBEAT_MS, FL_TP_HEARTBEAT_MS);
+    uv_timer_start(&tp.hb_timer, hb_cb, FL_TRANSPARENT_HEARTBEAT_MS, FL_TRANSPARENT_HEARTBEAT_MS);
     uv_mutex_init(&tp.wd_mu);
     uv_cond_init(&tp.wd_cond);
     tp.wd_stop = 0;
@@ -626,7 +626,7 @@ fail_cg:
     return e;
 }
 
-int fl_tp_check(const struct fl_policy *p, char *err, size_t errlen)
+int fl_transparent_check(const struct fl_policy *p, char *err, size_t errlen)
 {
     uint16_t port = p->proxy_port ? p->proxy_port : FL_DEFAULT_PORT;
 
@@ -646,9 +646,9 @@ int fl_tp_check(const struct fl_policy *p, char *err, size_t errlen)
     return 0;
 }
 
-int fl_tp_apply(const struct fl_policy *p, char *err, size_t errlen)
+int fl_transparent_apply(const struct fl_policy *p, char *err, size_t errlen)
 {
-    int e = fl_tp_check(p, err, errlen);
+    int e = fl_transparent_check(p, err, errlen);
 
     if (e < 0 || !tp.started)
         return e;
@@ -661,7 +661,7 @@ int fl_tp_apply(const struct fl_policy *p, char *err, size_t errlen)
     return 0;
 }
 
-void fl_tp_drain(void)
+void fl_transparent_drain(void)
 {
     if (!tp.started || tp.draining)
         return;
@@ -676,7 +676,7 @@ void fl_tp_drain(void)
         ns_close(tp.nss, NULL);
 }
 
-void fl_tp_stats(struct fl_tp_stats *st)
+void fl_transparent_stats(struct fl_transparent_stats *st)
 {
     struct fl_bpf_stats bs = {0};
 
@@ -699,9 +699,9 @@ void fl_tp_stats(struct fl_tp_stats *st)
     st->netns = atomic_load(&tp.n_netns);
 }
 
-void fl_tp_stop(void)
+void fl_transparent_stop(void)
 {
-    struct fl_tp_stats st;
+    struct fl_transparent_stats st;
 
     if (!tp.started)
         return;
@@ -713,7 +713,7 @@ void fl_tp_stop(void)
         uv_thread_join(&tp.wd_tid);
         tp.wd_started = 0;
     }
-    fl_tp_stats(&st);
+    fl_transparent_stats(&st);
     fl_info("transparent mode: %llu connections redirected, %llu proxied, %llu without an "
             "original destination, %llu sent direct for want of a listener, %llu sk_msg "
             "redirects, %llu fail-open events",

@@ -1,7 +1,8 @@
-/* transparent: the daemon side of transparent mode (DESIGN.md 2.1, 2.2).
+/* transparent: the daemon side of transparent mode (docs/architecture.md,
+ * "The steering path").
  *
  * Turns a policy's `targets:` into kernel state and proxy listeners: moves the
- * daemon into a cgroup of its own, loads the BPF programs (bpf_loader), has
+ * daemon into a cgroup of its own, loads the BPF programs (bpf.h), has
  * pods.c find the pods (cgroup v2 directories, glob patterns allowed) every
  * second, attach the hooks to each pod cgroup and program (pod, destination,
  * port) -> target, opens one listener pair (127.0.0.1 and ::1 at the proxy port) inside
@@ -17,7 +18,7 @@
  * accelerated: a held request stops the proxy reading, and an ingress
  * redirect has no TCP window to stop the app.
  *
- * All fl_tp_ calls except fl_tp_stats run on the main loop's thread.
+ * All fl_transparent_ calls except fl_transparent_stats run on the main loop's thread.
  * Transparent connections are accepted and resolved on worker 0, which owns
  * the netns listeners and the maps, then served by the workers in turn
  * (fl_workers_handoff). Each handoff carries fl_netns_socket_here, which the
@@ -33,16 +34,16 @@
 
 struct fl_worker;
 
-#define FL_TP_RESCAN_MS 1000   /* pods are looked for this often */
-#define FL_TP_HEARTBEAT_MS 100 /* the loop proves it turns this often */
-#define FL_TP_STALL_MS 1000    /* heartbeat older than this: fail open */
+#define FL_TRANSPARENT_RESCAN_MS 1000   /* pods are looked for this often */
+#define FL_TRANSPARENT_HEARTBEAT_MS 100 /* the loop proves it turns this often */
+#define FL_TRANSPARENT_STALL_MS 1000    /* heartbeat older than this: fail open */
 
-struct fl_tp_opts {
+struct fl_transparent_opts {
     int no_sockmap; /* 1: never accelerate app<->proxy bytes with sk_msg */
     int verbose;    /* forward libbpf debug output */
 };
 
-struct fl_tp_stats {
+struct fl_transparent_stats {
     int active;                /* transparent mode is running */
     int enabled;               /* redirection on (off while failed open or draining) */
     int sockmap;               /* sk_msg acceleration on for new connections */
@@ -60,7 +61,7 @@ struct fl_tp_stats {
 /* Checks that this host can run transparent mode (root, BTF, cgroup v2, the
  * BPF features; fl_bpf_probe). Returns 0, or -ENOTSUP with one sentence in
  * err saying what is missing and what to do (the daemon exits 2). */
-int fl_tp_probe(char *err, size_t errlen) FL_WUR;
+int fl_transparent_probe(char *err, size_t errlen) FL_WUR;
 
 /* Starts transparent mode for p (which has targets) on worker w's loop: probes
  * the kernel, creates and joins <cgroup2>/faultline-daemon-PID, loads and
@@ -70,7 +71,7 @@ int fl_tp_probe(char *err, size_t errlen) FL_WUR;
  * nothing is left behind, and *requirement is 1 when the host lacks something
  * transparent mode needs (the daemon exits 2), else 0. Returns 0 or a negative
  * errno. */
-int fl_tp_start(struct fl_worker *w, const struct fl_policy *p, const struct fl_tp_opts *o,
+int fl_transparent_start(struct fl_worker *w, const struct fl_policy *p, const struct fl_transparent_opts *o,
                 char *err, size_t errlen, int *requirement) FL_WUR;
 
 /* Makes p the policy transparent mode follows (after a reload or an admin
@@ -79,25 +80,25 @@ int fl_tp_start(struct fl_worker *w, const struct fl_policy *p, const struct fl_
  * but transparent mode was not started, or when p changes the proxy port;
  * err says so. A p without targets releases every pod. Returns 0 or a
  * negative errno. */
-int fl_tp_apply(const struct fl_policy *p, char *err, size_t errlen) FL_WUR;
+int fl_transparent_apply(const struct fl_policy *p, char *err, size_t errlen) FL_WUR;
 
-/* What fl_tp_apply(p) would refuse, without changing anything (for a dry
+/* What fl_transparent_apply(p) would refuse, without changing anything (for a dry
  * run or a check before committing a new policy). Meant for a daemon that is
- * running: before fl_tp_start() every policy with targets is refused. Returns
+ * running: before fl_transparent_start() every policy with targets is refused. Returns
  * 0 or a negative errno with err set. */
-int fl_tp_check(const struct fl_policy *p, char *err, size_t errlen) FL_WUR;
+int fl_transparent_check(const struct fl_policy *p, char *err, size_t errlen) FL_WUR;
 
 /* Graceful shutdown begins: stop redirecting new connections and close the
  * listeners; connections in flight go on. No-op when not started. */
-void fl_tp_drain(void);
+void fl_transparent_drain(void);
 
 /* Detaches every hook, closes listeners, logs the counters, leaves and removes
  * the daemon's cgroup. Handles are closed; the caller runs the loop once more
  * to finish their close callbacks. No-op when not started. */
-void fl_tp_stop(void);
+void fl_transparent_stop(void);
 
 /* Fills *st (zeros when not started). Any thread. */
-void fl_tp_stats(struct fl_tp_stats *st);
+void fl_transparent_stats(struct fl_transparent_stats *st);
 
 
 #endif

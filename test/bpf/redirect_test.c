@@ -32,7 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "bpf_loader.h"
+#include "bpf.h"
 #include "cgroup.h"
 #include "netns.h"
 

@@ -74,7 +74,7 @@ assert_eq "IPv6 listener: abort" "injected
 out=$(curl -sS -g "http://[::1]:$P6/" 2>&1)
 assert_eq "IPv6 listener -> IPv6 upstream: passthrough" "hello from backend" "$out"
 
-# the fault log: one JSON line per injected fault with DESIGN 3.3's fields
+# the fault log: one JSON line per injected fault with the fault log's fields (docs/reference.md)
 sleep 0.3
 assert_eq "fault log: 1 abort on v4 with all fields" 1 "$(log_count rule=orders-503 fault=abort status=503 method=GET path=/orders/7 proto=http/1.1 authority=127.0.0.1:$P dst=127.0.0.1:$BACKEND_PORT event=fault policy=curl-faults)"
 assert_eq "fault log: 1 delay" 1 "$(log_count rule=slow fault=delay delay_ms=500)"

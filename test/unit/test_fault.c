@@ -1,6 +1,6 @@
 /* fault: the dice (precision, reproducibility, no bias) and the decision's
  * rules: first fit decides, reset wins, halt, expiry, max_active_faults. Each
- * case runs in its own process, so fl_global starts at zero. */
+ * case runs in its own process, so fl_fault_global starts at zero. */
 #include <math.h>
 #include <string.h>
 
@@ -115,8 +115,8 @@ TEST(fault_percent_accuracy)
                   dev, 4 * sigma);
     ASSERT_UEQ(atomic_load(&p->rules[0].live.matched), n);
     ASSERT_UEQ(atomic_load(&p->rules[0].live.injected[FL_FAULT_ABORT]), hits);
-    ASSERT_UEQ(atomic_load(&fl_global.requests_total), n);
-    ASSERT_UEQ(atomic_load(&fl_global.active_faults), 0);
+    ASSERT_UEQ(atomic_load(&fl_fault_global.requests_total), n);
+    ASSERT_UEQ(atomic_load(&fl_fault_global.active_faults), 0);
     fl_policy_unref(p);
 }
 
@@ -174,7 +174,7 @@ TEST(fault_seed_reproducible)
         release(&db);
     }
     ASSERT_GT(faults, 1000);
-    ASSERT_UEQ(atomic_load(&fl_global.active_faults), 0);
+    ASSERT_UEQ(atomic_load(&fl_fault_global.active_faults), 0);
     fl_policy_unref(p);
 }
 
@@ -232,7 +232,7 @@ TEST(fault_reset_wins)
     ASSERT_EQ(d.abort, 0);
     ASSERT_EQ(d.delay, 0);
     ASSERT(d.rule == &p->rules[0]);
-    ASSERT_UEQ(atomic_load(&fl_global.active_faults), 0); /* a reset holds nothing */
+    ASSERT_UEQ(atomic_load(&fl_fault_global.active_faults), 0); /* a reset holds nothing */
     ASSERT_UEQ(atomic_load(&p->rules[0].live.injected[FL_FAULT_RESET]), 1);
     ASSERT_UEQ(atomic_load(&p->rules[0].live.injected[FL_FAULT_ABORT]), 0);
     ASSERT_UEQ(atomic_load(&p->rules[0].live.injected[FL_FAULT_DELAY]), 0);
@@ -256,12 +256,12 @@ TEST(fault_delay_then_abort)
     ASSERT_EQ(d.reset, 0);
     ASSERT_EQ(d.overflow, 0);
     /* One unit per held kind; each is released separately. */
-    ASSERT_UEQ(atomic_load(&fl_global.active_faults), 2);
+    ASSERT_UEQ(atomic_load(&fl_fault_global.active_faults), 2);
     ASSERT_UEQ(atomic_load(&p->rules[0].live.injected[FL_FAULT_DELAY]), 1);
     ASSERT_UEQ(atomic_load(&p->rules[0].live.injected[FL_FAULT_ABORT]), 1);
     fl_fault_release();
     fl_fault_release();
-    ASSERT_UEQ(atomic_load(&fl_global.active_faults), 0);
+    ASSERT_UEQ(atomic_load(&fl_fault_global.active_faults), 0);
     fl_policy_unref(p);
 }
 
@@ -273,15 +273,15 @@ TEST(fault_halted_injects_nothing)
     struct fl_request rq = any_req();
     struct fl_decision d;
     fl_rng_seed(&rng, 1);
-    atomic_store(&fl_global.halted, 1);
+    atomic_store(&fl_fault_global.halted, 1);
     for (int i = 0; i < 100; i++) {
         ASSERT_EQ(fl_fault_decide(p, "l1", &rq, &rng, 0, &d), 0);
         ASSERT_NULL(d.rule);
         ASSERT_EQ(d.reset, 0);
     }
-    ASSERT_UEQ(atomic_load(&fl_global.requests_total), 100);
+    ASSERT_UEQ(atomic_load(&fl_fault_global.requests_total), 100);
     ASSERT_UEQ(atomic_load(&p->rules[0].live.matched), 0);
-    atomic_store(&fl_global.halted, 0);
+    atomic_store(&fl_fault_global.halted, 0);
     ASSERT_EQ(fl_fault_decide(p, "l1", &rq, &rng, 0, &d), 1);
     ASSERT_EQ(d.reset, 1);
     fl_policy_unref(p);
@@ -295,14 +295,14 @@ TEST(fault_policy_expiry)
     struct fl_request rq = any_req();
     struct fl_decision d;
     fl_rng_seed(&rng, 1);
-    atomic_store(&fl_global.policy_deadline_ms, 5000);
+    atomic_store(&fl_fault_global.policy_deadline_ms, 5000);
     ASSERT_EQ(fl_fault_decide(p, "l1", &rq, &rng, 4999, &d), 1);
     ASSERT_EQ(fl_fault_decide(p, "l1", &rq, &rng, 5000, &d), 0);
     ASSERT_NULL(d.rule);
     ASSERT_EQ(fl_fault_decide(p, "l1", &rq, &rng, 99999, &d), 0);
-    atomic_store(&fl_global.policy_deadline_ms, 0); /* 0: no deadline */
+    atomic_store(&fl_fault_global.policy_deadline_ms, 0); /* 0: no deadline */
     ASSERT_EQ(fl_fault_decide(p, "l1", &rq, &rng, UINT64_MAX, &d), 1);
-    ASSERT_UEQ(atomic_load(&fl_global.requests_total), 4);
+    ASSERT_UEQ(atomic_load(&fl_fault_global.requests_total), 4);
     fl_policy_unref(p);
 }
 
@@ -317,19 +317,19 @@ TEST(fault_max_active_overflow)
     fl_rng_seed(&rng, 1);
     ASSERT_EQ(fl_fault_decide(p, "l1", &rq, &rng, 0, &d), 1);
     ASSERT_EQ(fl_fault_decide(p, "l1", &rq, &rng, 0, &d), 1);
-    ASSERT_UEQ(atomic_load(&fl_global.active_faults), 2);
+    ASSERT_UEQ(atomic_load(&fl_fault_global.active_faults), 2);
     ASSERT_EQ(fl_fault_decide(p, "l1", &rq, &rng, 0, &d), 0);
     ASSERT_EQ(d.overflow, 1);
     ASSERT_EQ(d.abort, 0);
     ASSERT(d.rule == &p->rules[0]);
-    ASSERT_UEQ(atomic_load(&fl_global.faults_overflow_total), 1);
-    ASSERT_UEQ(atomic_load(&fl_global.active_faults), 2);
+    ASSERT_UEQ(atomic_load(&fl_fault_global.faults_overflow_total), 1);
+    ASSERT_UEQ(atomic_load(&fl_fault_global.active_faults), 2);
     ASSERT_UEQ(atomic_load(&p->rules[0].live.injected[FL_FAULT_ABORT]), 2);
     fl_fault_release();
     ASSERT_EQ(fl_fault_decide(p, "l1", &rq, &rng, 0, &d), 1);
     ASSERT_EQ(d.overflow, 0);
     ASSERT_EQ(d.abort, 1);
-    ASSERT_UEQ(atomic_load(&fl_global.active_faults), 2);
+    ASSERT_UEQ(atomic_load(&fl_fault_global.active_faults), 2);
     fl_policy_unref(p);
 }
 
@@ -358,7 +358,7 @@ TEST(fault_max_active_holds_back_resets)
     fl_fault_release();
     ASSERT_EQ(fl_fault_decide(p, "l1", &other, &rng, 0, &d), 1);
     ASSERT_EQ(d.reset, 1);
-    ASSERT_UEQ(atomic_load(&fl_global.faults_overflow_total), 1);
+    ASSERT_UEQ(atomic_load(&fl_fault_global.faults_overflow_total), 1);
     fl_policy_unref(p);
 }
 
@@ -441,5 +441,5 @@ TEST(fault_no_policy)
     fl_rng_seed(&rng, 1);
     ASSERT_EQ(fl_fault_decide(NULL, "l1", &rq, &rng, 0, &d), 0);
     ASSERT_NULL(d.rule);
-    ASSERT_UEQ(atomic_load(&fl_global.requests_total), 1);
+    ASSERT_UEQ(atomic_load(&fl_fault_global.requests_total), 1);
 }

@@ -23,7 +23,7 @@ static struct fl_request req_http(const char *method, const char *buf, size_t pa
 {
     struct fl_request r = {0};
     r.proto = FL_PROTO_HTTP1;
-    r.method = fl_method_from_str(method, strlen(method));
+    r.method = fl_values_parse_method(method, strlen(method));
     r.method_str = method;
     r.method_len = strlen(method);
     r.path = buf;
@@ -111,23 +111,23 @@ TEST(match_path_regex_on_unterminated_slice)
 TEST(match_str_match_direct)
 {
     struct fl_str_match sm = {.kind = FL_SM_ANY};
-    ASSERT_EQ(fl_str_match(&sm, NULL, 0), 1);
+    ASSERT_EQ(fl_match_str(&sm, NULL, 0), 1);
     sm.kind = FL_SM_PRESENT;
-    ASSERT_EQ(fl_str_match(&sm, "", 0), 1);
-    ASSERT_EQ(fl_str_match(&sm, NULL, 0), 0);
+    ASSERT_EQ(fl_match_str(&sm, "", 0), 1);
+    ASSERT_EQ(fl_match_str(&sm, NULL, 0), 0);
     sm.kind = FL_SM_ABSENT;
-    ASSERT_EQ(fl_str_match(&sm, NULL, 0), 1);
-    ASSERT_EQ(fl_str_match(&sm, "x", 1), 0);
+    ASSERT_EQ(fl_match_str(&sm, NULL, 0), 1);
+    ASSERT_EQ(fl_match_str(&sm, "x", 1), 0);
     sm = (struct fl_str_match){.kind = FL_SM_EXACT, .value = "abc", .len = 3};
-    ASSERT_EQ(fl_str_match(&sm, "abcd", 3), 1);
-    ASSERT_EQ(fl_str_match(&sm, "abcd", 4), 0);
-    ASSERT_EQ(fl_str_match(&sm, "ab", 2), 0);
-    ASSERT_EQ(fl_str_match(&sm, NULL, 0), 0);
+    ASSERT_EQ(fl_match_str(&sm, "abcd", 3), 1);
+    ASSERT_EQ(fl_match_str(&sm, "abcd", 4), 0);
+    ASSERT_EQ(fl_match_str(&sm, "ab", 2), 0);
+    ASSERT_EQ(fl_match_str(&sm, NULL, 0), 0);
     sm.kind = FL_SM_PREFIX;
-    ASSERT_EQ(fl_str_match(&sm, "abcd", 4), 1);
-    ASSERT_EQ(fl_str_match(&sm, "abcd", 2), 0);
+    ASSERT_EQ(fl_match_str(&sm, "abcd", 4), 1);
+    ASSERT_EQ(fl_match_str(&sm, "abcd", 2), 0);
     sm = (struct fl_str_match){.kind = FL_SM_PREFIX, .value = "", .len = 0};
-    ASSERT_EQ(fl_str_match(&sm, "", 0), 1);
+    ASSERT_EQ(fl_match_str(&sm, "", 0), 1);
 }
 
 static struct fl_request with_headers(const struct fl_hdr *h, size_t n)
@@ -215,7 +215,7 @@ static struct fl_request req_grpc(const char *path)
 {
     struct fl_request r = req_http("POST", path, strlen(path));
     r.proto = FL_PROTO_GRPC;
-    ASSERT_EQ(fl_request_set_grpc_path(&r), 0);
+    ASSERT_EQ(fl_match_set_grpc_path(&r), 0);
     return r;
 }
 
@@ -246,7 +246,7 @@ TEST(match_set_grpc_path)
 {
     char buf[] = "/pkg.Svc/Do?junk";
     struct fl_request r = req_http("POST", buf, 11);
-    ASSERT_EQ(fl_request_set_grpc_path(&r), 0);
+    ASSERT_EQ(fl_match_set_grpc_path(&r), 0);
     ASSERT_UEQ(r.grpc_service_len, 7);
     ASSERT(memcmp(r.grpc_service, "pkg.Svc", 7) == 0);
     ASSERT_UEQ(r.grpc_method_len, 2);
@@ -255,7 +255,7 @@ TEST(match_set_grpc_path)
     static const char *const bad[] = {"", "/", "//", "/a/", "//b", "/ab", "a/b", "/a/b/c", "/a//b"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct fl_request q = req_http("POST", bad[i], strlen(bad[i]));
-        if (fl_request_set_grpc_path(&q) != -EINVAL)
+        if (fl_match_set_grpc_path(&q) != -EINVAL)
             UNIT_FAIL("\"%s\" accepted as a gRPC path", bad[i]);
         ASSERT_NULL(q.grpc_service);
     }
@@ -263,8 +263,8 @@ TEST(match_set_grpc_path)
 
 TEST(match_proto_names)
 {
-    ASSERT_STR_EQ(fl_proto_name(FL_PROTO_HTTP1), "http/1.1");
-    ASSERT_STR_EQ(fl_proto_name(FL_PROTO_H2), "h2");
-    ASSERT_STR_EQ(fl_proto_name(FL_PROTO_GRPC), "grpc");
-    ASSERT_STR_EQ(fl_proto_name(FL_PROTO_TCP), "tcp");
+    ASSERT_STR_EQ(fl_match_proto_name(FL_PROTO_HTTP1), "http/1.1");
+    ASSERT_STR_EQ(fl_match_proto_name(FL_PROTO_H2), "h2");
+    ASSERT_STR_EQ(fl_match_proto_name(FL_PROTO_GRPC), "grpc");
+    ASSERT_STR_EQ(fl_match_proto_name(FL_PROTO_TCP), "tcp");
 }

@@ -385,11 +385,11 @@ TEST(policy_find_rule_and_scope)
     ASSERT(fl_policy_find_rule(p, "two") == &p->rules[1]);
     ASSERT_NULL(fl_policy_find_rule(p, "three"));
     ASSERT_NULL(fl_policy_find_rule(p, "on"));
-    ASSERT_EQ(fl_rule_applies_to(&p->rules[0], "l1"), 1);
-    ASSERT_EQ(fl_rule_applies_to(&p->rules[0], "t1"), 0);
-    ASSERT_EQ(fl_rule_applies_to(&p->rules[0], "l"), 0);
-    ASSERT_EQ(fl_rule_applies_to(&p->rules[1], "l1"), 1);
-    ASSERT_EQ(fl_rule_applies_to(&p->rules[1], "t1"), 1);
+    ASSERT_EQ(fl_policy_rule_applies_to(&p->rules[0], "l1"), 1);
+    ASSERT_EQ(fl_policy_rule_applies_to(&p->rules[0], "t1"), 0);
+    ASSERT_EQ(fl_policy_rule_applies_to(&p->rules[0], "l"), 0);
+    ASSERT_EQ(fl_policy_rule_applies_to(&p->rules[1], "l1"), 1);
+    ASSERT_EQ(fl_policy_rule_applies_to(&p->rules[1], "t1"), 1);
     fl_policy_unref(p);
 }
 
@@ -406,14 +406,14 @@ TEST(policy_parse_duration)
                                       "99999999999999999999h"};
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
         uint64_t ms = 12345;
-        if (fl_parse_duration(ok[i].s, &ms) != 0)
+        if (fl_values_parse_duration(ok[i].s, &ms) != 0)
             UNIT_FAIL("\"%s\" rejected", ok[i].s);
         if (ms != ok[i].ms)
             UNIT_FAIL("\"%s\": %ju ms, expected %ju", ok[i].s, (uintmax_t)ms, (uintmax_t)ok[i].ms);
     }
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         uint64_t ms = 12345;
-        if (fl_parse_duration(bad[i], &ms) != -EINVAL)
+        if (fl_values_parse_duration(bad[i], &ms) != -EINVAL)
             UNIT_FAIL("\"%s\" accepted as %ju ms", bad[i], (uintmax_t)ms);
         ASSERT_UEQ(ms, 12345);
     }
@@ -432,14 +432,14 @@ TEST(policy_parse_percent)
                                       "abc",   "99999999999999999999999"};
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
         uint32_t ppm = 7;
-        if (fl_parse_percent(ok[i].s, &ppm) != 0)
+        if (fl_values_parse_percent(ok[i].s, &ppm) != 0)
             UNIT_FAIL("\"%s\" rejected", ok[i].s);
         if (ppm != ok[i].ppm)
             UNIT_FAIL("\"%s\": %u ppm, expected %u", ok[i].s, ppm, ok[i].ppm);
     }
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         uint32_t ppm = 7;
-        if (fl_parse_percent(bad[i], &ppm) != -EINVAL)
+        if (fl_values_parse_percent(bad[i], &ppm) != -EINVAL)
             UNIT_FAIL("\"%s\" accepted as %u ppm", bad[i], ppm);
         ASSERT_UEQ(ppm, 7);
     }
@@ -456,18 +456,18 @@ TEST(policy_grpc_status_names)
     for (int i = 0; i < 17; i++) {
         char num[8];
         snprintf(num, sizeof(num), "%d", i);
-        ASSERT_EQ(fl_grpc_status_from_str(names[i]), i);
-        ASSERT_EQ(fl_grpc_status_from_str(num), i);
-        ASSERT_STR_EQ(fl_grpc_status_name(i), names[i]);
+        ASSERT_EQ(fl_values_parse_grpc_status(names[i]), i);
+        ASSERT_EQ(fl_values_parse_grpc_status(num), i);
+        ASSERT_STR_EQ(fl_values_grpc_status_name(i), names[i]);
     }
-    ASSERT_EQ(fl_grpc_status_from_str("unavailable"), 14);
-    ASSERT_EQ(fl_grpc_status_from_str("17"), -EINVAL);
-    ASSERT_EQ(fl_grpc_status_from_str("-1"), -EINVAL);
-    ASSERT_EQ(fl_grpc_status_from_str("14x"), -EINVAL);
-    ASSERT_EQ(fl_grpc_status_from_str("UNAVALIABLE"), -EINVAL);
-    ASSERT_EQ(fl_grpc_status_from_str(""), -EINVAL);
-    ASSERT_STR_EQ(fl_grpc_status_name(17), "UNKNOWN");
-    ASSERT_STR_EQ(fl_grpc_status_name(-1), "UNKNOWN");
+    ASSERT_EQ(fl_values_parse_grpc_status("unavailable"), 14);
+    ASSERT_EQ(fl_values_parse_grpc_status("17"), -EINVAL);
+    ASSERT_EQ(fl_values_parse_grpc_status("-1"), -EINVAL);
+    ASSERT_EQ(fl_values_parse_grpc_status("14x"), -EINVAL);
+    ASSERT_EQ(fl_values_parse_grpc_status("UNAVALIABLE"), -EINVAL);
+    ASSERT_EQ(fl_values_parse_grpc_status(""), -EINVAL);
+    ASSERT_STR_EQ(fl_values_grpc_status_name(17), "UNKNOWN");
+    ASSERT_STR_EQ(fl_values_grpc_status_name(-1), "UNKNOWN");
 }
 
 TEST(policy_method_names)
@@ -475,16 +475,16 @@ TEST(policy_method_names)
     static const char *const names[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
                                         "CONNECT", "OPTIONS", "TRACE", "PATCH"};
     for (int i = 0; i < FL_M_OTHER; i++) {
-        ASSERT_EQ(fl_method_from_str(names[i], strlen(names[i])), i);
-        ASSERT_STR_EQ(fl_method_name((enum fl_method)i), names[i]);
+        ASSERT_EQ(fl_values_parse_method(names[i], strlen(names[i])), i);
+        ASSERT_STR_EQ(fl_values_method_name((enum fl_method)i), names[i]);
     }
     /* Not NUL-terminated: only len bytes count. */
-    ASSERT_EQ(fl_method_from_str("GETX", 3), FL_M_GET);
-    ASSERT_EQ(fl_method_from_str("get", 3), FL_M_OTHER);
-    ASSERT_EQ(fl_method_from_str("PROPFIND", 8), FL_M_OTHER);
-    ASSERT_EQ(fl_method_from_str("GE", 2), FL_M_OTHER);
-    ASSERT_EQ(fl_method_from_str("", 0), FL_M_OTHER);
-    ASSERT_STR_EQ(fl_method_name(FL_M_OTHER), "OTHER");
+    ASSERT_EQ(fl_values_parse_method("GETX", 3), FL_M_GET);
+    ASSERT_EQ(fl_values_parse_method("get", 3), FL_M_OTHER);
+    ASSERT_EQ(fl_values_parse_method("PROPFIND", 8), FL_M_OTHER);
+    ASSERT_EQ(fl_values_parse_method("GE", 2), FL_M_OTHER);
+    ASSERT_EQ(fl_values_parse_method("", 0), FL_M_OTHER);
+    ASSERT_STR_EQ(fl_values_method_name(FL_M_OTHER), "OTHER");
 }
 
 static int port_of(const struct sockaddr_storage *a)
@@ -507,23 +507,23 @@ static void assert_addr(const struct sockaddr_storage *a, int family, const char
 TEST(policy_parse_hostport)
 {
     struct sockaddr_storage a[2];
-    ASSERT_EQ(fl_parse_hostport("127.0.0.1:15000", 1, a), 1);
+    ASSERT_EQ(fl_values_parse_hostport("127.0.0.1:15000", 1, a), 1);
     assert_addr(&a[0], AF_INET, "127.0.0.1", 15000);
-    ASSERT_EQ(fl_parse_hostport("[::1]:15000", 1, a), 1);
+    ASSERT_EQ(fl_values_parse_hostport("[::1]:15000", 1, a), 1);
     assert_addr(&a[0], AF_INET6, "::1", 15000);
-    ASSERT_EQ(fl_parse_hostport("localhost:15000", 1, a), 2);
+    ASSERT_EQ(fl_values_parse_hostport("localhost:15000", 1, a), 2);
     assert_addr(&a[0], AF_INET, "127.0.0.1", 15000);
     assert_addr(&a[1], AF_INET6, "::1", 15000);
-    ASSERT_EQ(fl_parse_hostport("*:15000", 1, a), 1);
+    ASSERT_EQ(fl_values_parse_hostport("*:15000", 1, a), 1);
     assert_addr(&a[0], AF_INET6, "::", 15000);
-    ASSERT_EQ(fl_parse_hostport(":15000", 1, a), 1);
+    ASSERT_EQ(fl_values_parse_hostport(":15000", 1, a), 1);
     assert_addr(&a[0], AF_INET6, "::", 15000);
-    ASSERT_EQ(fl_parse_hostport("10.77.0.1:65535", 0, a), 1);
+    ASSERT_EQ(fl_values_parse_hostport("10.77.0.1:65535", 0, a), 1);
     assert_addr(&a[0], AF_INET, "10.77.0.1", 65535);
-    ASSERT_EQ(fl_parse_hostport("[fd77::1]:1", 0, a), 1);
+    ASSERT_EQ(fl_values_parse_hostport("[fd77::1]:1", 0, a), 1);
     assert_addr(&a[0], AF_INET6, "fd77::1", 1);
     /* Upstreams connect to one address: localhost is 127.0.0.1. */
-    ASSERT_EQ(fl_parse_hostport("localhost:8080", 0, a), 1);
+    ASSERT_EQ(fl_values_parse_hostport("localhost:8080", 0, a), 1);
     assert_addr(&a[0], AF_INET, "127.0.0.1", 8080);
 
     static const char *const bad_listen[] = {
@@ -531,9 +531,9 @@ TEST(policy_parse_hostport)
         "127.0.0.1: 80",   "127.0.0.1:8x", "::1:15000",    "[::1]15000",      "[::1",
         "999.0.0.1:80",    "",             ":",            "example.invalid:80"};
     for (size_t i = 0; i < sizeof(bad_listen) / sizeof(bad_listen[0]); i++)
-        if (fl_parse_hostport(bad_listen[i], 1, a) >= 0)
+        if (fl_values_parse_hostport(bad_listen[i], 1, a) >= 0)
             UNIT_FAIL("listen address \"%s\" accepted", bad_listen[i]);
     /* A wildcard is something to listen on, not to connect to. */
-    ASSERT_LT(fl_parse_hostport("*:8080", 0, a), 0);
-    ASSERT_LT(fl_parse_hostport(":8080", 0, a), 0);
+    ASSERT_LT(fl_values_parse_hostport("*:8080", 0, a), 0);
+    ASSERT_LT(fl_values_parse_hostport(":8080", 0, a), 0);
 }

@@ -1,5 +1,5 @@
-/* bpf_loader: loads faultline's BPF programs (bpf/faultline.bpf.c) and keeps
- * the policy maps in step with the daemon's targets (DESIGN.md 2.1). The
+/* bpf: loads faultline's BPF programs (bpf/faultline.bpf.c) and keeps
+ * the policy maps in step with the daemon's targets (docs/architecture.md, "The steering path"). The
  * cgroup and netns helpers transparent mode also needs are cgroup.h and
  * netns.h.
  *
@@ -17,8 +17,8 @@
  * sockets, and a listener counts as the proxy only when it is marked.
  * fl_netns_listen(), fl_netns_socket() and fl_netns_socket_here() set it.
  */
-#ifndef FL_BPF_LOADER_H
-#define FL_BPF_LOADER_H
+#ifndef FL_BPF_H
+#define FL_BPF_H
 
 #include "compiler.h"
 

@@ -1,5 +1,5 @@
-/* bpf_loader: see bpf_loader.h. */
-#include "bpf_loader.h"
+/* bpf: see bpf.h. */
+#include "bpf.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -196,7 +196,7 @@ int fl_bpf_probe(char *msg, size_t len)
                  "BTF (CONFIG_DEBUG_INFO_BTF=y; Linux 5.15 or later is needed)");
         return -ENOENT;
     }
-    if (fl_cgroup2_mount(mnt, sizeof(mnt)) != 0) {
+    if (fl_cgroup_mountpoint(mnt, sizeof(mnt)) != 0) {
         snprintf(msg, len,
                  "no cgroup v2 mount in /proc/self/mountinfo: transparent mode needs "
                  "cgroup v2 (hybrid hosts mount it at /sys/fs/cgroup/unified: "
@@ -287,7 +287,7 @@ int fl_bpf_open(struct fl_bpf **out, const struct fl_bpf_opts *opts)
             goto fail;
         }
         dcg = cgpath;
-        if (fl_cgroup2_mount(mnt, sizeof(mnt)) == 0 && strcmp(cgpath, mnt) == 0)
+        if (fl_cgroup_mountpoint(mnt, sizeof(mnt)) == 0 && strcmp(cgpath, mnt) == 0)
             logf_(1, "the daemon runs in the cgroup v2 root: its sockops program sees every "
                      "TCP connection on the host; run it in a cgroup of its own");
     }

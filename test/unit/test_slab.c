@@ -1,9 +1,9 @@
-/* buf: the slab's size classes, alignment, reuse, the bound on cached blocks
+/* slab: the slab's size classes, alignment, reuse, the bound on cached blocks
  * and realloc keeping the bytes. */
 #include <stdint.h>
 #include <string.h>
 
-#include "buf.h"
+#include "slab.h"
 #include "unit.h"
 
 TEST(slab_classes_alignment_and_reuse)
