@@ -46,7 +46,8 @@ enum rq_state {
     RQ_PASS, /* forwarding the body of a passed request */
     RQ_DROP, /* discarding the body of an answered request */
     RQ_HOLD, /* request held by a delay; parsing stopped */
-    RQ_RAW,  /* after Upgrade/CONNECT: client bytes pass unparsed */
+    RQ_UPGRADE, /* an Upgrade/CONNECT request went upstream: client bytes wait for its
+                 * answer (101 or 2xx: the connection turns raw; else it stays HTTP) */
     RQ_DONE, /* no more requests on this connection */
 };
 
@@ -105,13 +106,16 @@ struct h1 {
     unsigned seen_request : 1;
     unsigned seen_request_done : 1; /* a request line was parsed on this connection */
     unsigned url_done : 1;
-    unsigned raw_up : 1;
     unsigned close_after_flush : 1;
     unsigned client_eof : 1;
     unsigned finishing : 1;
     unsigned wait_upstream : 1; /* a dead upstream handle is closing; dispatch waits */
     unsigned lingering : 1;
     unsigned resp_until_eof : 1; /* the current response ends with the upstream's FIN */
+    unsigned last_upstream : 1;  /* the latest request went upstream (not answered here) */
+    unsigned resp_switch : 1;     /* the response being read switches protocols */
+    unsigned upgrade_decided : 1; /* an Upgrade/CONNECT message ended; llhttp's
+                                   * HPE_PAUSED_UPGRADE for it is still to come */
 };
 
 enum { EV_NONE, EV_HEADERS, EV_DONE, EV_STATUS };
@@ -282,7 +286,7 @@ static void linger_timeout_cb(uv_timer_t *t)
 static void maybe_finish(struct fl_conn *c)
 {
     struct h1 *h = c->proto;
-    if (c->closing || h->sl_count || h->rs == RQ_HOLD || h->rs == RQ_RAW ||
+    if (c->closing || h->sl_count || h->rs == RQ_HOLD || h->rs == RQ_UPGRADE ||
         fl_conn_queued(c, FL_CLIENT) != 0)
         return;
     if (h->close_after_flush && !h->client_eof) {
@@ -513,6 +517,7 @@ static void dispatch_upstream(struct fl_conn *c, uint8_t method, const struct fl
     s->kind = SLOT_UPSTREAM;
     s->method = method;
     s->mark = mark;
+    h->last_upstream = 1;
     if (e < 0) {
         c->ops->upstream_error(c, e);
         return;
@@ -521,7 +526,7 @@ static void dispatch_upstream(struct fl_conn *c, uint8_t method, const struct fl
         fl_conn_write(c, FL_UPSTREAM, h->head[i].ch, h->head[i].ch->data + h->head[i].off,
                       h->head[i].len);
     head_release(h);
-    if (h->rs != RQ_RAW && h->rs != RQ_DONE)
+    if (h->rs != RQ_UPGRADE && h->rs != RQ_DONE)
         h->rs = RQ_PASS;
 }
 
@@ -530,6 +535,7 @@ static void answer_abort(struct fl_conn *c, const struct fl_rule *r, uint8_t met
     struct h1 *h = c->proto;
     const struct fl_abort *a = &r->abort;
     int status = fl_policy_rule_abort_status(r);
+    h->last_upstream = 0; /* an Upgrade answered here never switches */
     struct fl_chunk *ch = build_response(c, status, r->name, a->headers, a->n_headers, a->body,
                                          a->body_len, method == HTTP_HEAD, close);
     head_release(h);
@@ -667,11 +673,11 @@ static int consume(struct fl_conn *c, struct fl_chunk *ch, const char *p, size_t
         h->head_bytes += n;
         return 0;
     case RQ_PASS:
-    case RQ_RAW:
         return fl_conn_write(c, FL_UPSTREAM, ch, p, n);
     case RQ_DROP:
     case RQ_DONE:
     case RQ_HOLD:
+    case RQ_UPGRADE:
         return 0;
     }
     return 0;
@@ -737,13 +743,24 @@ static void parse_error(struct fl_conn *c, llhttp_errno_t err)
     fl_conn_close(c, 0);
 }
 
+/* An Upgrade or CONNECT request has been read whole. If it went upstream, the
+ * client's next bytes wait for the answer: 101 (or 2xx to CONNECT) makes the
+ * connection raw, anything else keeps it HTTP. One answered here (a fault)
+ * never switches. */
+static void upgrade_sent(struct h1 *h)
+{
+    h->upgrade_decided = 1;
+    if (h->last_upstream && (h->rs == RQ_PASS || h->rs == RQ_HEAD))
+        h->rs = RQ_UPGRADE;
+}
+
 /* Parses and dispatches buffered client input until it is used up or a
  * request is held. */
 static void client_pump(struct fl_conn *c)
 {
     struct h1 *h = c->proto;
     while (!c->closing && h->in) {
-        if (h->rs == RQ_HOLD || h->wait_upstream)
+        if (h->rs == RQ_HOLD || h->rs == RQ_UPGRADE || h->wait_upstream)
             break;
         if (h->rs == RQ_HEAD && h->sl_count >= H1_MAX_SLOTS)
             break; /* deep pipeline: wait for responses */
@@ -753,11 +770,6 @@ static void client_pump(struct fl_conn *c)
         }
         const char *start = h->in->data + h->in_off;
         size_t avail = h->in_len - h->in_off;
-        if (h->rs == RQ_RAW) {
-            consume(c, h->in, start, avail);
-            release_input(h);
-            break;
-        }
         h->ev = EV_NONE;
         llhttp_errno_t err = llhttp_execute(&h->req, start, avail);
         size_t used = avail;
@@ -784,13 +796,18 @@ static void client_pump(struct fl_conn *c)
                 if (h->rs == RQ_PASS || h->rs == RQ_DROP)
                     h->rs = llhttp_should_keep_alive(&h->req) ? RQ_HEAD : RQ_DONE;
                 h->url_done = 0;
+                if (h->req.upgrade)
+                    upgrade_sent(h);
             }
         } else if (err == HPE_PAUSED_UPGRADE) {
-            if (h->rs == RQ_PASS || h->rs == RQ_HEAD) {
-                h->rs = RQ_RAW; /* bytes after an Upgrade/CONNECT head are the new protocol */
-            } else {
-                llhttp_resume_after_upgrade(&h->req); /* refused by a fault: stay HTTP */
-            }
+            /* llhttp stops after an Upgrade/CONNECT message (on the next call
+             * when the message ended a call): resume at once. Whether the
+             * bytes after it are the new protocol is decided by the upstream's
+             * answer; the parser only reads them if it refuses. */
+            llhttp_resume_after_upgrade(&h->req);
+            if (!h->upgrade_decided)
+                upgrade_sent(h);
+            h->upgrade_decided = 0;
         }
         if (h->in && h->in_off >= h->in_len) {
             /* A message with no body completes without consuming bytes. */
@@ -801,8 +818,8 @@ static void client_pump(struct fl_conn *c)
     }
     if (c->closing)
         return;
-    c->s[FL_CLIENT].want_read =
-        (h->in == NULL && (h->rs != RQ_DONE || h->lingering) && !h->wait_upstream);
+    c->s[FL_CLIENT].want_read = (h->in == NULL && (h->rs != RQ_DONE || h->lingering) &&
+                                 h->rs != RQ_UPGRADE && !h->wait_upstream);
     fl_conn_update_reading(c);
     /* A request answered here (a fault), or whose body ended after its
      * response, leaves the connection idle without response_done() seeing
@@ -833,6 +850,9 @@ static int on_resp_headers_complete(llhttp_t *p)
     struct h1_slot *s = slot_front(h);
     if (!s || s->kind != SLOT_UPSTREAM)
         return 0;
+    if (p->status_code == 101 ||
+        (s->method == HTTP_CONNECT && p->status_code >= 200 && p->status_code < 300))
+        h->resp_switch = 1;
     if (s->method == HTTP_CONNECT && p->status_code >= 200 && p->status_code < 300)
         return 2; /* tunnel established: no body, the rest is raw */
     if (s->method == HTTP_HEAD)
@@ -850,6 +870,13 @@ static void response_done(struct fl_conn *c)
         return; /* interim response; the final one follows */
     if (s && s->kind == SLOT_UPSTREAM)
         slot_pop(h);
+    if (h->rs == RQ_UPGRADE && h->sl_count == 0) {
+        /* The Upgrade/CONNECT request was answered without switching (the
+         * upgrade request is always the last slot): the connection stays
+         * HTTP, and the bytes that waited are parsed as requests. */
+        llhttp_resume_after_upgrade(&h->req);
+        h->rs = llhttp_should_keep_alive(&h->req) ? RQ_HEAD : RQ_DONE;
+    }
     flush_front(c);
     if (c->closing)
         return;
@@ -876,16 +903,40 @@ static int on_resp_message_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+/* The upstream agreed to switch protocols (101, or 2xx to CONNECT): from here
+ * the connection is relayed raw by fl_raw_ops. The bytes that followed the
+ * response head (p, left, inside ch) and the client bytes held back since the
+ * request go out first, in order. The h1 state is freed. */
+static void become_raw(struct fl_conn *c, struct fl_chunk *ch, const char *p, size_t left)
+{
+    struct h1 *h = c->proto;
+    struct fl_chunk *in = h->in;
+    size_t in_off = h->in_off, in_len = h->in_len;
+    int client_eof = h->client_eof;
+
+    h->in = NULL;
+    fl_chunk_ref(ch); /* the caller's reference may not outlive the switch */
+    if (fl_conn_switch(c, &fl_raw_ops) < 0) {
+        fl_conn_close(c, 0);
+    } else {
+        if (left)
+            fl_conn_write(c, FL_CLIENT, ch, p, left);
+        if (in && in_len > in_off && !c->closing)
+            fl_conn_write(c, FL_UPSTREAM, in, in->data + in_off, in_len - in_off);
+        /* A FIN that came before the switch is passed on now. */
+        if (client_eof && !c->closing)
+            c->ops->eof(c, FL_CLIENT);
+    }
+    fl_chunk_unref(in);
+    fl_chunk_unref(ch);
+}
+
 static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, size_t len)
 {
     struct h1 *h = c->proto;
     const char *p = ch->data + off;
     size_t left = len;
 
-    if (h->raw_up) {
-        fl_conn_write(c, FL_CLIENT, ch, p, left);
-        return;
-    }
     while (left && !c->closing) {
         h->ev = EV_NONE;
         llhttp_errno_t err = llhttp_execute(&h->resp, p, left);
@@ -929,23 +980,27 @@ static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, si
         left -= used;
         if (err == HPE_PAUSED) {
             llhttp_resume(&h->resp);
-            if (h->ev == EV_DONE) {
-                response_done(c);
-            }
-        } else if (err == HPE_PAUSED_UPGRADE) {
-            /* 101 Switching Protocols or a CONNECT tunnel: bytes pass unparsed now. */
-            struct h1_slot *s = slot_front(h);
-            if (s && s->kind == SLOT_UPSTREAM)
+            if (h->ev == EV_DONE && h->resp_switch) {
+                /* 101 Switching Protocols or a CONNECT tunnel: the rest is raw,
+                 * if this answers the Upgrade/CONNECT request waiting for it. */
+                h->resp_switch = 0;
+                if (h->rs != RQ_UPGRADE || h->sl_count != 1) {
+                    char up[64];
+                    fl_addr_str((struct sockaddr *)&c->dst, up, sizeof(up));
+                    fl_warn("conn %llu: upstream %s switched protocols without an Upgrade or "
+                            "CONNECT request waiting; closing the connection",
+                            (unsigned long long)c->id, up);
+                    fl_conn_close(c, 0);
+                    return;
+                }
                 slot_pop(h);
-            h->raw_up = 1;
-            if (h->rs != RQ_RAW)
-                h->rs = RQ_RAW;
-            if (left)
-                fl_conn_write(c, FL_CLIENT, ch, p, left);
-            if (h->in)
-                client_pump(c);
-            c->s[FL_CLIENT].want_read = 1;
-            fl_conn_update_reading(c);
+                become_raw(c, ch, p, left);
+                return; /* h is gone */
+            }
+            if (h->ev == EV_DONE)
+                response_done(c);
+        } else if (err == HPE_PAUSED_UPGRADE) {
+            fl_conn_close(c, 0); /* cannot happen: switches are taken at EV_DONE */
             return;
         }
     }
@@ -1013,12 +1068,6 @@ static void h1_eof(struct fl_conn *c, int side)
             fl_conn_close(c, 0);
             return;
         }
-        if (h->rs == RQ_RAW) {
-            fl_conn_shutdown(c, FL_UPSTREAM);
-            if (c->s[FL_UPSTREAM].eof && fl_conn_queued(c, FL_CLIENT) == 0)
-                fl_conn_close(c, 0);
-            return;
-        }
         if (h->rs == RQ_HEAD && h->head_bytes == 0 && h->sl_count == 0) {
             fl_conn_close(c, 0);
             return;
@@ -1029,12 +1078,6 @@ static void h1_eof(struct fl_conn *c, int side)
         return;
     }
     /* upstream EOF */
-    if (h->raw_up) {
-        fl_conn_shutdown(c, FL_CLIENT);
-        if (h->client_eof && fl_conn_queued(c, FL_UPSTREAM) == 0)
-            fl_conn_close(c, 0);
-        return;
-    }
     h->finishing = 1;
     llhttp_finish(&h->resp);
     h->finishing = 0;
@@ -1055,8 +1098,12 @@ static void h1_eof(struct fl_conn *c, int side)
         }
         return;
     }
-    if (h->rs == RQ_RAW) {
-        fl_conn_shutdown(c, FL_CLIENT);
+    if (h->rs == RQ_UPGRADE) {
+        /* Closed without answering the Upgrade/CONNECT request: nothing more
+         * will be said on this connection. */
+        h->rs = RQ_DONE;
+        h->close_after_flush = 1;
+        release_input(h);
         maybe_finish(c);
         return;
     }
@@ -1075,14 +1122,14 @@ static void h1_upstream_error(struct fl_conn *c, int err)
     struct h1 *h = c->proto;
     char up[64];
     fl_addr_str((struct sockaddr *)&c->dst, up, sizeof(up));
-    if (!upstream_pending(h) && h->rs != RQ_RAW && !h->raw_up) {
+    if (!upstream_pending(h) && h->rs != RQ_UPGRADE) {
         /* Failed while idle: forget this socket, dial again on the next request. */
         if (c->s[FL_UPSTREAM].open)
             recycle_upstream(c);
         return;
     }
     struct h1_slot *s = slot_front(h);
-    if (s && s->kind == SLOT_UPSTREAM && h->resp_bytes == 0 && !h->raw_up) {
+    if (s && s->kind == SLOT_UPSTREAM && h->resp_bytes == 0) {
         fl_warn("upstream %s for listener '%s' is unreachable: %s; answered 502", up, c->scope,
                 uv_strerror(err));
         slot_pop(h);
