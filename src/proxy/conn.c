@@ -105,6 +105,12 @@ size_t fl_conn_queued(const struct fl_conn *c, int side)
     return uv_stream_get_write_queue_size((const uv_stream_t *)&c->s[side].tcp);
 }
 
+size_t fl_conn_backlog(const struct fl_conn *c, int side)
+{
+    size_t q = fl_conn_queued(c, side);
+    return c->s[side].open && c->s[side].pinned > q ? c->s[side].pinned : q;
+}
+
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct fl_conn *c = h->data;
@@ -153,7 +159,7 @@ void fl_conn_update_reading(struct fl_conn *c)
             continue;
         /* Backpressure: do not read more from a side while the other side's
          * write queue is above the high-water mark. */
-        size_t q = fl_conn_queued(c, !i);
+        size_t q = fl_conn_backlog(c, !i);
         int want = s->want_read && !s->eof && !s->failed &&
                    q < (s->reading ? FL_WQ_HWM : FL_WQ_LWM);
         if (want && !s->reading) {
@@ -206,6 +212,8 @@ static void write_cb(uv_write_t *req, int status)
 
     fl_chunk_unref(r->ch);
     wreq_put(c->w, r);
+    if (c->s[side].pinned >= FL_CHUNK_CAP)
+        c->s[side].pinned -= FL_CHUNK_CAP;
     if (c->closing)
         return;
     if (status < 0) {
@@ -284,7 +292,8 @@ int fl_conn_write(struct fl_conn *c, int side, struct fl_chunk *ch, const char *
         fl_conn_close(c, 0);
         return e;
     }
-    if (fl_conn_queued(c, side) >= FL_WQ_HWM)
+    s->pinned += FL_CHUNK_CAP;
+    if (fl_conn_backlog(c, side) >= FL_WQ_HWM)
         fl_conn_update_reading(c);
     return 0;
 nomem:

@@ -23,9 +23,12 @@
 #define FL_CLIENT 0
 #define FL_UPSTREAM 1
 
-/* Write-queue sizes for backpressure: above HWM the opposite side stops reading,
- * below LWM it resumes. Together with FL_CHUNK_CAP they bound a connection's
- * buffered payload to about 2 x (HWM + one chunk). */
+/* Backlog sizes for backpressure: above HWM the opposite side stops reading,
+ * below LWM it resumes. A side's backlog is what its queued writes hold: the
+ * bytes, or the read chunks they pin (FL_CHUNK_CAP each), whichever is more,
+ * so a queue of many small writes counts the memory it really keeps. Together
+ * with FL_CHUNK_CAP they bound a connection's buffered payload to about
+ * 2 x (HWM + one chunk). */
 #define FL_WQ_HWM (256 * 1024)
 #define FL_WQ_LWM (64 * 1024)
 
@@ -84,6 +87,7 @@ struct fl_side {
     unsigned connecting : 1; /* upstream only */
     unsigned connected : 1;
     unsigned failed : 1; /* a write or read failed */
+    size_t pinned;       /* chunk memory held by the queued writes toward this side */
 };
 
 struct fl_conn {
@@ -172,6 +176,11 @@ void fl_conn_close(struct fl_conn *c, int reset);
 
 /* Bytes queued toward side and not yet written. */
 size_t fl_conn_queued(const struct fl_conn *c, int side);
+
+/* What the queued writes toward side hold in memory: the larger of their bytes
+ * and the chunks they pin. Protocols that make bytes up (answers, frames)
+ * stop producing toward a side whose backlog is at FL_WQ_HWM or above. */
+size_t fl_conn_backlog(const struct fl_conn *c, int side);
 
 /* Frees the worker's cached write requests (before fl_worker_fini). */
 void fl_conn_pool_drain(struct fl_worker *w);

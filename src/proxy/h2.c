@@ -486,6 +486,8 @@ static int send_data_cb(nghttp2_session *s, nghttp2_frame *frame, const uint8_t 
     struct h2_fifo *f = to == FL_CLIENT ? &st->resp : &st->req;
     static const uint8_t zeros[256];
 
+    if (fl_conn_backlog(c, to) >= FL_WQ_HWM)
+        return NGHTTP2_ERR_WOULDBLOCK; /* as send_cb */
     if (out_put(c, to, framehd, 9) < 0)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     if (frame->data.padlen > 0) {
@@ -511,11 +513,18 @@ static int send_cb_common(struct fl_conn *c, int side, const uint8_t *data, size
     return out_put(c, side, data, len) < 0 ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
 }
 
+/* Above the high-water mark toward a side, frames stay in nghttp2's queue
+ * (h2_drained sends them later). That bounds what a peer that does not read
+ * makes the proxy hold, and lets nghttp2's own limit on queued ACKs (PING,
+ * SETTINGS) end a connection that floods them. */
 static ssize_t send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *ud)
 {
     struct fl_conn *c = ud;
+    int side = s == H(c)->cs ? FL_CLIENT : FL_UPSTREAM;
     (void)flags;
-    int e = send_cb_common(c, s == H(c)->cs ? FL_CLIENT : FL_UPSTREAM, data, len);
+    if (fl_conn_backlog(c, side) >= FL_WQ_HWM)
+        return NGHTTP2_ERR_WOULDBLOCK;
+    int e = send_cb_common(c, side, data, len);
     return e ? e : (ssize_t)len;
 }
 
@@ -1568,8 +1577,11 @@ static void h2_upstream_error(struct fl_conn *c, int err)
 static void h2_drained(struct fl_conn *c, int side)
 {
     struct h2 *h = H(c);
-    if (side == FL_CLIENT && h->closing)
+    if (side == FL_CLIENT && h->closing) {
         fl_conn_close(c, 0);
+        return;
+    }
+    pump(c); /* frames held back by the backlog (send_cb) go out now */
 }
 
 static int h2_idle(struct fl_conn *c)

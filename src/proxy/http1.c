@@ -764,6 +764,9 @@ static void client_pump(struct fl_conn *c)
             break;
         if (h->rs == RQ_HEAD && h->sl_count >= H1_MAX_SLOTS)
             break; /* deep pipeline: wait for responses */
+        if (fl_conn_backlog(c, FL_CLIENT) >= FL_WQ_HWM)
+            break; /* the client is not reading what it asked for: read no more
+                    * of its requests until it has (h1_drained resumes) */
         if (h->rs == RQ_DONE) {
             release_input(h);
             break;
@@ -1147,7 +1150,12 @@ static void h1_upstream_error(struct fl_conn *c, int err)
 
 static void h1_drained(struct fl_conn *c, int side)
 {
-    if (side == FL_CLIENT)
+    struct h1 *h = c->proto;
+    if (side != FL_CLIENT)
+        return;
+    if (h->in && h->rs != RQ_HOLD)
+        client_pump(c); /* parsing waited for the client to read (backlog) */
+    else
         maybe_finish(c);
 }
 
