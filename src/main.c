@@ -14,7 +14,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: faultline run -f POLICY.yaml [--admin PATH] [--fault-log PATH|-] [--workers N]\n"
             "                     [--metrics-listen ADDR:PORT] [--header-timeout DURATION]\n"
-            "                     [--idle-timeout DURATION] [--no-sockmap] [-v]\n"
+            "                     [--idle-timeout DURATION] [--upstream-timeout DURATION]\n"
+            "                     [--connect-timeout DURATION] [--no-sockmap] [-v]\n"
             "       faultline validate -f POLICY.yaml\n"
             "       faultline version\n"
             "\n"
@@ -24,7 +25,10 @@ static void usage(FILE *f)
             "          faultctl talks to the admin socket; --metrics-listen also serves\n"
             "          /metrics over TCP for Prometheus; a client that starts a request head\n"
             "          must finish it within --header-timeout (default 30s, else 408), and a\n"
-            "          keep-alive connection idle for --idle-timeout (default 15m) is closed)\n"
+            "          keep-alive connection idle for --idle-timeout (default 15m) is closed; an\n"
+            "          upstream must accept within --connect-timeout (default 5s, else 502) and\n"
+            "          start answering a request within --upstream-timeout (default 60s, else\n"
+            "          504, or UNAVAILABLE for gRPC))\n"
             "validate  check a policy; prints every error as file:line:col: message\n");
 }
 
@@ -73,6 +77,8 @@ static int cmd_run(int argc, char **argv)
                                          {"no-sockmap", no_argument, NULL, 'S'},
                                          {"header-timeout", required_argument, NULL, 'T'},
                                          {"idle-timeout", required_argument, NULL, 'I'},
+                                         {"upstream-timeout", required_argument, NULL, 'U'},
+                                         {"connect-timeout", required_argument, NULL, 'C'},
                                          {"verbose", no_argument, NULL, 'v'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -94,15 +100,24 @@ static int cmd_run(int argc, char **argv)
             break;
         case 'S': o.no_sockmap = 1; break;
         case 'T':
-        case 'I': {
+        case 'I':
+        case 'U':
+        case 'C': {
             uint64_t ms;
+            const char *name = ch == 'T'   ? "header-timeout"
+                               : ch == 'I' ? "idle-timeout"
+                               : ch == 'U' ? "upstream-timeout"
+                                           : "connect-timeout";
             if (fl_values_parse_duration(optarg, &ms) < 0 || ms == 0) {
                 fprintf(stderr, "faultline run: --%s takes a duration above zero such as 500ms, 30s "
                                 "or 15m; got '%s'\n",
-                        ch == 'T' ? "header-timeout" : "idle-timeout", optarg);
+                        name, optarg);
                 return 2;
             }
-            *(ch == 'T' ? &o.header_timeout_ms : &o.idle_timeout_ms) = ms;
+            *(ch == 'T'   ? &o.header_timeout_ms
+              : ch == 'I' ? &o.idle_timeout_ms
+              : ch == 'U' ? &o.upstream_timeout_ms
+                          : &o.connect_timeout_ms) = ms;
             break;
         }
         case 'v': fl_log_min_level = FL_LOG_DEBUG; break;

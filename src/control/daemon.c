@@ -232,6 +232,10 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
         fl_conn_header_timeout_ms = o->header_timeout_ms;
     if (o->idle_timeout_ms)
         fl_conn_idle_timeout_ms = o->idle_timeout_ms;
+    if (o->upstream_timeout_ms)
+        fl_conn_upstream_timeout_ms = o->upstream_timeout_ms;
+    if (o->connect_timeout_ms)
+        fl_conn_connect_timeout_ms = o->connect_timeout_ms;
     if (fl_workers_init(lifecycle.loop, err, sizeof(err)) < 0) {
         fprintf(stderr, "faultline: %s\n", err);
         fl_policy_unref(p);

@@ -20,6 +20,8 @@ struct fl_daemon_opts {
     int no_sockmap;
     uint64_t header_timeout_ms; /* 0: the default */
     uint64_t idle_timeout_ms;   /* 0: the default */
+    uint64_t upstream_timeout_ms; /* 0: the default */
+    uint64_t connect_timeout_ms;  /* 0: the default */
 };
 
 /* Runs the daemon until SIGTERM/SIGINT. Returns the process exit status:

@@ -13,6 +13,8 @@
 
 uint64_t fl_conn_header_timeout_ms = 30000;
 uint64_t fl_conn_idle_timeout_ms = 15 * 60 * 1000;
+uint64_t fl_conn_connect_timeout_ms = 5000;
+uint64_t fl_conn_upstream_timeout_ms = 60000;
 
 /* A write in flight. It holds the chunk whose bytes it sends, or owns a copy. */
 struct fl_wreq {
@@ -67,9 +69,10 @@ void fl_conn_close(struct fl_conn *c, int reset)
             continue;
         uv_close((uv_handle_t *)&s->tcp, on_handle_closed);
     }
-    c->pending_closes += 2;
+    c->pending_closes += 3;
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->io_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->up_timer, on_handle_closed);
 }
 
 static void upstream_recycled_cb(uv_handle_t *h)
@@ -385,8 +388,36 @@ int fl_conn_connect_upstream(struct fl_conn *c)
     }
     c->connect_req.data = c;
     s->connecting = 1;
-    uv_timer_start(&c->io_timer, connect_timeout_cb, FL_CONNECT_TIMEOUT_MS, 0);
+    uv_timer_start(&c->io_timer, connect_timeout_cb, fl_conn_connect_timeout_ms, 0);
     return 0;
+}
+
+/* The deadline is lazy like the protocols' client deadlines: moving it later
+ * costs no timer operation; a timer that fires early re-arms for the rest. */
+static void up_timer_cb(uv_timer_t *t)
+{
+    struct fl_conn *c = t->data;
+    uint64_t now = uv_now(c->w->loop);
+    if (c->closing || !c->up_deadline)
+        return;
+    if (now < c->up_deadline) {
+        uv_timer_start(&c->up_timer, up_timer_cb, c->up_deadline - now, 0);
+        return;
+    }
+    c->up_deadline = 0;
+    if (c->ops && c->ops->upstream_timeout)
+        c->ops->upstream_timeout(c);
+}
+
+void fl_conn_upstream_deadline(struct fl_conn *c, uint64_t deadline)
+{
+    c->up_deadline = deadline;
+    if (!deadline || c->closing)
+        return;
+    uint64_t now = uv_now(c->w->loop);
+    uint64_t in = deadline > now ? deadline - now : 0;
+    if (!uv_is_active((uv_handle_t *)&c->up_timer) || uv_timer_get_due_in(&c->up_timer) > in)
+        uv_timer_start(&c->up_timer, up_timer_cb, in, 0);
 }
 
 int fl_conn_switch(struct fl_conn *c, const struct fl_proto_ops *ops)
@@ -394,6 +425,7 @@ int fl_conn_switch(struct fl_conn *c, const struct fl_proto_ops *ops)
     if (c->ops && c->ops->destroy)
         c->ops->destroy(c);
     uv_timer_stop(&c->timer); /* its callback belonged to the old handler */
+    c->up_deadline = 0;
     fl_worker_unhold(c->w, &c->hold);
     c->proto = NULL;
     c->ops = ops;
@@ -424,6 +456,8 @@ static struct fl_conn *conn_new(struct fl_worker *w, const struct fl_proto_ops *
     c->s[FL_CLIENT].open = 1;
     uv_timer_init(w->loop, &c->timer);
     uv_timer_init(w->loop, &c->io_timer);
+    uv_timer_init(w->loop, &c->up_timer);
+    c->up_timer.data = c;
     c->timer.data = c;
     c->io_timer.data = c;
     c->next = w->conns;

@@ -32,7 +32,6 @@
 #define FL_WQ_HWM (256 * 1024)
 #define FL_WQ_LWM (64 * 1024)
 
-#define FL_CONNECT_TIMEOUT_MS 5000
 
 struct fl_conn;
 struct fl_worker;
@@ -56,6 +55,8 @@ struct fl_proto_ops {
     void (*drained)(struct fl_conn *c, int side);
     /* Returns 1 when no request is in flight, so a graceful shutdown may close it. */
     int (*idle)(struct fl_conn *c);
+    /* Optional: the deadline set with fl_conn_upstream_deadline() passed. */
+    void (*upstream_timeout)(struct fl_conn *c);
     /* Optional: graceful shutdown has begun (c->close_when_idle is set). The
      * handler tells the client (HTTP/2 GOAWAY) and closes c once what is in
      * flight is done. Without it, c is closed when idle() says so. */
@@ -77,6 +78,13 @@ typedef int (*fl_conn_socket_fn)(int netns_fd, int family, int *fd);
 extern uint64_t fl_conn_header_timeout_ms;
 extern uint64_t fl_conn_idle_timeout_ms;
 
+/* Upstream timeouts, set the same way (--connect-timeout, default 5 s;
+ * --upstream-timeout, default 60 s): dialling the upstream must succeed
+ * within the first, and a request sent upstream must get the start of its
+ * answer within the second (HTTP/1.1: 504; HTTP/2: 504, gRPC: UNAVAILABLE). */
+extern uint64_t fl_conn_connect_timeout_ms;
+extern uint64_t fl_conn_upstream_timeout_ms;
+
 struct fl_side {
     uv_tcp_t tcp;
     unsigned open : 1;       /* handle initialised, close pending or not */
@@ -97,6 +105,8 @@ struct fl_conn {
     uv_timer_t timer;    /* protocol's: timeouts */
     struct fl_hold hold; /* protocol's: the held delay (the worker's queue) */
     uv_timer_t io_timer; /* conn's: upstream connect timeout */
+    uv_timer_t up_timer; /* conn's: the protocol's upstream answer deadline */
+    uint64_t up_deadline; /* loop time up_timer is for; 0: none (lazy, see conn.c) */
     uv_connect_t connect_req;
     const struct fl_proto_ops *ops;
     void (*recycled)(struct fl_conn *c);
@@ -160,6 +170,12 @@ int fl_conn_connect_upstream(struct fl_conn *c) FL_WUR;
  * reference is held until the write completes; otherwise the bytes are copied.
  * Returns 0 or a negative errno (the conn is then closing). */
 int fl_conn_write(struct fl_conn *c, int side, struct fl_chunk *ch, const char *p, size_t len);
+
+/* Sets the time (loop clock, ms) by which the upstream must have answered,
+ * or 0 for none; ops->upstream_timeout runs when it passes. Cheap enough to
+ * call per request: the timer is only restarted when it would fire too late.
+ * A protocol switch clears it. */
+void fl_conn_upstream_deadline(struct fl_conn *c, uint64_t deadline);
 
 /* Half-closes toward side once queued writes are out. */
 void fl_conn_shutdown(struct fl_conn *c, int side);

@@ -70,6 +70,7 @@ struct h2_stream {
     unsigned synthetic : 1;     /* response made here: nothing to consume upstream */
     unsigned head_done : 1;     /* request header block complete; later blocks are trailers */
     unsigned too_big : 1;       /* request header block beyond the limits: answered 431 */
+    uint32_t over_size;         /* too_big: the block's list size so far, fields dropped */
     struct fl_chunk *hdrs[2];   /* header block being collected, by side it came from */
     struct fl_chunk *trailers[2]; /* trailers waiting for the body before them, by side */
     struct fl_chunk *lent[2];     /* header block a session sends without a copy, by side */
@@ -77,6 +78,7 @@ struct h2_stream {
     struct fl_decision d;
     struct fl_policy *policy; /* keeps d.rule alive while held */
     uint64_t due; /* held: fl_worker_deadline() of the delay */
+    uint64_t up_since; /* loop time the request went upstream; 0: answered or not sent */
 };
 
 struct h2 {
@@ -94,6 +96,8 @@ struct h2 {
     uint64_t idle_since; /* loop time the last stream ended (no stream open) */
     uint64_t rst_window_start;
     unsigned rst_count;
+    unsigned oversized;       /* request header blocks reset for their size */
+    unsigned calm : 1;        /* header blocks too large too often: GOAWAY(ENHANCE_YOUR_CALM) */
     unsigned recycling : 1;   /* the upstream socket is being replaced */
     unsigned up_dead : 1;     /* h->us is being torn down; ignore its callbacks */
     unsigned closing : 1;     /* close once the client queue is empty */
@@ -707,6 +711,53 @@ static void go_upstream(struct fl_conn *c, struct h2_stream *st)
     st->uid = uid;
     st->up_open = 1;
     st->state = ST_UP;
+    st->up_since = fl_worker_now(c->w);
+    if (!c->up_deadline)
+        fl_conn_upstream_deadline(c, st->up_since + fl_conn_upstream_timeout_ms);
+}
+
+/* --upstream-timeout: every stream whose request went upstream that long ago
+ * without the start of an answer is cancelled upstream and answered here (504,
+ * or UNAVAILABLE for gRPC); the deadline moves to the next such stream. */
+static void h2_upstream_timeout(struct fl_conn *c)
+{
+    struct h2 *h = H(c);
+    uint64_t now = fl_worker_now(c->w), next = 0;
+    int n = 0;
+    char up[64], msg[256];
+
+    fl_addr_str((struct sockaddr *)&c->dst, up, sizeof(up));
+    snprintf(msg, sizeof(msg),
+             "faultline: upstream %s (listener '%s') did not answer within %llu ms\n", up,
+             c->scope, (unsigned long long)fl_conn_upstream_timeout_ms);
+    for (struct h2_stream *st = h->streams; st && !c->closing; st = st->next) {
+        if (!st->up_since || st->resp_started || !st->up_open)
+            continue;
+        if (now - st->up_since < fl_conn_upstream_timeout_ms) {
+            uint64_t due = st->up_since + fl_conn_upstream_timeout_ms;
+            if (!next || due < next)
+                next = due;
+            continue;
+        }
+        st->up_since = 0;
+        n++;
+        if (h->us && !h->up_dead)
+            nghttp2_submit_rst_stream(h->us, NGHTTP2_FLAG_NONE, st->uid, NGHTTP2_CANCEL);
+        if (st->client_open) {
+            if (st->grpc)
+                (void)answer(c, st, 0, 14, msg, NULL, 0, NULL, 0, NULL);
+            else
+                (void)answer(c, st, 504, -1, NULL, NULL, 0, msg, strlen(msg), NULL);
+        }
+    }
+    if (n)
+        fl_warn("conn %llu: upstream %s (listener '%s') did not answer %d stream(s) within %llu "
+                "ms (--upstream-timeout); answered 504 (gRPC: UNAVAILABLE)",
+                (unsigned long long)c->id, up, c->scope, n,
+                (unsigned long long)fl_conn_upstream_timeout_ms);
+    if (next && !c->closing)
+        fl_conn_upstream_deadline(c, next);
+    pump(c);
 }
 
 /* The upstream socket failed or closed: streams it carried fail (answered if
@@ -1030,8 +1081,21 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     if (!st)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     struct fl_chunk **slot = hdrs_slot(st, side);
-    if (side == FL_CLIENT && st->too_big)
-        return 0;
+    if (side == FL_CLIENT && st->too_big) {
+        /* A head somewhat over the limit is answered 431 once complete. One
+         * that keeps expanding (an HPACK bomb: a small frame whose indexed
+         * fields decode to megabytes) is reset at once, so nghttp2 stops
+         * validating and handing over its fields; one connection doing that
+         * again and again is told to go away. */
+        st->over_size += (uint32_t)(nl + vl + 32 < UINT32_MAX / 2 ? nl + vl + 32 : UINT32_MAX / 2);
+        if (st->over_size <= FL_H2_MAX_HEADER_LIST * FL_H2_OVERSIZE_FACTOR)
+            return 0;
+        if (++h->oversized > FL_H2_OVERSIZE_MAX) {
+            h->calm = 1;
+            return NGHTTP2_ERR_CALLBACK_FAILURE; /* h2_data sends the GOAWAY */
+        }
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
     if (!*slot)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (hdrs_add(hdrs_of(*slot), name, nl, value, vl) == 0)
@@ -1040,6 +1104,7 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
      * is answered 431 once complete; anything else resets the stream. */
     if (side == FL_CLIENT && !st->head_done) {
         st->too_big = 1;
+        st->over_size = hdrs_of(*slot)->list_size;
         return 0;
     }
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -1125,6 +1190,7 @@ static void upstream_headers(struct fl_conn *c, struct h2_stream *st, const nght
             return;
         }
         st->resp_started = 1;
+        st->up_since = 0;
         st->resp_eos = eos;
         hdrs_lend(st, FL_CLIENT, &st->hdrs[FL_UPSTREAM]);
         int lent = !st->hdrs[FL_UPSTREAM];
@@ -1356,7 +1422,10 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t err, void *u
     /* A new upstream session numbers its streams from 1 again. */
     if (h->hdr_st[FL_UPSTREAM] == st)
         h->hdr_st[FL_UPSTREAM] = NULL;
-    if (st->client_open && err != NGHTTP2_NO_ERROR) {
+    if (st->synthetic) {
+        /* Answered here (e.g. --upstream-timeout): the upstream's end of the
+         * stream does not concern the client. */
+    } else if (st->client_open && err != NGHTTP2_NO_ERROR) {
         fifo_clear(&st->resp);
         nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, err);
     } else if (st->client_open && !st->resp_eos) {
@@ -1519,7 +1588,14 @@ static void h2_data(struct fl_conn *c, int side, struct fl_chunk *ch, size_t off
         h->depth++;
         ssize_t n = nghttp2_session_mem_recv(h->cs, p, len);
         h->depth--;
-        if (n < 0) {
+        if (n < 0 && h->calm) {
+            char detail[128];
+            snprintf(detail, sizeof(detail),
+                     "more than %d request header blocks over %d times the %d-byte limit",
+                     FL_H2_OVERSIZE_MAX, FL_H2_OVERSIZE_FACTOR, FL_H2_MAX_HEADER_LIST);
+            protocol_warn(c, "header blocks too large (HPACK bomb?)", detail);
+            go_away(c, NGHTTP2_ENHANCE_YOUR_CALM);
+        } else if (n < 0) {
             protocol_warn(c, n == NGHTTP2_ERR_BAD_CLIENT_MAGIC ? "bad connection preface"
                                                                : "protocol error",
                           nghttp2_strerror((int)n));
@@ -1666,6 +1742,7 @@ const struct fl_proto_ops fl_h2_ops = {
     .eof = h2_eof,
     .upstream_error = h2_upstream_error,
     .drained = h2_drained,
+    .upstream_timeout = h2_upstream_timeout,
     .idle = h2_idle,
     .drain = h2_drain,
     .destroy = h2_destroy,

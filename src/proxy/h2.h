@@ -30,6 +30,14 @@ extern const struct fl_proto_ops fl_h2_ops;
 #define FL_H2_RST_MAX 200
 #define FL_H2_RST_WINDOW_MS 1000
 
+/* A request header block that decodes to more than FL_H2_OVERSIZE_FACTOR times
+ * FL_H2_MAX_HEADER_LIST is reset as soon as it gets there (below that it is
+ * answered 431); after FL_H2_OVERSIZE_MAX such blocks the connection gets
+ * GOAWAY(ENHANCE_YOUR_CALM). An HPACK bomb then costs the worker a few
+ * microseconds per frame instead of milliseconds. */
+#define FL_H2_OVERSIZE_FACTOR 4
+#define FL_H2_OVERSIZE_MAX 8
+
 /* A connection told to go away is closed after this long even if the peer
  * does not read what is left. */
 #define FL_H2_LINGER_MS 2000

@@ -89,6 +89,7 @@ struct h1 {
     int n_head;
     size_t head_bytes;
     struct fl_chunk *scratch_ch;
+    struct h1_scratch *scratch_big; /* a head too big for the chunk: H1_MAX_HEAD, malloc'd */
     /* client input not yet parsed (parsing paused) */
     struct fl_chunk *in;
     size_t in_off, in_len;
@@ -114,11 +115,13 @@ struct h1 {
     unsigned resp_until_eof : 1; /* the current response ends with the upstream's FIN */
     unsigned last_upstream : 1;  /* the latest request went upstream (not answered here) */
     unsigned resp_switch : 1;     /* the response being read switches protocols */
+    unsigned await_chunk : 1;     /* a passed chunked request waits for its first chunk
+                                   * size to parse before its head goes upstream */
     unsigned upgrade_decided : 1; /* an Upgrade/CONNECT message ended; llhttp's
                                    * HPE_PAUSED_UPGRADE for it is still to come */
 };
 
-enum { EV_NONE, EV_HEADERS, EV_DONE, EV_STATUS };
+enum { EV_NONE, EV_HEADERS, EV_DONE, EV_STATUS, EV_CHUNK };
 enum { T_NONE, T_HEADER, T_IDLE };
 
 static const llhttp_settings_t *req_settings(void);
@@ -129,6 +132,8 @@ static void flush_front(struct fl_conn *c);
 
 static struct h1_scratch *scratch(struct h1 *h)
 {
+    if (h->scratch_big)
+        return h->scratch_big;
     return h->scratch_ch ? (struct h1_scratch *)h->scratch_ch->data : NULL;
 }
 
@@ -144,6 +149,8 @@ static void scratch_release(struct h1 *h)
 {
     fl_chunk_unref(h->scratch_ch);
     h->scratch_ch = NULL;
+    free(h->scratch_big);
+    h->scratch_big = NULL;
 }
 
 /* ---- slots ---- */
@@ -177,6 +184,21 @@ static int upstream_pending(struct h1 *h)
         if (h->slots[(h->sl_head + i) % H1_MAX_SLOTS].kind == SLOT_UPSTREAM)
             return 1;
     return 0;
+}
+
+/* --upstream-timeout: the front request, once sent, must see the start of its
+ * answer in time. Armed when an upstream request reaches the front of the
+ * queue, cleared by the first bytes of its response. */
+static void arm_upstream_deadline(struct fl_conn *c)
+{
+    struct h1 *h = c->proto;
+    struct h1_slot *s = h->sl_count ? &h->slots[h->sl_head] : NULL;
+    if (s && s->kind == SLOT_UPSTREAM && h->resp_bytes == 0) {
+        if (!c->up_deadline)
+            fl_conn_upstream_deadline(c, fl_worker_now(c->w) + fl_conn_upstream_timeout_ms);
+    } else if (c->up_deadline) {
+        fl_conn_upstream_deadline(c, 0);
+    }
 }
 
 /* ---- synthetic responses ---- */
@@ -321,6 +343,8 @@ static void flush_front(struct fl_conn *c)
                 slot_pop(h);
         }
     }
+    if (!c->closing)
+        arm_upstream_deadline(c);
     maybe_finish(c);
 }
 
@@ -384,7 +408,7 @@ static int on_message_begin(llhttp_t *p)
     struct h1 *h = c->proto;
     h->seen_request = 1;
     arm_client_timer(c, 1);
-    if (!h->scratch_ch) {
+    if (!h->scratch_ch && !h->scratch_big) {
         h->scratch_ch = fl_chunk_get(&c->w->pool);
         if (!h->scratch_ch)
             return -1;
@@ -399,11 +423,43 @@ static int on_message_begin(llhttp_t *p)
     return 0;
 }
 
-static char *sc_append(struct h1_scratch *sc, const char *at, size_t len)
+/* Moves the request facts out of the pool chunk into a buffer that holds a
+ * whole head (H1_MAX_HEAD), so a request target or header section as large as
+ * the head limit is still parsed, matched and answered 431 only above it. */
+static struct h1_scratch *scratch_grow(struct h1 *h)
 {
-    size_t room = FL_CHUNK_CAP - sizeof(*sc) - sc->used;
-    if (len > room) {
-        sc->overflow = 1;
+    struct h1_scratch *old = scratch(h);
+    struct h1_scratch *big = malloc(sizeof(*big) + H1_MAX_HEAD);
+    if (!big)
+        return NULL;
+    memcpy(big, old, sizeof(*old) + old->used);
+    ptrdiff_t d = big->buf - old->buf;
+    if (big->url)
+        big->url += d;
+    for (size_t i = 0; i < big->n_hdrs; i++) {
+        big->hdrs[i].name += d;
+        if (big->hdrs[i].value)
+            big->hdrs[i].value += d;
+    }
+    fl_chunk_unref(h->scratch_ch);
+    h->scratch_ch = NULL;
+    h->scratch_big = big;
+    return big;
+}
+
+static char *sc_append(struct h1 *h, const char *at, size_t len)
+{
+    struct h1_scratch *sc = scratch(h);
+    size_t cap = h->scratch_big ? H1_MAX_HEAD : FL_CHUNK_CAP - sizeof(*sc);
+    if (len > cap - sc->used && !h->scratch_big && len <= H1_MAX_HEAD - sc->used) {
+        struct h1_scratch *big = scratch_grow(h);
+        if (big) {
+            sc = big;
+            cap = H1_MAX_HEAD;
+        }
+    }
+    if (len > cap - sc->used) {
+        sc->overflow = 1; /* answered 431 */
         return NULL;
     }
     char *d = sc->buf + sc->used;
@@ -416,9 +472,10 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
 {
     struct fl_conn *c = p->data;
     struct h1_scratch *sc = scratch(c->proto);
-    char *d = sc_append(sc, at, len);
+    char *d = sc_append(c->proto, at, len);
     if (!d)
         return -1;
+    sc = scratch(c->proto); /* it may have moved */
     if (!sc->url)
         sc->url = d;
     sc->url_len += len;
@@ -434,15 +491,29 @@ static int on_url_complete(llhttp_t *p)
     return 0;
 }
 
+/* RFC 9110 5.1: a field name is a token. llhttp's loose mode lets spaces
+ * through ("Host : x"), which servers read differently: a smuggling shape. */
+static int is_tchar(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct fl_conn *c = p->data;
     struct h1_scratch *sc = scratch(c->proto);
     if (!sc)
         return 0; /* a trailer field: the head was decided; its bytes pass as body */
-    char *d = sc_append(sc, at, len);
+    for (size_t i = 0; i < len; i++)
+        if (!is_tchar((unsigned char)at[i])) {
+            llhttp_set_error_reason(p, "Invalid character in header field name");
+            return -1;
+        }
+    char *d = sc_append(c->proto, at, len);
     if (!d)
         return -1;
+    sc = scratch(c->proto); /* it may have moved */
     if (sc->last_was_value) {
         if (sc->n_hdrs == H1_MAX_HDRS)
             return 0; /* beyond what rules look at; still forwarded */
@@ -465,9 +536,16 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
         return 0; /* trailer value, see on_header_field */
     if (sc->n_hdrs == 0)
         return 0;
-    char *d = sc_append(sc, at, len);
+    if (memchr(at, '\r', len) || memchr(at, '\n', len)) {
+        /* A line folded into the value (obs-fold, RFC 9112 5.2): rejected, as
+         * servers that unfold it and servers that do not disagree. */
+        llhttp_set_error_reason(p, "Header value folded over lines (obs-fold)");
+        return -1;
+    }
+    char *d = sc_append(c->proto, at, len);
     if (!d)
         return -1;
+    sc = scratch(c->proto); /* it may have moved */
     struct fl_hdr *hd = &sc->hdrs[sc->n_hdrs - 1];
     if (!hd->value)
         hd->value = d;
@@ -480,6 +558,16 @@ static int on_req_headers_complete(llhttp_t *p)
 {
     struct fl_conn *c = p->data;
     ((struct h1 *)c->proto)->ev = EV_HEADERS;
+    return HPE_PAUSED;
+}
+
+static int on_req_chunk_header(llhttp_t *p)
+{
+    struct fl_conn *c = p->data;
+    struct h1 *h = c->proto;
+    if (!h->await_chunk)
+        return 0;
+    h->ev = EV_CHUNK;
     return HPE_PAUSED;
 }
 
@@ -526,6 +614,8 @@ static void dispatch_upstream(struct fl_conn *c, uint8_t method, const struct fl
         fl_conn_write(c, FL_UPSTREAM, h->head[i].ch, h->head[i].ch->data + h->head[i].off,
                       h->head[i].len);
     head_release(h);
+    if (!c->closing)
+        arm_upstream_deadline(c);
     if (h->rs != RQ_UPGRADE && h->rs != RQ_DONE)
         h->rs = RQ_PASS;
 }
@@ -590,6 +680,29 @@ static void fill_request(struct h1 *h, struct fl_request *rq)
     }
 }
 
+/* RFC 9112 6.1: a request whose last transfer coding is not chunked has no
+ * knowable length; faultline forwards only chunked (or no) transfer coding.
+ * Returns 1 when the head names another one. */
+static int unsupported_te(const struct h1_scratch *sc)
+{
+    const struct fl_hdr *te = NULL;
+    for (size_t i = 0; i < sc->n_hdrs; i++)
+        if (sc->hdrs[i].name_len == 17 && strncasecmp(sc->hdrs[i].name, "transfer-encoding", 17) == 0)
+            te = &sc->hdrs[i];
+    if (!te)
+        return 0;
+    const char *v = te->value ? te->value : "";
+    size_t n = te->value_len;
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    size_t b = n;
+    while (b && v[b - 1] != ',')
+        b--;
+    while (b < n && (v[b] == ' ' || v[b] == '\t'))
+        b++;
+    return !(n - b == 7 && strncasecmp(v + b, "chunked", 7) == 0);
+}
+
 /* The request head is complete: decide its fate. */
 static void on_head(struct fl_conn *c)
 {
@@ -602,6 +715,16 @@ static void on_head(struct fl_conn *c)
 
     h->tkind = T_NONE; /* the head is in: no header deadline until the next request */
 
+    if (unsupported_te(scratch(h))) {
+        char peer[64];
+        fl_addr_str((struct sockaddr *)&c->src, peer, sizeof(peer));
+        fl_warn("request from %s: Transfer-Encoding other than chunked; answered 501", peer);
+        head_release(h);
+        scratch_release(h);
+        release_input(h);
+        push_error(c, 501, "faultline: only the chunked transfer coding is supported\n");
+        return;
+    }
     if (c->policy != w->policy) {
         fl_policy_unref(c->policy);
         c->policy = fl_policy_ref(w->policy);
@@ -609,6 +732,14 @@ static void on_head(struct fl_conn *c)
     fill_request(h, &rq);
     if (!fl_fault_decide(c->policy, c->scope, &rq, &w->rng, fl_worker_now(w), &d)) {
         scratch_release(h);
+        if (h->req.flags & F_CHUNKED) {
+            /* The head goes upstream with the first chunk size, once that
+             * parses: a bad one (overflowing, negative) is answered 400 here
+             * instead of leaving the upstream with half a request. */
+            h->await_chunk = 1;
+            arm_client_timer(c, 1);
+            return;
+        }
         dispatch_upstream(c, method, NULL);
         return;
     }
@@ -779,7 +910,8 @@ static void client_pump(struct fl_conn *c)
         if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE)
             used = (size_t)(llhttp_get_error_pos(&h->req) - start);
         else if (err != HPE_OK) {
-            if (!h->seen_request_done && !h->url_done && h->sl_count == 0 && h->rs == RQ_HEAD) {
+            if (!h->seen_request_done && !h->url_done && h->sl_count == 0 && h->rs == RQ_HEAD &&
+                !(scratch(h) && scratch(h)->overflow)) {
                 switch_to_raw(c);
                 return;
             }
@@ -795,6 +927,10 @@ static void client_pump(struct fl_conn *c)
             llhttp_resume(&h->req);
             if (h->ev == EV_HEADERS) {
                 on_head(c);
+            } else if (h->ev == EV_CHUNK) {
+                h->await_chunk = 0;
+                h->tkind = T_NONE;
+                dispatch_upstream(c, (uint8_t)h->req.method, NULL);
             } else if (h->ev == EV_DONE) {
                 if (h->rs == RQ_PASS || h->rs == RQ_DROP)
                     h->rs = llhttp_should_keep_alive(&h->req) ? RQ_HEAD : RQ_DONE;
@@ -944,6 +1080,8 @@ static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, si
         h->ev = EV_NONE;
         llhttp_errno_t err = llhttp_execute(&h->resp, p, left);
         size_t used = left;
+        if (c->up_deadline)
+            fl_conn_upstream_deadline(c, 0); /* the front response has begun */
         if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
             used = (size_t)(llhttp_get_error_pos(&h->resp) - p);
         } else if (err != HPE_OK) {
@@ -1148,6 +1286,27 @@ static void h1_upstream_error(struct fl_conn *c, int err)
     fl_conn_close(c, 0);
 }
 
+static void h1_upstream_timeout(struct fl_conn *c)
+{
+    struct h1 *h = c->proto;
+    struct h1_slot *s = slot_front(h);
+    char up[64];
+    if (!s || s->kind != SLOT_UPSTREAM || h->resp_bytes)
+        return;
+    fl_addr_str((struct sockaddr *)&c->dst, up, sizeof(up));
+    fl_warn("conn %llu: upstream %s (listener '%s') did not answer within %llu ms "
+            "(--upstream-timeout); answered 504",
+            (unsigned long long)c->id, up, c->scope,
+            (unsigned long long)fl_conn_upstream_timeout_ms);
+    slot_pop(h);
+    /* A late answer must not reach the client behind the 504. */
+    recycle_upstream(c);
+    push_error(c, 504,
+               "faultline: upstream %s (listener '%s') did not answer within %llu ms; "
+               "check the service, or raise --upstream-timeout\n",
+               up, c->scope, (unsigned long long)fl_conn_upstream_timeout_ms);
+}
+
 static void h1_drained(struct fl_conn *c, int side)
 {
     struct h1 *h = c->proto;
@@ -1206,6 +1365,7 @@ static const llhttp_settings_t req_cbs = {
     .on_header_field = on_header_field,
     .on_header_value = on_header_value,
     .on_headers_complete = on_req_headers_complete,
+    .on_chunk_header = on_req_chunk_header,
     .on_message_complete = on_req_message_complete,
 };
 
@@ -1232,6 +1392,7 @@ const struct fl_proto_ops fl_http1_ops = {
     .eof = h1_eof,
     .upstream_error = h1_upstream_error,
     .drained = h1_drained,
+    .upstream_timeout = h1_upstream_timeout,
     .idle = h1_idle,
     .destroy = h1_destroy,
 };
