@@ -123,14 +123,18 @@ static void append(struct fl_faultlog_buf *lb, const char *s, size_t n)
     lb->len += n;
 }
 
-/* Appends s as a JSON string body (escaped, no quotes) into out (cap bytes),
- * returning the new length, truncating safely. */
-static size_t json_escape(char *out, size_t cap, size_t pos, const char *s, size_t len)
+/* Appends s as a JSON string body (escaped, no quotes) into out, writing no
+ * more than max bytes of it and never past cap. Sets *cut when s did not fit;
+ * a cut never splits a UTF-8 sequence. Returns the new length. */
+static size_t json_escape(char *out, size_t cap, size_t pos, const char *s, size_t len, size_t max,
+                          int *cut)
 {
     static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < len; i++) {
+    size_t end = pos + max < cap ? pos + max : cap;
+    size_t i;
+    for (i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)s[i];
-        if (pos + 7 >= cap)
+        if (pos + 7 >= end)
             break;
         if (ch == '"' || ch == '\\') {
             out[pos++] = '\\';
@@ -146,6 +150,16 @@ static size_t json_escape(char *out, size_t cap, size_t pos, const char *s, size
             out[pos++] = (char)ch;
         }
     }
+    if (i < len) {
+        *cut = 1;
+        /* s[i] continues a multi-byte sequence: drop its start too. */
+        if (((unsigned char)s[i] & 0xc0) == 0x80) {
+            while (pos && ((unsigned char)out[pos - 1] & 0xc0) == 0x80)
+                pos--;
+            if (pos && (unsigned char)out[pos - 1] >= 0xc0)
+                pos--;
+        }
+    }
     return pos;
 }
 
@@ -159,59 +173,90 @@ static size_t put(char *out, size_t cap, size_t pos, const char *s)
 }
 
 static size_t put_str(char *out, size_t cap, size_t pos, const char *key, const char *s,
-                      size_t len)
+                      size_t len, size_t max, int *cut)
 {
     pos = put(out, cap, pos, key);
-    pos = json_escape(out, cap, pos, s ? s : "", s ? len : 0);
+    pos = json_escape(out, cap, pos, s ? s : "", s ? len : 0, max, cut);
     return put(out, cap, pos, "\"");
 }
 
-void fl_faultlog_emit(struct fl_faultlog_buf *lb, const struct fl_fault_event *ev)
+/* Longest escaped value of each field: a line stays well under
+ * FL_FAULTLOG_LINE_MAX whatever the request carries. */
+#define FIELD_NAME_MAX 256
+#define FIELD_METHOD_MAX 64
+#define FIELD_PATH_MAX 4096
+#define FIELD_AUTHORITY_MAX 512
+
+size_t fl_faultlog_format(const struct fl_fault_event *ev, char *line, size_t cap)
 {
-    char line[4096];
     char ts[32], num[64], addr[64];
     size_t pos = 0;
+    int cut = 0;
     const struct fl_request *rq = ev->req;
 
     fl_log_timestamp(ts, sizeof(ts));
-    pos = put(line, sizeof(line), pos, "{\"ts\":\"");
-    pos = put(line, sizeof(line), pos, ts);
-    pos = put(line, sizeof(line), pos, "\",\"event\":\"fault\"");
-    pos = put_str(line, sizeof(line), pos, ",\"policy\":\"", ev->policy, strlen(ev->policy));
-    pos = put_str(line, sizeof(line), pos, ",\"rule\":\"", ev->rule, strlen(ev->rule));
-    pos = put(line, sizeof(line), pos, ",\"fault\":\"");
-    pos = put(line, sizeof(line), pos, fl_fault_kind_name(ev->kind));
-    pos = put(line, sizeof(line), pos, "\"");
+    pos = put(line, cap, pos, "{\"ts\":\"");
+    pos = put(line, cap, pos, ts);
+    pos = put(line, cap, pos, "\",\"event\":\"fault\"");
+    pos = put_str(line, cap, pos, ",\"policy\":\"", ev->policy, strlen(ev->policy),
+                  FIELD_NAME_MAX, &cut);
+    pos = put_str(line, cap, pos, ",\"rule\":\"", ev->rule, strlen(ev->rule), FIELD_NAME_MAX,
+                  &cut);
+    pos = put(line, cap, pos, ",\"fault\":\"");
+    pos = put(line, cap, pos, fl_fault_kind_name(ev->kind));
+    pos = put(line, cap, pos, "\"");
     if (ev->kind == FL_FAULT_DELAY) {
         snprintf(num, sizeof(num), ",\"delay_ms\":%llu", (unsigned long long)ev->delay_ms);
-        pos = put(line, sizeof(line), pos, num);
+        pos = put(line, cap, pos, num);
     } else if (ev->kind == FL_FAULT_ABORT) {
         if (ev->grpc_status >= 0)
             snprintf(num, sizeof(num), ",\"grpc_status\":%d", ev->grpc_status);
         else
             snprintf(num, sizeof(num), ",\"status\":%d", ev->status);
-        pos = put(line, sizeof(line), pos, num);
+        pos = put(line, cap, pos, num);
     }
     if (rq) {
-        pos = put(line, sizeof(line), pos, ",\"proto\":\"");
-        pos = put(line, sizeof(line), pos, fl_match_proto_name(rq->proto));
-        pos = put(line, sizeof(line), pos, "\"");
-        pos = put_str(line, sizeof(line), pos, ",\"method\":\"", rq->method_str, rq->method_len);
-        pos = put_str(line, sizeof(line), pos, ",\"path\":\"", rq->path, rq->target_len);
-        pos = put_str(line, sizeof(line), pos, ",\"authority\":\"", rq->authority,
-                      rq->authority_len);
+        pos = put(line, cap, pos, ",\"proto\":\"");
+        pos = put(line, cap, pos, fl_match_proto_name(rq->proto));
+        pos = put(line, cap, pos, "\"");
+        pos = put_str(line, cap, pos, ",\"method\":\"", rq->method_str, rq->method_len,
+                      FIELD_METHOD_MAX, &cut);
+        pos = put_str(line, cap, pos, ",\"path\":\"", rq->path, rq->target_len, FIELD_PATH_MAX,
+                      &cut);
+        pos = put_str(line, cap, pos, ",\"authority\":\"", rq->authority, rq->authority_len,
+                      FIELD_AUTHORITY_MAX, &cut);
     }
     if (ev->src) {
         fl_addr_str(ev->src, addr, sizeof(addr));
-        pos = put_str(line, sizeof(line), pos, ",\"src\":\"", addr, strlen(addr));
+        pos = put_str(line, cap, pos, ",\"src\":\"", addr, strlen(addr), sizeof(addr), &cut);
     }
     if (ev->dst) {
         fl_addr_str(ev->dst, addr, sizeof(addr));
-        pos = put_str(line, sizeof(line), pos, ",\"dst\":\"", addr, strlen(addr));
+        pos = put_str(line, cap, pos, ",\"dst\":\"", addr, strlen(addr), sizeof(addr), &cut);
     }
-    snprintf(num, sizeof(num), ",\"conn\":%llu}", (unsigned long long)ev->conn);
-    pos = put(line, sizeof(line), pos, num);
-    fl_faultlog_emit_raw(lb, line, pos);
+    if (cut)
+        pos = put(line, cap, pos, ",\"truncated\":true");
+    snprintf(num, sizeof(num), ",\"conn\":%llu", (unsigned long long)ev->conn);
+    return put(line, cap, pos, num);
+}
+
+void fl_faultlog_emit_formatted(struct fl_faultlog_buf *lb, char *line, size_t len, size_t cap,
+                                int status)
+{
+    char num[32];
+    if (status > 0) {
+        snprintf(num, sizeof(num), ",\"status\":%d", status);
+        len = put(line, cap, len, num);
+    }
+    len = put(line, cap, len, "}");
+    fl_faultlog_emit_raw(lb, line, len);
+}
+
+void fl_faultlog_emit(struct fl_faultlog_buf *lb, const struct fl_fault_event *ev)
+{
+    char line[FL_FAULTLOG_LINE_MAX];
+    size_t len = fl_faultlog_format(ev, line, sizeof(line));
+    fl_faultlog_emit_formatted(lb, line, len, sizeof(line), 0);
 }
 
 void fl_faultlog_emit_raw(struct fl_faultlog_buf *lb, const char *json, size_t len)

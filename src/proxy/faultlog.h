@@ -20,6 +20,9 @@
 #include "match.h"
 
 #define FL_LOG_CAP (8u << 20)
+/* A fault line is never longer: long paths and authorities are cut (at a
+ * UTF-8 boundary) and the line says "truncated":true. */
+#define FL_FAULTLOG_LINE_MAX 8192
 
 struct fl_faultlog_buf {
     char *buf; /* lines not yet handed to the kernel */
@@ -60,6 +63,15 @@ void fl_faultlog_buf_fini(struct fl_faultlog_buf *lb);
 
 /* Formats and queues one fault line. Never blocks. */
 void fl_faultlog_emit(struct fl_faultlog_buf *lb, const struct fl_fault_event *ev);
+
+/* The same line in two steps, for a fault whose outcome is known later (a
+ * delay: the status its request got): fl_faultlog_format writes the line
+ * without its closing brace into line (cap bytes, FL_FAULTLOG_LINE_MAX is
+ * enough) and returns its length; fl_faultlog_emit_formatted adds
+ * "status":STATUS when status > 0, closes and queues it. */
+size_t fl_faultlog_format(const struct fl_fault_event *ev, char *line, size_t cap);
+void fl_faultlog_emit_formatted(struct fl_faultlog_buf *lb, char *line, size_t len, size_t cap,
+                                int status);
 
 /* Queues an arbitrary pre-formatted JSON object line (events such as reloads). */
 void fl_faultlog_emit_raw(struct fl_faultlog_buf *lb, const char *json, size_t len);

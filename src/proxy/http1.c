@@ -12,8 +12,13 @@
  * upstream response ends so the queue can advance.
  *
  * The parser is paused at the end of each request head and message, which gives
- * the exact byte positions to split forwarding at; a held request stops reading
- * from the client, so pipelined requests behind it wait their turn.
+ * the exact byte positions to split forwarding at; a held request stops parsing
+ * (and, once the chunk in hand is parsed, reading), so pipelined requests behind
+ * it wait their turn. A delay counts from when its request was read, so
+ * pipelined delayed requests are delayed side by side, not one after another.
+ *
+ * A delay's fault line is written once the client's answer is known, with the
+ * status it got: the upstream's, or 502/504 when the upstream failed it.
  */
 #include <errno.h>
 #include <llhttp.h>
@@ -38,6 +43,7 @@
 #define H1_MAX_HEAD FL_CHUNK_CAP /* request head limit (about 64 KiB): 431 above */
 #define H1_MAX_HDRS 100
 #define H1_LINGER_MS 2000
+#define LINE_TAIL 32 /* room after a deferred fault line for ,"status":N} */
 
 #define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -59,6 +65,8 @@ struct h1_slot {
     uint8_t close_after;
     const struct fl_rule *mark; /* upstream slot of a delayed request: add the marker */
     struct fl_chunk *synth;     /* SLOT_SYNTH: the response bytes */
+    char *line;                 /* a delay's fault line, written with the status */
+    size_t line_len;
 };
 
 struct h1_seg {
@@ -93,6 +101,7 @@ struct h1 {
     /* client input not yet parsed (parsing paused) */
     struct fl_chunk *in;
     size_t in_off, in_len;
+    uint64_t in_at; /* when in was read, on uv_hrtime()'s clock */
     /* response ordering */
     struct h1_slot slots[H1_MAX_SLOTS];
     unsigned sl_head, sl_count;
@@ -100,6 +109,8 @@ struct h1 {
     /* held request */
     struct fl_decision held;
     uint8_t held_method;
+    char *held_line; /* the held delay's fault line, until its slot takes it */
+    size_t held_line_len;
     /* the client's deadline: header section (T_HEADER) or keep-alive idle
      * (T_IDLE), on the loop's clock; c->timer fires at or before it */
     uint8_t tkind;
@@ -168,9 +179,21 @@ static struct h1_slot *slot_push(struct h1 *h)
     return s;
 }
 
+/* Writes a delay's deferred fault line with the status its request got (0:
+ * none, the connection ended first). */
+static void emit_line(struct fl_conn *c, char **line, size_t len, int status)
+{
+    if (!*line)
+        return;
+    fl_faultlog_emit_formatted(&c->w->log, *line, len, len + LINE_TAIL, status);
+    free(*line);
+    *line = NULL;
+}
+
 static void slot_pop(struct h1 *h)
 {
     struct h1_slot *s = &h->slots[h->sl_head];
+    emit_line(h->req.data, &s->line, s->line_len, 0);
     fl_chunk_unref(s->synth);
     s->synth = NULL;
     h->sl_head = (h->sl_head + 1) % H1_MAX_SLOTS;
@@ -294,6 +317,20 @@ static void push_error(struct fl_conn *c, int status, const char *fmt, ...)
         return;
     }
     push_synth(c, ch, HTTP_GET, 1);
+}
+
+/* The upstream failed the front request: it is answered STATUS (the caller
+ * pushes the error response, which ends the connection), and the requests
+ * queued behind it, which nothing can answer now, are dropped with it, so the
+ * error goes out at once instead of waiting behind them. */
+static void fail_pending(struct fl_conn *c, int status)
+{
+    struct h1 *h = c->proto;
+    struct h1_slot *s = slot_front(h);
+    if (s)
+        emit_line(c, &s->line, s->line_len, status);
+    while (h->sl_count)
+        slot_pop(h);
 }
 
 static void linger_timeout_cb(uv_timer_t *t)
@@ -578,10 +615,11 @@ static int on_req_message_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
-static void log_fault(struct fl_conn *c, const struct fl_rule *r, enum fl_fault_kind kind,
-                      uint64_t delay_ms, int status, const struct fl_request *rq)
+static struct fl_fault_event fault_event(struct fl_conn *c, const struct fl_rule *r,
+                                         enum fl_fault_kind kind, uint64_t delay_ms, int status,
+                                         const struct fl_request *rq)
 {
-    struct fl_fault_event ev = {
+    return (struct fl_fault_event){
         .policy = c->policy->name,
         .rule = r->name,
         .kind = kind,
@@ -593,7 +631,31 @@ static void log_fault(struct fl_conn *c, const struct fl_rule *r, enum fl_fault_
         .dst = (const struct sockaddr *)&c->dst,
         .conn = c->id,
     };
+}
+
+static void log_fault(struct fl_conn *c, const struct fl_rule *r, enum fl_fault_kind kind,
+                      uint64_t delay_ms, int status, const struct fl_request *rq)
+{
+    struct fl_fault_event ev = fault_event(c, r, kind, delay_ms, status, rq);
     fl_faultlog_emit(&c->w->log, &ev);
+}
+
+/* A delay passed upstream: its line waits for the status the client gets. */
+static void defer_delay_line(struct fl_conn *c, const struct fl_rule *r, uint64_t delay_ms,
+                             const struct fl_request *rq)
+{
+    struct h1 *h = c->proto;
+    struct fl_fault_event ev = fault_event(c, r, FL_FAULT_DELAY, delay_ms, 0, rq);
+    char line[FL_FAULTLOG_LINE_MAX];
+    size_t n = fl_faultlog_format(&ev, line, sizeof(line));
+    free(h->held_line);
+    h->held_line = malloc(n + LINE_TAIL);
+    if (!h->held_line) {
+        fl_faultlog_emit(&c->w->log, &ev);
+        return;
+    }
+    memcpy(h->held_line, line, n);
+    h->held_line_len = n;
 }
 
 /* Sends the held head upstream and starts forwarding the body. */
@@ -605,6 +667,11 @@ static void dispatch_upstream(struct fl_conn *c, uint8_t method, const struct fl
     s->kind = SLOT_UPSTREAM;
     s->method = method;
     s->mark = mark;
+    if (mark) {
+        s->line = h->held_line;
+        s->line_len = h->held_line_len;
+        h->held_line = NULL;
+    }
     h->last_upstream = 1;
     if (e < 0) {
         c->ops->upstream_error(c, e);
@@ -749,8 +816,10 @@ static void on_head(struct fl_conn *c)
         fl_conn_close(c, 1);
         return;
     }
-    if (d.delay)
+    if (d.delay && d.abort)
         log_fault(c, d.rule, FL_FAULT_DELAY, d.delay_ms, 0, &rq);
+    else if (d.delay)
+        defer_delay_line(c, d.rule, d.delay_ms, &rq);
     if (d.abort)
         log_fault(c, d.rule, FL_FAULT_ABORT, 0, fl_policy_rule_abort_status(d.rule),
                   &rq);
@@ -759,7 +828,8 @@ static void on_head(struct fl_conn *c)
         h->held = d;
         h->held_method = method;
         h->rs = RQ_HOLD;
-        if (fl_worker_hold(c->w, &c->hold, fl_worker_deadline(d.delay_ms), held_cb) < 0)
+        if (fl_worker_hold(c->w, &c->hold, fl_worker_deadline_from(h->in_at, d.delay_ms),
+                           held_cb) < 0)
             fl_conn_close(c, 1); /* out of memory: a reset, rather than no delay */
         return;
     }
@@ -1090,7 +1160,7 @@ static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, si
             fl_warn("conn %llu: invalid HTTP response from upstream %s: %s",
                     (unsigned long long)c->id, up, llhttp_get_error_reason(&h->resp));
             if (h->resp_bytes == 0 && slot_front(h)) {
-                slot_pop(h);
+                fail_pending(c, 502);
                 push_error(c, 502, "faultline: upstream %s sent an invalid HTTP response\n", up);
             } else {
                 fl_conn_close(c, 0);
@@ -1112,6 +1182,8 @@ static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, si
             n += snprintf(mark + n, sizeof(mark) - (size_t)n, "x-faultline-injected: %s\r\n",
                           s->mark->name);
             fl_conn_write(c, FL_CLIENT, NULL, mark, (size_t)n);
+            if (h->resp.status_code >= 200 || h->resp.status_code == 101)
+                emit_line(c, &s->line, s->line_len, h->resp.status_code);
             h->resp_bytes += used;
         } else if (used) {
             fl_conn_write(c, FL_CLIENT, ch, p, used);
@@ -1177,6 +1249,7 @@ static void h1_data(struct fl_conn *c, int side, struct fl_chunk *ch, size_t off
     h->in = fl_chunk_ref(ch);
     h->in_off = off;
     h->in_len = off + len;
+    h->in_at = uv_hrtime();
     client_pump(c);
 }
 
@@ -1231,7 +1304,7 @@ static void h1_eof(struct fl_conn *c, int side)
             fl_warn("conn %llu: upstream %s (%s) closed the connection before responding; "
                     "answered 502",
                     (unsigned long long)c->id, up, c->scope);
-            slot_pop(h);
+            fail_pending(c, 502);
             push_error(c, 502, "faultline: upstream %s closed the connection before responding\n",
                        up);
         } else {
@@ -1273,8 +1346,7 @@ static void h1_upstream_error(struct fl_conn *c, int err)
     if (s && s->kind == SLOT_UPSTREAM && h->resp_bytes == 0) {
         fl_warn("upstream %s for listener '%s' is unreachable: %s; answered 502", up, c->scope,
                 uv_strerror(err));
-        slot_pop(h);
-        /* Requests queued behind it cannot be answered either. */
+        fail_pending(c, 502);
         push_error(c, 502,
                    "faultline: upstream %s (listener '%s') is unreachable: %s. "
                    "Check that the service is running and the policy's upstream is right.\n",
@@ -1298,7 +1370,7 @@ static void h1_upstream_timeout(struct fl_conn *c)
             "(--upstream-timeout); answered 504",
             (unsigned long long)c->id, up, c->scope,
             (unsigned long long)fl_conn_upstream_timeout_ms);
-    slot_pop(h);
+    fail_pending(c, 504);
     /* A late answer must not reach the client behind the 504. */
     recycle_upstream(c);
     push_error(c, 504,
@@ -1354,6 +1426,7 @@ static void h1_destroy(struct fl_conn *c)
     release_input(h);
     while (h->sl_count)
         slot_pop(h);
+    emit_line(c, &h->held_line, h->held_line_len, 0);
     free(h);
     c->proto = NULL;
 }

@@ -62,13 +62,18 @@ static inline uint64_t fl_worker_now(const struct fl_worker *w)
     return uv_now(w->loop);
 }
 
-/* A delay's deadline: delay_ms from now, in ns on uv_hrtime()'s clock. */
+/* A delay's deadline: delay_ms after start_ns, in ns on uv_hrtime()'s clock. */
+static inline uint64_t fl_worker_deadline_from(uint64_t start_ns, uint64_t delay_ms)
+{
+    if (delay_ms > (UINT64_MAX - start_ns) / 1000000u)
+        return UINT64_MAX; /* absurdly long: never, rather than wrapping to now */
+    return start_ns + delay_ms * 1000000u;
+}
+
+/* A delay's deadline: delay_ms from now. */
 static inline uint64_t fl_worker_deadline(uint64_t delay_ms)
 {
-    uint64_t now = uv_hrtime();
-    if (delay_ms > (UINT64_MAX - now) / 1000000u)
-        return UINT64_MAX; /* absurdly long: never, rather than wrapping to now */
-    return now + delay_ms * 1000000u;
+    return fl_worker_deadline_from(uv_hrtime(), delay_ms);
 }
 
 /* Queues hd to have cb called once due_ns has passed (not before). hd must

@@ -10,6 +10,8 @@ the shell script asserts on:
       count    answers 200 to every request and counts them; GET /__count (sent to it
                directly) answers "requests=N" and is not counted itself
       silent   accepts, reads, never writes, never closes
+      fin2     reads two request heads, then closes (FIN) without answering
+      rst2     reads two request heads, then resets the connection (RST)
       backlog  listen(2) with backlog 0 and never accept()s; the queue is pre-filled
                so further SYNs are dropped
   upgrade-keepalive PORT N   GET / with Upgrade: foo, then N requests /x/I on one connection
@@ -235,6 +237,19 @@ def backend_silent(c):
     # stays open: the peer's close is not answered
 
 
+def backend_close_after_two(c, rst):
+    rd = Reader(c)
+    try:
+        for _ in range(2):
+            if rd.until(b'\r\n\r\n', time.monotonic() + 10) is None:
+                break
+        if rst:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    except OSError:
+        pass
+    c.close()
+
+
 def backend_backlog(port):
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -258,7 +273,9 @@ def cmd_backend(a):
     mode, port = a[0], int(a[1])
     if mode == 'backlog':
         backend_backlog(port)
-    serve(port, {'up101': backend_up101, 'count': backend_count, 'silent': backend_silent}[mode])
+    serve(port, {'up101': backend_up101, 'count': backend_count, 'silent': backend_silent,
+                 'fin2': lambda c: backend_close_after_two(c, False),
+                 'rst2': lambda c: backend_close_after_two(c, True)}[mode])
 
 
 def cmd_count(a):

@@ -4,8 +4,8 @@
 # answered 200, a 101 followed by a close), clients that never read (HTTP/1.1
 # pipelining, HTTP/2 PING floods), a 63,000-byte request target, an HPACK bomb,
 # upstreams that never answer or never accept (--upstream-timeout,
-# --connect-timeout), request smuggling and bad framing,
-# slowloris and descriptor churn.
+# --connect-timeout), request smuggling and bad framing, pipelined delays and
+# upstreams that fail pipelined requests, slowloris and descriptor churn.
 #
 #   bash test/integration/hostile.sh [--build DIR]
 #   FAULTLINE=/path/to/faultline bash test/integration/hostile.sh
@@ -251,6 +251,8 @@ start_py BCOUNT3 count || fl_finish
 start_py BCOUNT6 count || fl_finish
 start_py BSILENT silent || fl_finish
 start_py BFULL backlog || fl_finish
+start_py BFIN2 fin2 || fl_finish
+start_py BRST2 rst2 || fl_finish
 
 # ==== 1. upgrade handling ======================================================
 echo "== 1. upgrade handling"
@@ -512,8 +514,68 @@ if up "6" "$pol" "$P6"; then
     down
 fi
 
-# (Pipelined delays, each starting when its request arrives, are not done yet:
-# a held request still stops the parsing of those behind it.)
+# ==== 7. pipelined delays, and upstreams that fail pipelined requests ===========
+echo "== 7. pipelined delays and failed pipelines"
+next_port P7
+next_port P7F
+next_port P7R
+next_port P7D
+next_port DEAD # nothing listens here
+pol=$(write_policy pipeline <<EOF
+apiVersion: faultline/v1
+kind: FaultPolicy
+metadata: {name: hostile-pipeline}
+spec:
+  listeners:
+    - {name: ng, listen: "127.0.0.1:$P7", upstream: "127.0.0.1:$NG"}
+    - {name: fin2, listen: "127.0.0.1:$P7F", upstream: "127.0.0.1:$BFIN2"}
+    - {name: rst2, listen: "127.0.0.1:$P7R", upstream: "127.0.0.1:$BRST2"}
+    - {name: dead, listen: "127.0.0.1:$P7D", upstream: "127.0.0.1:$DEAD"}
+  rules:
+    - {name: slow, on: [ng], match: {path: {prefix: /d/}}, fault: {delay: {fixed: 50ms}}}
+    - {name: slowdead, on: [dead], fault: {delay: {fixed: 100ms}}}
+EOF
+)
+if up "7" "$pol" "$P7"; then
+    # Each delay counts from when its request was read: 200 pipelined 50 ms
+    # delays take about 50 ms, not 200 x 50 ms.
+    r=$(hx 20 pipeline "$P7" 200 /d/ 15)
+    echo "# 7a: $r"
+    assert_eq "7a: 200 pipelined requests, each delayed 50 ms: all answered, in order" \
+        "got=200 inorder=200" "got=$(kv got "$r") inorder=$(kv inorder "$r")"
+    assert_cmp "7a: in under 2 s, not one delay after another (10 s) (ms)" "$(never "$(kv ms "$r")")" "<" 2000
+    assert_cmp "7a: never early (ms)" "$(kv ms "$r")" ">=" 50
+    assert_eq "7a: 200 delay lines, each with the status the client got (200)" 200 \
+        "$(poll_log_count 2 200 rule=slow fault=delay status=200)"
+
+    # An upstream that fails with two requests in flight: the 502 goes out at
+    # once, not after --upstream-timeout (60 s).
+    for c in "fin2 $P7F closes (FIN)" "rst2 $P7R resets (RST)"; do
+        read -r name port what <<<"$c"
+        r=$(hx 10 pipeline "$port" 2 /p/ 8)
+        echo "# 7b $name: $r"
+        assert_eq "7b: two pipelined requests, the upstream $what without answering: one 502, then the close" \
+            "got=1 codes=502" "got=$(kv got "$r") codes=$(kv codes "$r")"
+        assert_cmp "7b: $name: within 2 s (ms)" "$(never "$(kv ms "$r")")" "<" 2000
+    done
+
+    # A delayed request whose upstream is unreachable: the delay's line says
+    # the client got 502.
+    code=$(curl -s -o /dev/null -m 5 -w '%{http_code}' "http://127.0.0.1:$P7D/gone")
+    assert_eq "7c: a delayed request to an unreachable upstream: 502" 502 "$code"
+    assert_eq "7c: its delay line says status 502" 1 "$(poll_log_count 2 1 rule=slowdead fault=delay status=502)"
+
+    # A 20,000-byte path: the fault line stays one valid JSON object, cut and marked.
+    long=$(head -c 20000 /dev/zero | tr '\0' a)
+    curl -s -o /dev/null -m 5 "http://127.0.0.1:$P7/d/$long"
+    sleep 0.3
+    line=$(grep -m1 '"truncated":true' "$FL_LOG")
+    assert_eq "7d: a 20,000-byte path: its fault line parses as JSON" slow "$(jq -r .rule <<<"$line" 2>/dev/null)"
+    assert_cmp "7d: the line is under 8 KiB (bytes)" "${#line}" "<" 8192
+    assert_eq "7d: every fault line parses as JSON" 0 "$(jq -c . "$FL_LOG" >/dev/null 2>&1; echo $?)"
+    group_check "7 (pipelines)"
+    down
+fi
 
 # ==== 8. slowloris ==================================================================
 echo "== 8. slowloris"
