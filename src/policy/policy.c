@@ -75,6 +75,35 @@ static void err_at(struct ctx *x, const yaml_node_t *n, const char *fmt, ...)
     va_end(ap);
 }
 
+/* The line and column of a "file:line:col: text" message (file being name). */
+static void msg_pos(const char *msg, size_t name_len, unsigned long *line, unsigned long *col)
+{
+    char *end;
+    *line = strtoul(msg + name_len + 1, &end, 10);
+    *col = *end == ':' ? strtoul(end + 1, NULL, 10) : 0;
+}
+
+/* Errors are found by the walk and then by checks across the whole policy
+ * (names, references): they are reported in file order, ties in the order
+ * found. */
+static void sort_errors(struct fl_policy_errors *errs, const char *name)
+{
+    size_t nl = strlen(name);
+    for (size_t i = 1; i < errs->n; i++) {
+        char *m = errs->msgs[i];
+        unsigned long l, c, pl, pc;
+        msg_pos(m, nl, &l, &c);
+        size_t j = i;
+        for (; j > 0; j--) {
+            msg_pos(errs->msgs[j - 1], nl, &pl, &pc);
+            if (pl < l || (pl == l && pc <= c))
+                break;
+            errs->msgs[j] = errs->msgs[j - 1];
+        }
+        errs->msgs[j] = m;
+    }
+}
+
 void fl_policy_errors_free(struct fl_policy_errors *errs)
 {
     if (!errs)
@@ -1155,6 +1184,7 @@ int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
     if (x.n_errors) {
+        sort_errors(errs, name);
         policy_free(p);
         return -EINVAL;
     }

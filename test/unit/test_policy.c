@@ -357,6 +357,21 @@ TEST(policy_collects_every_error)
     fl_policy_errors_free(&errs);
 }
 
+/* Errors found by checks across the policy (a duplicate name, an `on:` that
+ * names nothing) come back in file order with those of the walk. */
+TEST(policy_errors_in_file_order)
+{
+    struct fl_policy_errors errs = unit_load_fail(
+        UNIT_POLICY_HEAD "  rules:\n"
+                         "    - {name: a, on: [nothing], fault: {reset: {}}}\n"
+                         "    - {name: a, fault: {abort: {status: 999}}}\n");
+    ASSERT_UEQ(errs.n, 3);
+    ASSERT_CONTAINS(errs.msgs[0], "unit.yaml:12:22: spec.rules[0].on:");
+    ASSERT_CONTAINS(errs.msgs[1], "unit.yaml:13:7: spec.rules[1].name:");
+    ASSERT_CONTAINS(errs.msgs[2], "unit.yaml:13:41: spec.rules[1].fault.abort.status:");
+    fl_policy_errors_free(&errs);
+}
+
 TEST(policy_refcount)
 {
     struct fl_policy *p = unit_load(UNIT_POLICY_HEAD "  rules:\n"
