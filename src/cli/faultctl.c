@@ -467,10 +467,13 @@ static void print_diff(json_t *d)
             snprintf(to, sizeof(to), "%lld", ji(v, "to"));
         printf("  ~ %s: %s -> %s\n", k, from, to);
     }
-    json_t *l = json_object_get(d, "listeners");
-    print_names("listener", json_object_get(l, "added"), '+');
-    print_names("listener", json_object_get(l, "removed"), '-');
-    print_names("listener", json_object_get(l, "changed"), '~');
+    static const char *const named[][2] = {{"listeners", "listener"}, {"targets", "target"}};
+    for (size_t n = 0; n < 2; n++) {
+        json_t *l = json_object_get(d, named[n][0]);
+        print_names(named[n][1], json_object_get(l, "added"), '+');
+        print_names(named[n][1], json_object_get(l, "removed"), '-');
+        print_names(named[n][1], json_object_get(l, "changed"), '~');
+    }
     json_t *r = json_object_get(d, "rules");
     print_names("rule", json_object_get(r, "added"), '+');
     print_names("rule", json_object_get(r, "removed"), '-');

@@ -235,14 +235,10 @@ static void halt_file_seen(int exists)
 {
     char reason[PATH_MAX + 16];
     snprintf(reason, sizeof(reason), "HALT file %s", admin.halt_path);
-    if (exists && !admin.halt_file_on) {
-        admin.halt_file_on = 1;
-        fl_runtime_halt(reason);
-    } else if (!exists && admin.halt_file_on) {
-        admin.halt_file_on = 0;
-        /* Resume only the halt the file caused; a later halt by other means latches. */
-        if (fl_runtime_halted() && strcmp(fl_runtime_halt_reason(), reason) == 0)
-            fl_runtime_resume();
+    if (exists != admin.halt_file_on) {
+        admin.halt_file_on = exists;
+        /* Resumes only the halt the file caused; a later halt by other means latches. */
+        fl_runtime_hold_halt(exists, reason, "remove that file to resume");
     }
 }
 
@@ -693,12 +689,11 @@ static void post_halt(struct fl_admin_http_req *c)
 
 static void delete_halt(struct fl_admin_http_req *c)
 {
-    if (admin.halt_file_on) {
-        fl_admin_http_error(c, 409, "the HALT file %s exists; remove it to resume",
-                            admin.halt_path);
+    char err[512];
+    if (fl_runtime_resume(err, sizeof(err)) < 0) {
+        fl_admin_http_error(c, 409, "%s", err);
         return;
     }
-    fl_runtime_resume();
     fl_admin_http_json(c, 200, status_json());
 }
 

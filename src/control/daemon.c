@@ -43,6 +43,13 @@ static void reload_work_cb(uv_work_t *req)
     rw->rc = fl_policy_load(rw->path, &rw->p, &rw->errs);
 }
 
+/* Rules kept across a reload keep their counters, as with faultctl apply. */
+static int reload_apply(struct fl_policy *p, char *err, size_t errlen)
+{
+    fl_runtime_carry_counters(p);
+    return fl_runtime_apply(p, err, errlen);
+}
+
 static void reload_after_cb(uv_work_t *req, int status)
 {
     struct reload_work *rw = req->data;
@@ -57,7 +64,7 @@ static void reload_after_cb(uv_work_t *req, int status)
         fl_error("reload of %s rejected (%zu error%s); the running policy '%s' stays in force",
                  rw->path, rw->errs.n, rw->errs.n == 1 ? "" : "s", fl_runtime_policy()->name);
     } else if (fl_runtime_check(rw->p, err, sizeof(err)) < 0 ||
-               fl_runtime_apply(rw->p, err, sizeof(err)) < 0) {
+               reload_apply(rw->p, err, sizeof(err)) < 0) {
         fl_error("reload of %s rejected: %s; the running policy stays in force", rw->path, err);
     } else {
         fl_info("reloaded %s: policy '%s', %zu rule%s", rw->path, rw->p->name, rw->p->n_rules,
@@ -158,9 +165,12 @@ static void signal_cb(uv_signal_t *s, int signum)
     case SIGUSR1:
         fl_runtime_halt("SIGUSR1");
         break;
-    case SIGUSR2:
-        fl_runtime_resume();
+    case SIGUSR2: {
+        char err[512];
+        if (fl_runtime_resume(err, sizeof(err)) < 0)
+            fl_warn("SIGUSR2: not resumed: %s", err);
         break;
+    }
     }
 }
 

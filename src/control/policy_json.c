@@ -166,12 +166,65 @@ json_t *fl_policy_json_listeners(const struct fl_policy *p)
     return a;
 }
 
-/* What applying b in place of a changes: policy name, settings, listeners and
- * rules (added, removed, changed with the parts that changed, reordered). */
+static const char *listener_name(const void *x)
+{
+    return ((const struct fl_listener_spec *)x)->name;
+}
+
+static int listener_equal(const void *x, const void *y)
+{
+    const struct fl_listener_spec *a = x, *b = y;
+    return strcmp(a->listen, b->listen) == 0 && strcmp(a->upstream, b->upstream) == 0;
+}
+
+static const char *target_name(const void *x)
+{
+    return ((const struct fl_target_spec *)x)->name;
+}
+
+static int target_equal(const void *x, const void *y)
+{
+    return fl_policy_target_equal(x, y);
+}
+
+/* Sets d[key] to {added, removed, changed} between two arrays of named
+ * things (na and nb items of size sz); returns the number of changes. */
+static int diff_named(json_t *d, const char *key, const void *a, size_t na, const void *b,
+                      size_t nb, size_t sz, const char *(*name)(const void *),
+                      int (*equal)(const void *, const void *))
+{
+    json_t *added = json_array(), *removed = json_array(), *changed = json_array();
+    const char *pa = a, *pb = b;
+    for (size_t i = 0; i < nb; i++) {
+        const void *old = NULL;
+        for (size_t j = 0; j < na && !old; j++)
+            if (strcmp(name(pa + j * sz), name(pb + i * sz)) == 0)
+                old = pa + j * sz;
+        if (!old)
+            json_array_append_new(added, json_string(name(pb + i * sz)));
+        else if (!equal(old, pb + i * sz))
+            json_array_append_new(changed, json_string(name(pb + i * sz)));
+    }
+    for (size_t j = 0; j < na; j++) {
+        int found = 0;
+        for (size_t i = 0; i < nb && !found; i++)
+            found = strcmp(name(pa + j * sz), name(pb + i * sz)) == 0;
+        if (!found)
+            json_array_append_new(removed, json_string(name(pa + j * sz)));
+    }
+    int n = (int)(json_array_size(added) + json_array_size(removed) + json_array_size(changed));
+    json_object_set_new(d, key,
+                        json_pack("{s:o,s:o,s:o}", "added", added, "removed", removed, "changed",
+                                  changed));
+    return n;
+}
+
+/* What applying b in place of a changes: policy name, settings, listeners,
+ * targets and rules (added, removed, changed with the parts that changed,
+ * reordered). */
 json_t *fl_policy_json_diff(const struct fl_policy *a, const struct fl_policy *b, int *n_changes)
 {
     json_t *d = json_object(), *settings = json_object();
-    json_t *la = json_array(), *lr = json_array(), *lc = json_array();
     json_t *ra = json_array(), *rr = json_array(), *rc = json_array();
     int n = 0;
 
@@ -188,6 +241,7 @@ json_t *fl_policy_json_diff(const struct fl_policy *a, const struct fl_policy *b
     }
     SETTING("ttl_ms", a->ttl_ms, b->ttl_ms);
     SETTING("max_active_faults", a->max_active_faults, b->max_active_faults);
+    SETTING("proxy_port", a->proxy_port, b->proxy_port);
 #undef SETTING
     /* seed: null when the policy has none (random), else the number */
     if (a->has_seed != b->has_seed || (a->has_seed && a->seed != b->seed)) {
@@ -200,26 +254,10 @@ json_t *fl_policy_json_diff(const struct fl_policy *a, const struct fl_policy *b
     }
     json_object_set_new(d, "settings", settings);
 
-    for (size_t i = 0; i < b->n_listeners; i++) {
-        const struct fl_listener_spec *lb = &b->listeners[i], *old = NULL;
-        for (size_t j = 0; j < a->n_listeners && !old; j++)
-            if (strcmp(a->listeners[j].name, lb->name) == 0)
-                old = &a->listeners[j];
-        if (!old)
-            json_array_append_new(la, json_string(lb->name));
-        else if (strcmp(old->listen, lb->listen) || strcmp(old->upstream, lb->upstream))
-            json_array_append_new(lc, json_string(lb->name));
-    }
-    for (size_t j = 0; j < a->n_listeners; j++) {
-        int found = 0;
-        for (size_t i = 0; i < b->n_listeners && !found; i++)
-            found = strcmp(a->listeners[j].name, b->listeners[i].name) == 0;
-        if (!found)
-            json_array_append_new(lr, json_string(a->listeners[j].name));
-    }
-    n += (int)(json_array_size(la) + json_array_size(lr) + json_array_size(lc));
-    json_object_set_new(d, "listeners",
-                        json_pack("{s:o,s:o,s:o}", "added", la, "removed", lr, "changed", lc));
+    n += diff_named(d, "listeners", a->listeners, a->n_listeners, b->listeners, b->n_listeners,
+                    sizeof(*a->listeners), listener_name, listener_equal);
+    n += diff_named(d, "targets", a->targets, a->n_targets, b->targets, b->n_targets,
+                    sizeof(*a->targets), target_name, target_equal);
 
     /* Rules: compare each part of the file's view; order matters (first match wins). */
     size_t common_a = 0, common_b = 0;

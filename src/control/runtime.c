@@ -23,6 +23,8 @@ static struct {
     int n_snaps;
     unsigned long long gen_counter;
     char halt_reason[RT_REASON_MAX];
+    char hold_reason[RT_REASON_MAX]; /* a halt source holds: "" when none */
+    char hold_todo[RT_REASON_MAX];
     struct {
         fl_event_cb cb;
         void *arg;
@@ -167,23 +169,51 @@ void fl_runtime_carry_counters(struct fl_policy *to)
     }
 }
 
-void fl_runtime_halt(const char *reason)
+static void halt_as(const char *reason, const char *what_to_do)
 {
     snprintf(runtime.halt_reason, sizeof(runtime.halt_reason), "%s", reason ? reason : "");
     atomic_store(&fl_fault_global.halted, 1);
-    fl_warn("injection halted%s%s; %s", reason ? ": " : "", reason ? reason : "",
-            reason && strncmp(reason, "HALT file ", 10) == 0 ? "remove that file to resume"
-                                                             : "resume with 'faultctl resume'");
+    fl_warn("injection halted%s%s; %s", reason ? ": " : "", reason ? reason : "", what_to_do);
     struct fl_event ev = {.kind = FL_EVENT_HALT, .reason = runtime.halt_reason};
     fl_runtime_emit(&ev);
 }
 
-void fl_runtime_resume(void)
+void fl_runtime_halt(const char *reason)
+{
+    halt_as(reason, runtime.hold_reason[0] ? runtime.hold_todo : "resume with 'faultctl resume'");
+}
+
+static void resume_now(void)
 {
     atomic_store(&fl_fault_global.halted, 0);
     fl_info("injection resumed");
     struct fl_event ev = {.kind = FL_EVENT_RESUME};
     fl_runtime_emit(&ev);
+}
+
+int fl_runtime_resume(char *err, size_t errlen)
+{
+    if (runtime.hold_reason[0]) {
+        snprintf(err, errlen, "halted by %s; %s", runtime.hold_reason, runtime.hold_todo);
+        return -EBUSY;
+    }
+    if (fl_runtime_halted())
+        resume_now();
+    return 0;
+}
+
+void fl_runtime_hold_halt(int on, const char *reason, const char *what_to_do)
+{
+    if (on) {
+        snprintf(runtime.hold_reason, sizeof(runtime.hold_reason), "%s", reason);
+        snprintf(runtime.hold_todo, sizeof(runtime.hold_todo), "%s", what_to_do);
+        halt_as(reason, what_to_do);
+        return;
+    }
+    int mine = fl_runtime_halted() && strcmp(runtime.halt_reason, runtime.hold_reason) == 0;
+    runtime.hold_reason[0] = 0;
+    if (mine)
+        resume_now();
 }
 
 int fl_runtime_halted(void)

@@ -110,9 +110,15 @@ int fl_runtime_apply(struct fl_policy *p, char *err, size_t errlen) FL_WUR;
  * apply. The fields are atomics: safe on a snapshot workers may read. */
 void fl_runtime_carry_counters(struct fl_policy *p);
 
-/* Halts or resumes all injection; logged and emitted as events. */
+/* Halts or resumes all injection; logged and emitted as events. Resuming when
+ * not halted does nothing (returns 0, no event). While a halt source holds
+ * (fl_runtime_hold_halt) resuming is refused: -EBUSY, err says what to do. */
 void fl_runtime_halt(const char *reason);
-void fl_runtime_resume(void);
+int fl_runtime_resume(char *err, size_t errlen) FL_WUR;
+/* A halt source that is on or off, not a command: the HALT file while it
+ * exists. On: halts with reason, and latches until off. Off: resumes if the
+ * halt in force is the one it made. what_to_do ends refusals of resume. */
+void fl_runtime_hold_halt(int on, const char *reason, const char *what_to_do);
 int fl_runtime_halted(void);
 /* The reason of the halt in force ("" when not halted). */
 const char *fl_runtime_halt_reason(void);

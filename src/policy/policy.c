@@ -1270,6 +1270,17 @@ void fl_policy_unref(struct fl_policy *p)
         policy_free(p);
 }
 
+int fl_policy_target_equal(const struct fl_target_spec *a, const struct fl_target_spec *b)
+{
+    if (a->port != b->port || a->n_cgroups != b->n_cgroups || a->dst.family != b->dst.family ||
+        a->dst.prefix != b->dst.prefix || memcmp(a->dst.addr, b->dst.addr, sizeof(a->dst.addr)))
+        return 0;
+    for (size_t i = 0; i < a->n_cgroups; i++)
+        if (strcmp(a->cgroups[i], b->cgroups[i]) != 0)
+            return 0;
+    return 1;
+}
+
 struct fl_rule *fl_policy_find_rule(const struct fl_policy *p, const char *name)
 {
     for (size_t i = 0; i < p->n_rules; i++)

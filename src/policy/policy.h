@@ -203,6 +203,9 @@ uint32_t fl_policy_rule_ppm(const struct fl_rule *r, enum fl_fault_kind k);
 /* Returns the rule named name, or NULL. */
 struct fl_rule *fl_policy_find_rule(const struct fl_policy *p, const char *name);
 
+/* 1 when two targets select the same pods and destination (their names aside). */
+int fl_policy_target_equal(const struct fl_target_spec *a, const struct fl_target_spec *b);
+
 /* Does rule r apply to traffic arriving through the listener/target named scope? */
 int fl_policy_rule_applies_to(const struct fl_rule *r, const char *scope);
 

@@ -241,7 +241,10 @@ touch "$T/run/HALT"
 check "a HALT file beside the socket halts within a second" wait_for 2 sh -c "'$FAULTCTL' --admin '$SOCK' -o json status | jq -e '.halted == true'"
 check "  ... and nothing is injected" test "$(code /fail)" = 200
 rc 1 "resume is refused while the HALT file exists" ctl resume
-check "  ... saying to remove it" grep -q "HALT file .* exists; remove it" "$T/err"
+check "  ... saying to remove it" grep -q "HALT file .* exists; remove it\|halted by HALT file .*; remove that file to resume" "$T/err"
+kill -USR2 "$DAEMON"
+sleep 0.5
+check "SIGUSR2 does not resume while the HALT file exists" sh -c "'$FAULTCTL' --admin '$SOCK' -o json status | jq -e '.halted == true'"
 rm -f "$T/run/HALT"
 check "removing the HALT file resumes" wait_for 2 sh -c "'$FAULTCTL' --admin '$SOCK' -o json status | jq -e '.halted == false'"
 check "  ... and injection is back" test "$(code /fail)" = 503
@@ -294,6 +297,9 @@ check "  ... and changes nothing" test "$(json status .policy)" = pol-a
 sed '/seed: 7/d' "$T/b.yaml" >"$T/noseed.yaml"
 rc 0 "apply --dry-run of a policy without a seed" ctl -o table apply -f "$T/noseed.yaml" --dry-run
 check "  ... shows the seed going from 7 to none" grep -q "seed: 7 -> none" "$T/out"
+sed 's/^  seed: 7$/  seed: 7\n  proxy_port: 15999/' "$T/b.yaml" >"$T/port.yaml"
+rc 0 "apply --dry-run of a policy with another proxy_port" curl -sf --unix-socket "$SOCK" -X PUT --data-binary @"$T/port.yaml" "http://x/v1/policy?dry_run=1"
+check "  ... the diff shows proxy_port" jq -e '.diff.settings.proxy_port.to == 15999' "$T/out"
 rc 0 "PUT ?dry_run=1 with curl returns the diff" curl -sf --unix-socket "$SOCK" -X PUT --data-binary @"$T/b.yaml" "http://x/v1/policy?dry_run=1"
 check "  ... as JSON" jq -e '.dry_run == true and .diff.rules.changed[0].name == "slow"' "$T/out"
 rc 0 "apply" ctl -o table apply -f "$T/b.yaml"
@@ -337,11 +343,13 @@ sleep 0.3
 for i in 1 2 3; do code /fail >/dev/null; done
 ctl halt --reason "events test" >/dev/null
 ctl resume >/dev/null
+ctl resume >/dev/null # not halted: no second resume event
 ctl disable slow >/dev/null
 ctl enable slow >/dev/null
 check "events -f receives every fault line" wait_for 3 sh -c "test \$(grep -c '\"event\":\"fault\"' '$T/events') -ge 3"
 check "  ... the fault lines carry rule and status" grep -q '"rule":"aborts","fault":"abort","status":503' "$T/events"
 check "  ... and halt, resume and rule changes" sh -c "grep -q '\"event\":\"halt\",\"reason\":\"events test\"' '$T/events' && grep -q '\"event\":\"resume\"' '$T/events' && grep -q '\"event\":\"rule\",\"rule\":\"slow\",\"enabled\":false' '$T/events'"
+check "  ... one resume event for a resume when halted and one when not" test "$(grep -c '"event":"resume"' "$T/events")" = 1
 kill $EV 2>/dev/null
 rc 0 "events (recent, without -f)" ctl -o table events
 check "  ... as a table with the apply events" grep -q "apply .*policy=pol-" "$T/out"

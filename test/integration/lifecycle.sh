@@ -91,6 +91,8 @@ policy_with reload "$P" 503 >/dev/null
 p=$FL_TMP/reload.yaml
 start_faultline "$p" "$P" || { fail "faultline starts"; fl_finish; }
 assert_eq "before reload: 503" 503 "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P/x")"
+injected() { curl -s --unix-socket "$FL_TMP/admin-$FL_N.sock" http://x/metrics | awk '/^faultline_faults_injected_total\{.*rule="x-rule",fault="abort"\}/ {print $2}'; }
+assert_eq "before reload: the rule's injected counter" 1 "$(injected)"
 policy_with reload "$P" 418 >/dev/null
 kill -HUP "$FL_PID"
 code=
@@ -100,6 +102,7 @@ for _ in $(seq 30); do
     sleep 0.1
 done
 assert_eq "SIGHUP with a valid file: new policy in force" 418 "$code"
+assert_eq "SIGHUP: the rule kept its counter (1 before, plus the 418s)" 1 "$(($(injected) - $(log_count status=418)))"
 cat >"$p" <<EOF
 apiVersion: faultline/v1
 kind: FaultPolicy
