@@ -498,7 +498,8 @@ if up "6" "$pol" "$P6"; then
         "chunk-negative 400 chunk size -1" \
         "cl-and-te 400 Content-Length: 5 and Transfer-Encoding: chunked" \
         "two-cl 400 two different Content-Length values" \
-        "space-colon 400 space between header name and colon"; do
+        "space-colon 400 space between header name and colon" \
+        "obs-fold 400 a header folded onto a second line (obs-fold)"; do
         read -r name want what <<<"$c"
         before=$(backend_count "$BCOUNT6")
         r=$(hx 10 smuggle "$P6C" "$name")
