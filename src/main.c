@@ -16,6 +16,8 @@ static void usage(FILE *f)
             "                     [--metrics-listen ADDR:PORT] [--header-timeout DURATION]\n"
             "                     [--idle-timeout DURATION] [--upstream-timeout DURATION]\n"
             "                     [--connect-timeout DURATION] [--no-sockmap] [-v]\n"
+            "                     [--kubernetes [--kubeconfig PATH] [--node NAME]\n"
+            "                      [--kube-watch-timeout DURATION]]\n"
             "       faultline validate -f POLICY.yaml\n"
             "       faultline version\n"
             "\n"
@@ -28,7 +30,11 @@ static void usage(FILE *f)
             "          keep-alive connection idle for --idle-timeout (default 15m) is closed; an\n"
             "          upstream must accept within --connect-timeout (default 5s, else 502) and\n"
             "          start answering a request within --upstream-timeout (default 60s, else\n"
-            "          504, or UNAVAILABLE for gRPC))\n"
+            "          504, or UNAVAILABLE for gRPC); --kubernetes selects pods by labels and\n"
+            "          destinations by Service through the API server: in a pod with its\n"
+            "          service account, else --kubeconfig PATH; the node is --node or\n"
+            "          $NODE_NAME; each watch asks the server to end it after\n"
+            "          --kube-watch-timeout (default 5m) and is started again)\n"
             "validate  check a policy; prints every error as file:line:col: message\n");
 }
 
@@ -79,6 +85,10 @@ static int cmd_run(int argc, char **argv)
                                          {"idle-timeout", required_argument, NULL, 'I'},
                                          {"upstream-timeout", required_argument, NULL, 'U'},
                                          {"connect-timeout", required_argument, NULL, 'C'},
+                                         {"kubernetes", no_argument, NULL, 'K'},
+                                         {"kubeconfig", required_argument, NULL, 'k'},
+                                         {"node", required_argument, NULL, 'N'},
+                                         {"kube-watch-timeout", required_argument, NULL, 'W'},
                                          {"verbose", no_argument, NULL, 'v'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -99,6 +109,20 @@ static int cmd_run(int argc, char **argv)
             }
             break;
         case 'S': o.no_sockmap = 1; break;
+        case 'K': o.kubernetes = 1; break;
+        case 'k': o.kubeconfig = optarg; break;
+        case 'N': o.node = optarg; break;
+        case 'W': {
+            uint64_t ms;
+            if (fl_values_parse_duration(optarg, &ms) < 0 || ms < 1000 || ms > 3600000) {
+                fprintf(stderr, "faultline run: --kube-watch-timeout takes a duration from 1s "
+                                "to 1h; got '%s'\n",
+                        optarg);
+                return 2;
+            }
+            o.kube_watch_timeout_s = (unsigned)(ms / 1000);
+            break;
+        }
         case 'T':
         case 'I':
         case 'U':
@@ -124,6 +148,11 @@ static int cmd_run(int argc, char **argv)
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
+    }
+    if ((o.kubeconfig || o.node || o.kube_watch_timeout_s) && !o.kubernetes) {
+        fprintf(stderr, "faultline run: --kubeconfig, --node and --kube-watch-timeout go with "
+                        "--kubernetes\n");
+        return 2;
     }
     if (!o.policy_path || optind != argc) {
         fprintf(stderr, "faultline run: give the policy file with -f FILE (see policies/ for "

@@ -10,7 +10,7 @@
 
 FL_DEPS_PACKAGES=(
     build-essential cmake pkg-config libuv1-dev libyaml-dev node-llhttp libnghttp2-dev
-    libbpf-dev bpftool clang llvm libelf-dev zlib1g-dev libjansson-dev
+    libbpf-dev bpftool clang llvm libelf-dev zlib1g-dev libjansson-dev libcurl4-openssl-dev openssl
     curl wrk nghttp2-client haproxy nginx-light iproute2 nodejs npm netcat-openbsd jq python3
 )
 

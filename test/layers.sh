@@ -6,7 +6,8 @@
 #   bash test/layers.sh BUILD_DIR
 #
 # Layers (docs/architecture.md): common <- policy values <- policy <- proxy
-# <- steer <- control; cli uses common and the policy values only.
+# <- steer <- control, with kube (the Kubernetes API client) beside proxy:
+# on policy, under steer and control; cli uses common and the policy values only.
 set -u
 build=${1:?usage: test/layers.sh BUILD_DIR}
 cd "$build" || exit 2
@@ -20,8 +21,9 @@ declare -A below=(
     [fl_policy_values]="fl_common"
     [fl_policy]="fl_policy_values fl_common"
     [fl_proxy]="fl_policy fl_policy_values fl_common"
-    [fl_steer]="fl_proxy fl_policy fl_policy_values fl_common"
-    [fl_control]="fl_steer fl_proxy fl_policy fl_policy_values fl_common"
+    [fl_kube]="fl_policy fl_policy_values fl_common"
+    [fl_steer]="fl_kube fl_proxy fl_policy fl_policy_values fl_common"
+    [fl_control]="fl_steer fl_kube fl_proxy fl_policy fl_policy_values fl_common"
     [fl_cli]="fl_policy_values fl_common"
 )
 
@@ -32,7 +34,7 @@ needed() {
     comm -23 <(nm -u "lib$1.a" 2>/dev/null | awk '$2 ~ /^fl_/ {print $2}' | sort -u) <(defined "$1")
 }
 
-for lib in fl_common fl_policy_values fl_policy fl_proxy fl_steer fl_control fl_cli; do
+for lib in fl_common fl_policy_values fl_policy fl_proxy fl_kube fl_steer fl_control fl_cli; do
     if [ ! -f "lib$lib.a" ]; then
         bad "$lib: lib$lib.a was not built"
         continue

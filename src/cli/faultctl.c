@@ -271,6 +271,21 @@ static int cmd_status(struct ctl *g, int argc, char **argv)
                ji(tp, "redirected"), ji(tp, "sk_msg_redirects"), ji(tp, "fail_open_events"),
                ji(tp, "fail_open_no_listener"));
     }
+    json_t *k = json_object_get(o, "kubernetes");
+    if (k) {
+        const char *kerr = js(k, "error");
+        printf("kubernetes    node %s via %s (%s); %s\n", js(k, "node"), js(k, "server"),
+               js(k, "credentials"),
+               *kerr ? kerr : json_is_true(json_object_get(k, "pods_synced")) ? "in sync"
+                                                                            : "listing pods");
+        json_t *pods = json_object_get(k, "pods"), *pd;
+        json_array_foreach(pods, i, pd)
+        {
+            const char *cg = js(pd, "cgroup");
+            printf("%s %s (target %s): %s%s%s\n", i ? "             " : "pods         ",
+                   js(pd, "pod"), js(pd, "target"), js(pd, "state"), *cg ? ", " : "", cg);
+        }
+    }
     printf("admin         %s (HALT file: %s)\n", g->admin, js(o, "halt_file"));
 out:
     json_decref(o);

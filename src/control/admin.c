@@ -21,6 +21,7 @@
 #include "paths.h"
 #include "policy.h"
 #include "policy_json.h"
+#include "kubernetes.h"
 #include "runtime.h"
 #include "sbuf.h"
 #include "transparent.h"
@@ -324,6 +325,9 @@ static json_t *status_json(void)
                       (json_int_t)tp.fail_open_events, "pods", (int)tp.pods, "netns",
                       (int)tp.netns));
     }
+    json_t *k = fl_kubernetes_status_json();
+    if (k)
+        json_object_set_new(o, "kubernetes", k);
     return o;
 }
 

@@ -13,6 +13,7 @@
 #include "faultlog.h"
 #include "log.h"
 #include "runtime.h"
+#include "kubernetes.h"
 #include "transparent.h"
 #include "workers.h"
 
@@ -212,6 +213,16 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
         return 1;
     }
     fl_policy_errors_free(&errs);
+    if (o->kubernetes) {
+        struct fl_kubernetes_opts ko = {.kubeconfig = o->kubeconfig,
+                                        .node = o->node,
+                                        .watch_timeout_s = o->kube_watch_timeout_s};
+        if (fl_kubernetes_prepare(&ko, err, sizeof(err)) < 0) {
+            fprintf(stderr, "faultline: %s\n", err);
+            fl_policy_unref(p);
+            return 2;
+        }
+    }
     if ((e = fl_runtime_init(lifecycle.loop)) < 0) {
         fprintf(stderr, "faultline: cannot start the event loop's timers: %s\n", uv_strerror(e));
         fl_policy_unref(p);
@@ -288,6 +299,11 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
         fprintf(stderr, "faultline: %s\n", err);
         goto out;
     }
+    if (fl_kubernetes_start(lifecycle.loop, err, sizeof(err)) < 0) {
+        fprintf(stderr, "faultline: %s\n", err);
+        goto out;
+    }
+    fl_kubernetes_policy(p);
     int n = o->workers > 0 ? o->workers : 1;
     if (n > FL_WORKERS_MAX)
         n = FL_WORKERS_MAX;
@@ -309,6 +325,7 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
     fl_info("stopped");
 out:
     fl_workers_stop();
+    fl_kubernetes_stop();
     fl_transparent_stop();
     fl_admin_stop();
     fl_runtime_close();

@@ -22,6 +22,10 @@ struct fl_daemon_opts {
     uint64_t idle_timeout_ms;   /* 0: the default */
     uint64_t upstream_timeout_ms; /* 0: the default */
     uint64_t connect_timeout_ms;  /* 0: the default */
+    int kubernetes;               /* --kubernetes */
+    const char *kubeconfig;       /* --kubeconfig, or NULL: in-cluster */
+    const char *node;             /* --node, or NULL: $NODE_NAME */
+    unsigned kube_watch_timeout_s; /* --kube-watch-timeout; 0: 300 s */
 };
 
 /* Runs the daemon until SIGTERM/SIGINT. Returns the process exit status:

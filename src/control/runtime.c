@@ -1,5 +1,7 @@
 #include "runtime.h"
 
+#include "kubernetes.h"
+
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -121,6 +123,9 @@ int fl_runtime_check(const struct fl_policy *p, char *err, size_t errlen)
                  "(listen: 127.0.0.1:15000, upstream: HOST:PORT) or a target");
         return -EINVAL;
     }
+    int e = fl_kubernetes_check(p, err, errlen);
+    if (e < 0)
+        return e;
     /* At startup transparent mode is started from the policy itself; once
      * running, a new policy must fit the mode the daemon runs in. */
     if (runtime.policy)
@@ -145,6 +150,7 @@ int fl_runtime_apply(struct fl_policy *p, char *err, size_t errlen)
     fl_policy_unref(runtime.policy);
     runtime.policy = fl_policy_ref(p);
     record_generation(p);
+    fl_kubernetes_policy(p);
     uint64_t now = uv_now(runtime.loop);
     atomic_store(&fl_fault_global.policy_deadline_ms, p->ttl_ms ? now + p->ttl_ms : 0);
     uv_timer_stop(&runtime.ttl_timer);

@@ -759,16 +759,168 @@ static int parse_cidr(const char *s, int is_ip, struct fl_cidr *c)
     return 0;
 }
 
-static const char *const pods_keys[] = {"cgroup", NULL};
-static const char *const dest_keys[] = {"cidr", "ip", "port", NULL};
+static const char *const pods_keys[] = {"cgroup", "selector", NULL};
+static const char *const selector_keys[] = {"matchLabels", "matchExpressions", "namespace", NULL};
+static const char *const expr_keys[] = {"key", "operator", "values", NULL};
+static const char *const dest_keys[] = {"cidr", "ip", "service", "port", NULL};
 static const char *const target_keys[] = {"name", "pods", "destination", NULL};
+
+/* A Kubernetes namespace or object name (RFC 1123 label): 1-63 lowercase
+ * letters, digits and '-', alphanumeric at both ends. */
+static int dns_label(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!islower((unsigned char)s[i]) && !isdigit((unsigned char)s[i]) && s[i] != '-')
+            return 0;
+    return 1;
+}
+
+static struct fl_sel_req *sel_push(struct fl_selector *sel)
+{
+    struct fl_sel_req *r = realloc(sel->reqs, (sel->n_reqs + 1) * sizeof(*r));
+    if (!r)
+        return NULL;
+    sel->reqs = r;
+    memset(&r[sel->n_reqs], 0, sizeof(*r));
+    return &r[sel->n_reqs++];
+}
+
+static void label_key(struct ctx *x, yaml_node_t *n, const char *path, const char *key)
+{
+    const char *e = fl_selector_key_error(key);
+    if (e)
+        err_at(x, n, "%s: '%s' is not a label key: %s", path, key, e);
+}
+
+static void label_value(struct ctx *x, yaml_node_t *n, const char *path, const char *v)
+{
+    const char *e = fl_selector_value_error(v);
+    if (e)
+        err_at(x, n, "%s: '%s' is not a label value (at most 63 characters): %s", path, v, e);
+}
+
+static void match_labels(struct ctx *x, yaml_node_t *m, const char *path, struct fl_selector *sel)
+{
+    if (!expect_map(x, m, path))
+        return;
+    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = node(x, p->key), *v = node(x, p->value);
+        const char *ks = scalar(k), *vs;
+        char sub[300];
+        if (!ks) {
+            err_at(x, k, "%s: keys must be plain strings", path);
+            continue;
+        }
+        snprintf(sub, sizeof(sub), "%s.%s", path, ks);
+        label_key(x, k, path, ks);
+        if (!(vs = expect_str(x, v, sub)))
+            continue;
+        label_value(x, v, sub, vs);
+        struct fl_sel_req *r = sel_push(sel);
+        if (!r || !(r->key = strdup(ks)) || !(r->values = calloc(1, sizeof(char *))) ||
+            !(r->values[0] = strdup(vs)))
+            continue;
+        r->n_values = 1;
+        r->op = FL_SEL_IN;
+    }
+}
+
+static void expr_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                      const char *path)
+{
+    struct fl_sel_req *r = obj;
+    const char *s;
+    (void)k;
+    if (key == 2) {
+        r->values = str_list(x, v, path, &r->n_values);
+        for (size_t i = 0; i < r->n_values; i++)
+            label_value(x, v, path, r->values[i]);
+        return;
+    }
+    if (!(s = expect_str(x, v, path)))
+        return;
+    if (key == 0) {
+        label_key(x, v, path, s);
+        r->key = strdup(s);
+    } else if (fl_selector_op_parse(s, &r->op) < 0) {
+        err_at(x, v, "%s: unknown operator '%s'; use In, NotIn, Exists or DoesNotExist", path, s);
+        r->op = (enum fl_sel_op)-1;
+    }
+}
+
+static void match_expressions(struct ctx *x, yaml_node_t *v, const char *path,
+                              struct fl_selector *sel)
+{
+    if (!expect_seq(x, v, path))
+        return;
+    size_t i = 0;
+    for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top;
+         it++, i++) {
+        yaml_node_t *e = node(x, *it);
+        char sub[300];
+        snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
+        if (!expect_map(x, e, sub))
+            continue;
+        struct fl_sel_req *r = sel_push(sel);
+        if (!r)
+            return;
+        r->op = FL_SEL_IN;
+        walk_map(x, e, sub, expr_keys, expr_pair, r);
+        static const char *const req[] = {"key", "operator", NULL};
+        if (!require_keys(x, e, sub, req) || (int)r->op < 0)
+            continue;
+        int has_values = has_key(x, e, "values");
+        if ((r->op == FL_SEL_IN || r->op == FL_SEL_NOT_IN) && r->n_values == 0)
+            err_at(x, e, "%s: operator %s needs a non-empty 'values' list", sub,
+                   fl_selector_op_name(r->op));
+        else if ((r->op == FL_SEL_EXISTS || r->op == FL_SEL_DOES_NOT_EXIST) && has_values)
+            err_at(x, e, "%s: values must not be given with %s", sub, fl_selector_op_name(r->op));
+    }
+}
+
+static void selector_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                          const char *path)
+{
+    struct fl_selector *sel = obj;
+    const char *s;
+    (void)k;
+    switch (key) {
+    case 0: match_labels(x, v, path, sel); break;
+    case 1: match_expressions(x, v, path, sel); break;
+    case 2:
+        if (!(s = expect_str(x, v, path)))
+            return;
+        if (!dns_label(s))
+            err_at(x, v, "%s: '%s' is not a namespace name; use 1-63 lowercase letters, digits "
+                         "and '-'",
+                   path, s);
+        else
+            sel->ns = strdup(s);
+        break;
+    }
+}
 
 static void pods_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
                       const char *path)
 {
     struct fl_target_spec *t = obj;
     (void)k;
-    (void)key;
+    if (key == 1) {
+        if (!expect_map(x, v, path))
+            return;
+        t->selector = calloc(1, sizeof(*t->selector));
+        if (!t->selector)
+            return;
+        walk_map(x, v, path, selector_keys, selector_pair, t->selector);
+        if (!has_key(x, v, "namespace"))
+            err_at(x, v, "%s: give 'namespace' (in a file the pods' namespace must be named; a "
+                         "FaultPolicy resource uses its own)",
+                   path);
+        return;
+    }
     t->cgroups = str_list(x, v, path, &t->n_cgroups);
     for (size_t i = 0; i < t->n_cgroups; i++)
         if (t->cgroups[i][0] != '/')
@@ -784,15 +936,36 @@ static void dest_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
     const char *s;
     uint64_t n;
     (void)k;
-    if (key == 2) {
+    if (key == 3) {
         if (get_uint(x, v, path, 65535, &n) == 0)
             t->port = (uint16_t)n;
         return;
     }
     if (!(s = expect_str(x, v, path)))
         return;
-    if (t->dst.family) {
-        err_at(x, v, "%s: give either cidr or ip, not both", path);
+    if (t->dst.family || t->svc_name) {
+        err_at(x, v, "%s: give one of cidr, ip or service", path);
+        return;
+    }
+    if (key == 2) {
+        /* name, or namespace/name; a bare name is resolved after the walk */
+        const char *slash = strchr(s, '/');
+        char ns[128] = "";
+        const char *name = s;
+        if (slash) {
+            snprintf(ns, sizeof(ns), "%.*s", (int)(slash - s), s);
+            name = slash + 1;
+        }
+        if ((slash && !dns_label(ns)) || !dns_label(name)) {
+            err_at(x, v, "%s: '%s' is not a Service; use NAME or NAMESPACE/NAME (lowercase "
+                         "letters, digits and '-')",
+                   path, s);
+            return;
+        }
+        t->svc_name = strdup(name);
+        t->svc_ns = slash ? strdup(ns) : NULL;
+        t->svc_line = (int)v->start_mark.line + 1;
+        t->svc_col = (int)v->start_mark.column + 1;
         return;
     }
     if (parse_cidr(s, key == 1, &t->dst) < 0)
@@ -809,16 +982,19 @@ static void target_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_
     case 0: t->name = name_of(x, v, path); break;
     case 1:
         if (expect_map(x, v, path)) {
+            int c = has_key(x, v, "cgroup"), sl = has_key(x, v, "selector");
+            if (c == sl)
+                err_at(x, v, "%s: give one of 'cgroup' (cgroup v2 paths) or 'selector' "
+                             "(Kubernetes labels)",
+                       path);
             walk_map(x, v, path, pods_keys, pods_pair, t);
-            static const char *const req[] = {"cgroup", NULL};
-            require_keys(x, v, path, req);
         }
         break;
     case 2:
         if (expect_map(x, v, path)) {
             walk_map(x, v, path, dest_keys, dest_pair, t);
-            if (!has_key(x, v, "cidr") && !has_key(x, v, "ip"))
-                err_at(x, v, "%s: give 'cidr' or 'ip'", path);
+            if (!has_key(x, v, "cidr") && !has_key(x, v, "ip") && !has_key(x, v, "service"))
+                err_at(x, v, "%s: give 'cidr', 'ip' or 'service'", path);
         }
         break;
     }
@@ -1023,6 +1199,23 @@ static void check_on(struct ctx *x, struct fl_policy *p)
 }
 
 /* Checks that need the whole document: unique names, `on:` references. */
+/* A bare Service name is in the namespace of the target's pods.selector. */
+static void check_services(struct ctx *x, struct fl_policy *p)
+{
+    for (size_t i = 0; i < p->n_targets; i++) {
+        struct fl_target_spec *t = &p->targets[i];
+        if (!t->svc_name || t->svc_ns)
+            continue;
+        if (t->selector && t->selector->ns)
+            t->svc_ns = strdup(t->selector->ns);
+        else if (!t->selector)
+            err_pos(x, t->svc_line, t->svc_col,
+                    "spec.targets[%zu].destination.service: '%s' names no namespace and the "
+                    "target's pods are cgroups; write NAMESPACE/%s",
+                    i, t->svc_name, t->svc_name);
+    }
+}
+
 static void check_names(struct ctx *x, struct fl_policy *p)
 {
     /* Rules name listeners and targets in one namespace (`on:`), so a name may
@@ -1107,6 +1300,9 @@ static void policy_free(struct fl_policy *p)
         for (size_t k = 0; k < p->targets[i].n_cgroups; k++)
             free(p->targets[i].cgroups[k]);
         free(p->targets[i].cgroups);
+        fl_selector_free(p->targets[i].selector);
+        free(p->targets[i].svc_ns);
+        free(p->targets[i].svc_name);
     }
     free(p->targets);
     free(p->name);
@@ -1171,6 +1367,7 @@ int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_
         static const char *const req[] = {"apiVersion", "kind", "metadata", "spec", NULL};
         require_keys(&x, root, "policy", req);
         check_names(&x, p);
+        check_services(&x, p);
         yaml_node_t *spec = map_get(&x, root, "spec");
         /* Reported once, also for `listeners: []`: either way nothing would be proxied. */
         if (spec && spec->type == YAML_MAPPING_NODE && p->n_listeners == 0 &&
@@ -1270,8 +1467,24 @@ void fl_policy_unref(struct fl_policy *p)
         policy_free(p);
 }
 
+static int str_equal(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+int fl_policy_needs_kubernetes(const struct fl_policy *p)
+{
+    for (size_t i = 0; i < p->n_targets; i++)
+        if (p->targets[i].selector || p->targets[i].svc_name)
+            return 1;
+    return 0;
+}
+
 int fl_policy_target_equal(const struct fl_target_spec *a, const struct fl_target_spec *b)
 {
+    if (!fl_selector_equal(a->selector, b->selector) || !str_equal(a->svc_ns, b->svc_ns) ||
+        !str_equal(a->svc_name, b->svc_name))
+        return 0;
     if (a->port != b->port || a->n_cgroups != b->n_cgroups || a->dst.family != b->dst.family ||
         a->dst.prefix != b->dst.prefix || memcmp(a->dst.addr, b->dst.addr, sizeof(a->dst.addr)))
         return 0;

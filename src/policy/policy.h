@@ -9,6 +9,7 @@
 #define FL_POLICY_H
 
 #include "compiler.h"
+#include "selector.h"
 #include "values.h"
 
 #include <regex.h>
@@ -138,10 +139,16 @@ struct fl_cidr {
 
 struct fl_target_spec {
     char *name;
+    /* pods: cgroup paths (host), or a label selector (Kubernetes) */
     char **cgroups; /* absolute cgroup v2 paths or glob patterns */
     size_t n_cgroups;
-    struct fl_cidr dst; /* ip: is a /32 or /128 */
-    uint16_t port;      /* 0 = any port */
+    struct fl_selector *selector; /* pods.selector, or NULL */
+    /* destination: a CIDR (or ip), or a Service */
+    struct fl_cidr dst; /* ip: is a /32 or /128; family 0 with a service */
+    char *svc_ns;       /* destination.service: its namespace and name, or NULL */
+    char *svc_name;
+    int svc_line, svc_col;
+    uint16_t port; /* 0 = any port; with a service: the Service port */
     int line, col;
 };
 
@@ -202,6 +209,10 @@ uint32_t fl_policy_rule_ppm(const struct fl_rule *r, enum fl_fault_kind k);
 
 /* Returns the rule named name, or NULL. */
 struct fl_rule *fl_policy_find_rule(const struct fl_policy *p, const char *name);
+
+/* 1 when a target selects pods by labels or names a Service: the daemon
+ * needs --kubernetes. */
+int fl_policy_needs_kubernetes(const struct fl_policy *p);
 
 /* 1 when two targets select the same pods and destination (their names aside). */
 int fl_policy_target_equal(const struct fl_target_spec *a, const struct fl_target_spec *b);

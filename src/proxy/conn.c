@@ -32,6 +32,7 @@ static void conn_free(struct fl_conn *c)
         c->ops->destroy(c);
     fl_policy_unref(c->policy);
     free(c->scope);
+    free(c->pod);
     if (c->upstream_netns >= 0)
         close(c->upstream_netns);
     if (c->prev)
@@ -559,6 +560,7 @@ void fl_conn_handoff_free(struct fl_conn_handoff *h)
     if (h->upstream_netns >= 0)
         close(h->upstream_netns);
     free(h->scope);
+    free(h->pod);
     free(h);
 }
 
@@ -575,6 +577,8 @@ int fl_conn_adopt(struct fl_worker *w, struct fl_conn_handoff *h)
         h->fd = -1; /* the handle owns it now */
     c->scope = h->scope;
     h->scope = NULL;
+    c->pod = h->pod;
+    h->pod = NULL;
     c->upstream_netns = h->upstream_netns;
     h->upstream_netns = -1;
     c->upstream_socket = h->upstream_socket;

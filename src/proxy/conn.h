@@ -114,6 +114,7 @@ struct fl_conn {
     void *proto;
     struct fl_policy *policy; /* snapshot in use by this conn's current request (ref) */
     char *scope;              /* listener/target name (own copy) */
+    char *pod;                /* "namespace/name" of the Kubernetes pod it is for, or NULL */
     uint64_t id;
     struct sockaddr_storage src; /* client address */
     struct sockaddr_storage dst; /* upstream (original destination) */
@@ -145,6 +146,7 @@ struct fl_conn_handoff {
     int upstream_netns;          /* owned; -1: the daemon's own */
     fl_conn_socket_fn upstream_socket; /* makes the upstream socket in upstream_netns */
     char *scope;                 /* target name (owned) */
+    char *pod;                   /* "namespace/name" of the selected pod, or NULL (owned) */
     struct sockaddr_storage src; /* client address */
     struct sockaddr_storage dst; /* original destination */
 };

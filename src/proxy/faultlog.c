@@ -11,6 +11,7 @@
 
 static int log_fd = -1;
 void (*fl_faultlog_tap)(const char *line, size_t len);
+char fl_faultlog_node[256];
 atomic_ullong fl_faultlog_dropped;
 
 int fl_faultlog_open(const char *path)
@@ -233,6 +234,15 @@ size_t fl_faultlog_format(const struct fl_fault_event *ev, char *line, size_t ca
     if (ev->dst) {
         fl_addr_str(ev->dst, addr, sizeof(addr));
         pos = put_str(line, cap, pos, ",\"dst\":\"", addr, strlen(addr), sizeof(addr), &cut);
+    }
+    if (ev->pod) {
+        const char *slash = strchr(ev->pod, '/');
+        size_t nsl = slash ? (size_t)(slash - ev->pod) : 0;
+        const char *name = slash ? slash + 1 : ev->pod;
+        pos = put_str(line, cap, pos, ",\"namespace\":\"", ev->pod, nsl, FIELD_NAME_MAX, &cut);
+        pos = put_str(line, cap, pos, ",\"pod\":\"", name, strlen(name), FIELD_NAME_MAX, &cut);
+        pos = put_str(line, cap, pos, ",\"node\":\"", fl_faultlog_node, strlen(fl_faultlog_node),
+                      FIELD_NAME_MAX, &cut);
     }
     if (cut)
         pos = put(line, cap, pos, ",\"truncated\":true");

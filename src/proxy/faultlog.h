@@ -44,8 +44,13 @@ struct fl_fault_event {
     const struct fl_request *req;
     const struct sockaddr *src;
     const struct sockaddr *dst;
+    const char *pod; /* "namespace/name" of the Kubernetes pod, or NULL */
     uint64_t conn;
 };
+
+/* This node's name, added to every line that names a pod (Kubernetes), or
+ * "". Set before the workers start. */
+extern char fl_faultlog_node[256];
 
 /* Opens the log destination: a path (created 0640, appended) or "-" for
  * stdout. Returns 0 or a negative errno. */

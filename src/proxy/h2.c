@@ -835,6 +835,7 @@ static void log_fault(struct fl_conn *c, struct h2_stream *st, enum fl_fault_kin
         .req = rq,
         .src = (const struct sockaddr *)&c->src,
         .dst = (const struct sockaddr *)&c->dst,
+        .pod = c->pod,
         .conn = c->id,
     };
     if (kind == FL_FAULT_ABORT) {

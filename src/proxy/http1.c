@@ -629,6 +629,7 @@ static struct fl_fault_event fault_event(struct fl_conn *c, const struct fl_rule
         .req = rq,
         .src = (const struct sockaddr *)&c->src,
         .dst = (const struct sockaddr *)&c->dst,
+        .pod = c->pod,
         .conn = c->id,
     };
 }

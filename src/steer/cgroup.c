@@ -185,3 +185,67 @@ int fl_cgroup_netns(const char *path, int *netns_fd)
     }
     return -ESRCH;
 }
+
+/* ---- the kubelet's pod cgroups ---- */
+
+/* Where pods live, per layout: the QoS parent directories (relative to the
+ * mount) and the prefix of a pod directory's name in each, before the UID
+ * (cgroupfs) or the UID with '-' as '_' and ".slice" after it (systemd). */
+struct pod_layout {
+    const char *parent[3]; /* Guaranteed, Burstable, BestEffort */
+    const char *prefix[3];
+    int systemd;
+};
+
+static const struct pod_layout layouts[] = {
+    {{"kubepods", "kubepods/burstable", "kubepods/besteffort"}, {"pod", "pod", "pod"}, 0},
+    {{"kubepods.slice", "kubepods.slice/kubepods-burstable.slice",
+      "kubepods.slice/kubepods-besteffort.slice"},
+     {"kubepods-pod", "kubepods-burstable-pod", "kubepods-besteffort-pod"},
+     1},
+    {{"kubelet/kubepods", "kubelet/kubepods/burstable", "kubelet/kubepods/besteffort"},
+     {"pod", "pod", "pod"},
+     0},
+    {{"kubelet.slice/kubelet-kubepods.slice",
+      "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice",
+      "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice"},
+     {"kubelet-kubepods-pod", "kubelet-kubepods-burstable-pod", "kubelet-kubepods-besteffort-pod"},
+     1},
+};
+
+int fl_cgroup_pod_dir(const char *mount, const char *uid, enum fl_cgroup_qos qos, char *buf,
+                      size_t len)
+{
+    char us[128];
+    struct stat st;
+    size_t n = strlen(uid);
+    if (n == 0 || n >= sizeof(us) || strchr(uid, '/') || strstr(uid, ".."))
+        return -ENOENT;
+    for (size_t i = 0; i <= n; i++)
+        us[i] = uid[i] == '-' ? '_' : uid[i];
+    for (size_t l = 0; l < sizeof(layouts) / sizeof(layouts[0]); l++) {
+        const struct pod_layout *ly = &layouts[l];
+        for (int q = 0; q < 3; q++) {
+            if (qos != FL_CGQ_ANY && (int)qos - 1 != q)
+                continue;
+            snprintf(buf, len, "%s/%s/%s%s%s", mount, ly->parent[q], ly->prefix[q],
+                     ly->systemd ? us : uid, ly->systemd ? ".slice" : "");
+            if (stat(buf, &st) == 0 && S_ISDIR(st.st_mode))
+                return 0;
+        }
+    }
+    return -ENOENT;
+}
+
+size_t fl_cgroup_pod_parents(const char *mount, char dirs[][4096], size_t cap)
+{
+    size_t n = 0;
+    struct stat st;
+    for (size_t l = 0; l < sizeof(layouts) / sizeof(layouts[0]); l++)
+        for (int q = 0; q < 3 && n < cap; q++) {
+            snprintf(dirs[n], 4096, "%s/%s", mount, layouts[l].parent[q]);
+            if (stat(dirs[n], &st) == 0 && S_ISDIR(st.st_mode))
+                n++;
+        }
+    return n;
+}

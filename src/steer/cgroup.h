@@ -29,4 +29,22 @@ int fl_cgroup_of_pid(int pid, char *buf, size_t len) FL_WUR;
  * -ESRCH when the cgroup has no process, or a negative errno. */
 int fl_cgroup_netns(const char *path, int *netns_fd) FL_WUR;
 
+/* QoS classes as the kubelet names its cgroups. */
+enum fl_cgroup_qos { FL_CGQ_ANY, FL_CGQ_GUARANTEED, FL_CGQ_BURSTABLE, FL_CGQ_BESTEFFORT };
+
+/* Finds the pod-level cgroup of the Kubernetes pod with this UID under the
+ * cgroup2 mount, in the kubelet's layouts: cgroupfs
+ * kubepods[/burstable|/besteffort]/pod<UID>, systemd
+ * kubepods.slice[/kubepods-<qos>.slice]/kubepods[-<qos>]-pod<UID_>.slice, and
+ * the same nested under kubelet/ or kubelet.slice/kubelet-kubepods.slice/.
+ * FL_CGQ_ANY tries every class. Returns 0 with the path in buf, or -ENOENT
+ * (not there, yet). */
+int fl_cgroup_pod_dir(const char *mount, const char *uid, enum fl_cgroup_qos qos, char *buf,
+                      size_t len) FL_WUR;
+
+/* The directories under the cgroup2 mount where the kubelet creates pod
+ * cgroups (the QoS parents of every layout), written as absolute paths into
+ * dirs (room for cap); returns how many exist now. */
+size_t fl_cgroup_pod_parents(const char *mount, char dirs[][4096], size_t cap);
+
 #endif

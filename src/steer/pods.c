@@ -23,10 +23,14 @@
 struct pod {
     struct pod *next;
     char *path;
+    char *name; /* "namespace/name" of a Kubernetes pod, or NULL */
     uint64_t cgid;
     uint64_t ns_ino; /* 0: no process in it yet, so no netns known */
     int seen;
 };
+
+#define MAX_DESTS 256 /* addresses and ports one Service target resolves to */
+#define MAX_PARENTS 12 /* the kubelet's QoS parent directories, all layouts */
 
 /* One (pod, destination, port) -> target record in the kernel's policy map. */
 struct entry {
@@ -42,14 +46,23 @@ struct entry {
 struct scan_hit {
     size_t target;
     char *path;
+    char *pod; /* "namespace/name" (selector targets), or NULL */
     uint64_t cgid;
     uint64_t ns_ino;
+};
+
+/* A pod a selector picked whose cgroup is not there (yet). */
+struct scan_wait {
+    size_t target;
+    char *pod;
 };
 
 struct scan {
     uv_work_t req;
     struct fl_pods *pods; /* NULL once the set was freed: discard */
     struct fl_policy *p;  /* reference */
+    struct fl_kube_view *view; /* reference, or NULL */
+    char mount[PATH_MAX];      /* the cgroup2 mount, for the kubelet's layouts */
     char daemon_cg[PATH_MAX];
     uint16_t port;
     uint64_t *known; /* inos of netns already handled */
@@ -58,6 +71,8 @@ struct scan {
     size_t n_hits, cap_hits;
     struct fl_pods_netns *ns;
     size_t n_ns, cap_ns;
+    struct scan_wait *waits;
+    size_t n_waits;
 };
 
 struct fl_pods {
@@ -67,17 +82,25 @@ struct fl_pods {
     char daemon_cg[PATH_MAX];
     uint16_t port;
     struct fl_policy *policy; /* reference */
+    struct fl_kube_view *view; /* reference, or NULL */
+    char mount[PATH_MAX];
+    uv_fs_event_t parents[MAX_PARENTS]; /* inotify on the kubelet's pod parents */
+    char parent_path[MAX_PARENTS][PATH_MAX];
+    size_t n_parents;
+    struct fl_pods_pod *listed; /* the selected pods, for status */
+    size_t n_listed;
     struct pod *list;
     struct entry *entries;
     size_t n_entries, cap_entries;
+    size_t closing; /* inotify handles still closing */
     struct scan *inflight;
     int rescan;
     int paused;
     atomic_uint n_pods;
 };
 
-static int scan_push_hit(struct scan *s, size_t target, const char *path, uint64_t cgid,
-                         uint64_t ino)
+static int scan_push_hit(struct scan *s, size_t target, const char *path, const char *pod,
+                         uint64_t cgid, uint64_t ino)
 {
     if (s->n_hits == s->cap_hits) {
         size_t cap = s->cap_hits ? s->cap_hits * 2 : 16;
@@ -89,8 +112,12 @@ static int scan_push_hit(struct scan *s, size_t target, const char *path, uint64
     }
     struct scan_hit *h = &s->hits[s->n_hits];
     h->path = strdup(path);
-    if (!h->path)
+    h->pod = pod ? strdup(pod) : NULL;
+    if (!h->path || (pod && !h->pod)) {
+        free(h->path);
+        free(h->pod);
         return -ENOMEM;
+    }
     h->target = target;
     h->cgid = cgid;
     h->ns_ino = ino;
@@ -153,7 +180,73 @@ static int is_daemon_cgroup(const struct scan *s, const char *path)
     return n && strncmp(path, s->daemon_cg, n) == 0 && (path[n] == '\0' || path[n] == '/');
 }
 
-/* Thread pool: glob every target's pod patterns. */
+/* One pod cgroup a target selects: looked up (once per scan) and recorded. */
+static int scan_path(struct scan *s, size_t t, const char *path, const char *pod)
+{
+    uint64_t cgid = 0, ino = 0;
+    size_t j;
+    struct stat st;
+
+    if (is_daemon_cgroup(s, path) || stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+        return 0;
+    /* Another target may have looked this pod up already. */
+    for (j = 0; j < s->n_hits; j++)
+        if (strcmp(s->hits[j].path, path) == 0)
+            break;
+    if (j < s->n_hits) {
+        if (s->hits[j].target == t)
+            return 0;
+        cgid = s->hits[j].cgid;
+        ino = s->hits[j].ns_ino;
+    } else {
+        if (fl_cgroup_id(path, &cgid) < 0)
+            return 0;
+        ino = scan_netns(s, path);
+    }
+    return scan_push_hit(s, t, path, pod, cgid, ino);
+}
+
+static enum fl_cgroup_qos cg_qos(enum fl_kube_qos q)
+{
+    switch (q) {
+    case FL_QOS_GUARANTEED: return FL_CGQ_GUARANTEED;
+    case FL_QOS_BURSTABLE: return FL_CGQ_BURSTABLE;
+    case FL_QOS_BESTEFFORT: return FL_CGQ_BESTEFFORT;
+    default: return FL_CGQ_ANY;
+    }
+}
+
+/* The pods of this node a label selector picks, at their pod-level cgroup. */
+static int scan_selector(struct scan *s, size_t t, const struct fl_selector *sel)
+{
+    char path[PATH_MAX], name[600];
+    const struct fl_kube_view *v = s->view;
+    for (size_t i = 0; v && i < v->n_pods; i++) {
+        const struct fl_kube_pod *pd = &v->pods[i];
+        if (!pd->active || strcmp(pd->ns, sel->ns) != 0 ||
+            !fl_selector_matches(sel, pd->labels, pd->n_labels))
+            continue;
+        snprintf(name, sizeof(name), "%s/%s", pd->ns, pd->name);
+        if (fl_cgroup_pod_dir(s->mount, pd->uid, cg_qos(pd->qos), path, sizeof(path)) < 0 &&
+            fl_cgroup_pod_dir(s->mount, pd->uid, FL_CGQ_ANY, path, sizeof(path)) < 0) {
+            struct scan_wait *wt = realloc(s->waits, (s->n_waits + 1) * sizeof(*wt));
+            if (!wt)
+                return -ENOMEM;
+            s->waits = wt;
+            wt[s->n_waits].target = t;
+            if (!(wt[s->n_waits].pod = strdup(name)))
+                return -ENOMEM;
+            s->n_waits++;
+            continue;
+        }
+        if (scan_path(s, t, path, name) < 0)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Thread pool: glob every target's pod patterns; pick the pods of every
+ * label selector. */
 static void scan_work(uv_work_t *req)
 {
     struct scan *s = req->data;
@@ -161,6 +254,8 @@ static void scan_work(uv_work_t *req)
 
     for (size_t t = 0; p && t < p->n_targets; t++) {
         const struct fl_target_spec *ts = &p->targets[t];
+        if (ts->selector && scan_selector(s, t, ts->selector) < 0)
+            return;
         for (size_t k = 0; k < ts->n_cgroups; k++) {
             glob_t g;
             int r = glob(ts->cgroups[k], GLOB_ONLYDIR, NULL, &g);
@@ -170,31 +265,9 @@ static void scan_work(uv_work_t *req)
                 globfree(&g);
                 continue;
             }
-            for (size_t i = 0; i < g.gl_pathc; i++) {
-                const char *path = g.gl_pathv[i];
-                uint64_t cgid = 0, ino = 0;
-                size_t j;
-                struct stat st;
-
-                if (is_daemon_cgroup(s, path) || stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
-                    continue;
-                /* Another target may have looked this pod up already. */
-                for (j = 0; j < s->n_hits; j++)
-                    if (strcmp(s->hits[j].path, path) == 0)
-                        break;
-                if (j < s->n_hits) {
-                    if (s->hits[j].target == t)
-                        continue;
-                    cgid = s->hits[j].cgid;
-                    ino = s->hits[j].ns_ino;
-                } else {
-                    if (fl_cgroup_id(path, &cgid) < 0)
-                        continue;
-                    ino = scan_netns(s, path);
-                }
-                if (scan_push_hit(s, t, path, cgid, ino) < 0)
+            for (size_t i = 0; i < g.gl_pathc; i++)
+                if (scan_path(s, t, g.gl_pathv[i], NULL) < 0)
                     break;
-            }
             globfree(&g);
         }
     }
@@ -211,9 +284,15 @@ static void close_netns(struct fl_pods_netns *n)
 /* Frees s; with close_fds, the descriptors no one took over too. */
 static void scan_free(struct scan *s, int close_fds)
 {
-    for (size_t i = 0; i < s->n_hits; i++)
+    for (size_t i = 0; i < s->n_hits; i++) {
         free(s->hits[i].path);
+        free(s->hits[i].pod);
+    }
     free(s->hits);
+    for (size_t i = 0; i < s->n_waits; i++)
+        free(s->waits[i].pod);
+    free(s->waits);
+    fl_kube_view_unref(s->view);
     if (close_fds)
         for (size_t i = 0; i < s->n_ns; i++)
             close_netns(&s->ns[i]);
@@ -234,6 +313,8 @@ static struct scan *scan_new(struct fl_pods *pods)
     s->req.data = s;
     s->pods = pods;
     s->p = pods->policy ? fl_policy_ref(pods->policy) : NULL;
+    s->view = fl_kube_view_ref(pods->view);
+    snprintf(s->mount, sizeof(s->mount), "%s", pods->mount);
     s->port = pods->port;
     snprintf(s->daemon_cg, sizeof(s->daemon_cg), "%s", pods->daemon_cg);
     s->known = calloc(KNOWN_MAX, sizeof(*s->known));
@@ -268,13 +349,14 @@ static void pod_release(struct fl_pods *pods, struct pod *pd, const char *why)
         fl_info("released pod %s (%s): hooks detached", pd->path, why);
     atomic_fetch_sub(&pods->n_pods, 1);
     free(pd->path);
+    free(pd->name);
     free(pd);
 }
 
-static int entry_same(const struct entry *e, uint64_t cgid, const struct fl_target_spec *ts)
+static int entry_same(const struct entry *e, uint64_t cgid, const struct fl_kube_dest *d)
 {
-    return e->cgid == cgid && e->port == ts->port && e->dst.family == ts->dst.family &&
-           e->dst.prefix == ts->dst.prefix && memcmp(e->dst.addr, ts->dst.addr, 16) == 0;
+    return e->cgid == cgid && e->port == d->port && e->dst.family == d->addr.family &&
+           e->dst.prefix == d->addr.prefix && memcmp(e->dst.addr, d->addr.addr, 16) == 0;
 }
 
 static void entry_remove(struct fl_pods *pods, size_t i)
@@ -289,13 +371,13 @@ static void entry_remove(struct fl_pods *pods, size_t i)
 }
 
 static void entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_target_spec *ts,
-                          uint32_t id, const char *path)
+                          const struct fl_kube_dest *d, uint32_t id, const char *path)
 {
     struct entry *e = NULL;
     int r;
 
     for (size_t i = 0; i < pods->n_entries; i++)
-        if (entry_same(&pods->entries[i], cgid, ts)) {
+        if (entry_same(&pods->entries[i], cgid, d)) {
             e = &pods->entries[i];
             break;
         }
@@ -313,7 +395,7 @@ static void entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_t
         pods->entries = n;
         pods->cap_entries = cap;
     }
-    r = fl_bpf_add_target(pods->bpf, cgid, ts->dst.family, ts->dst.addr, ts->dst.prefix, ts->port,
+    r = fl_bpf_add_target(pods->bpf, cgid, d->addr.family, d->addr.addr, d->addr.prefix, d->port,
                           id);
     if (r < 0) {
         fl_warn("target '%s': cannot select pod %s: %s", ts->name, path, strerror(-r));
@@ -322,8 +404,8 @@ static void entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_t
     if (!e) {
         e = &pods->entries[pods->n_entries++];
         e->cgid = cgid;
-        e->dst = ts->dst;
-        e->port = ts->port;
+        e->dst = d->addr;
+        e->port = d->port;
     }
     e->id = id;
     e->seen = 1;
@@ -345,10 +427,70 @@ static void report_netns(struct fl_pods *pods)
     free(inos);
 }
 
+/* Where a target's pods are steered for: its CIDR and port, or the
+ * addresses and ports of its Service in the view. Returns how many (up to
+ * MAX_DESTS). */
+static size_t target_dests(const struct fl_target_spec *ts, const struct fl_kube_view *v,
+                           struct fl_kube_dest *out)
+{
+    if (!ts->svc_name) {
+        out[0] = (struct fl_kube_dest){ts->dst, ts->port};
+        return 1;
+    }
+    const struct fl_kube_service *svc = fl_kube_view_service(v, ts->svc_ns, ts->svc_name);
+    size_t n = fl_kube_service_dests(svc, ts->port, out, MAX_DESTS);
+    return n > MAX_DESTS ? MAX_DESTS : n;
+}
+
+static void listed_free(struct fl_pods *pods)
+{
+    for (size_t i = 0; i < pods->n_listed; i++) {
+        free(pods->listed[i].pod);
+        free(pods->listed[i].cgroup);
+    }
+    free(pods->listed);
+    pods->listed = NULL;
+    pods->n_listed = 0;
+}
+
+/* The pods the selectors picked and what became of each, for status. */
+static void list_selected(struct fl_pods *pods, struct scan *s)
+{
+    const struct fl_policy *p = s->p;
+    size_t n = 0;
+    listed_free(pods);
+    pods->listed = calloc(s->n_hits + s->n_waits + 1, sizeof(*pods->listed));
+    if (!pods->listed)
+        return;
+    for (size_t i = 0; i < s->n_waits; i++) {
+        struct fl_pods_pod *l = &pods->listed[n++];
+        l->pod = strdup(s->waits[i].pod);
+        l->target = p->targets[s->waits[i].target].name;
+        l->state = FL_POD_WAITING_CGROUP;
+    }
+    for (size_t i = 0; i < s->n_hits; i++) {
+        struct scan_hit *h = &s->hits[i];
+        struct pod *pd = pod_find(pods, h->path);
+        if (!h->pod)
+            continue;
+        struct fl_pods_pod *l = &pods->listed[n++];
+        l->pod = strdup(h->pod);
+        l->cgroup = strdup(h->path);
+        l->target = p->targets[h->target].name;
+        l->state = !pd ? FL_POD_FAILED : h->ns_ino ? FL_POD_STEERED : FL_POD_WAITING_NETNS;
+        l->ns_ino = h->ns_ino;
+    }
+    pods->n_listed = n;
+}
+
 static void reconcile(struct fl_pods *pods, struct scan *s)
 {
     const struct fl_policy *p = s->p;
     struct pod *pd, *next;
+    struct fl_kube_dest *dests = calloc(MAX_DESTS, sizeof(*dests));
+
+    if (!dests)
+        return;
 
     for (size_t i = 0; i < s->n_ns; i++)
         pods->ops.netns_found(pods->ops.arg, &s->ns[i]);
@@ -384,13 +526,21 @@ static void reconcile(struct fl_pods *pods, struct scan *s)
             pd->next = pods->list;
             pods->list = pd;
             atomic_fetch_add(&pods->n_pods, 1);
-            fl_info("enrolled pod %s for target '%s'%s", h->path, ts->name,
+            fl_info("enrolled pod %s%s%s for target '%s'%s", h->pod ? h->pod : h->path,
+                    h->pod ? " at " : "", h->pod ? h->path : "", ts->name,
                     h->ns_ino ? "" : " (no process yet; its netns is looked for every second)");
         }
         pd->seen = 1;
         pd->ns_ino = h->ns_ino;
-        entry_program(pods, h->cgid, ts, (uint32_t)h->target + 1, h->path);
+        if (h->pod && (!pd->name || strcmp(pd->name, h->pod) != 0)) {
+            free(pd->name);
+            pd->name = strdup(h->pod);
+        }
+        size_t nd = target_dests(ts, s->view, dests);
+        for (size_t k = 0; k < nd; k++)
+            entry_program(pods, h->cgid, ts, &dests[k], (uint32_t)h->target + 1, h->path);
     }
+    free(dests);
     for (size_t i = 0; i < pods->n_entries;) {
         if (!pods->entries[i].seen)
             entry_remove(pods, i);
@@ -403,6 +553,8 @@ static void reconcile(struct fl_pods *pods, struct scan *s)
             pod_release(pods, pd, "no longer selected or gone");
     }
     report_netns(pods);
+    if (p)
+        list_selected(pods, s);
 }
 
 static void scan_done(uv_work_t *req, int status)
@@ -442,6 +594,13 @@ int fl_pods_new(struct fl_pods **out, uv_loop_t *loop, struct fl_bpf *bpf,
     return 0;
 }
 
+static void parent_closed(uv_handle_t *h)
+{
+    struct fl_pods *pods = h->data;
+    if (--pods->closing == 0)
+        free(pods);
+}
+
 void fl_pods_free(struct fl_pods *pods)
 {
     if (!pods)
@@ -453,10 +612,20 @@ void fl_pods_free(struct fl_pods *pods)
         struct pod *pd = pods->list;
         pods->list = pd->next;
         free(pd->path);
+        free(pd->name);
         free(pd);
     }
     free(pods->entries);
+    listed_free(pods);
     fl_policy_unref(pods->policy);
+    fl_kube_view_unref(pods->view);
+    if (pods->n_parents) {
+        /* The inotify handles close first; the set goes with the last. */
+        pods->closing = pods->n_parents;
+        for (size_t i = 0; i < pods->n_parents; i++)
+            uv_close((uv_handle_t *)&pods->parents[i], parent_closed);
+        return;
+    }
     free(pods);
 }
 
@@ -506,4 +675,65 @@ void fl_pods_pause(struct fl_pods *pods)
 unsigned fl_pods_count(const struct fl_pods *pods)
 {
     return pods ? atomic_load(&((struct fl_pods *)pods)->n_pods) : 0;
+}
+
+/* A kubelet QoS parent changed (a pod cgroup came or went): look again now,
+ * rather than at the next periodic scan. */
+static void parent_event(uv_fs_event_t *h, const char *name, int events, int status)
+{
+    struct fl_pods *pods = h->data;
+    (void)name;
+    (void)events;
+    if (status == 0 && !pods->paused)
+        fl_pods_scan(pods);
+}
+
+/* Watches the kubelet's pod parent directories that exist and are not
+ * watched yet (they appear with the first pod of their class). */
+static void watch_parents(struct fl_pods *pods)
+{
+    static char dirs[MAX_PARENTS][4096];
+    size_t n = fl_cgroup_pod_parents(pods->mount, dirs, MAX_PARENTS);
+    for (size_t i = 0; i < n && pods->n_parents < MAX_PARENTS; i++) {
+        size_t k;
+        for (k = 0; k < pods->n_parents; k++)
+            if (strcmp(pods->parent_path[k], dirs[i]) == 0)
+                break;
+        if (k < pods->n_parents)
+            continue;
+        uv_fs_event_t *h = &pods->parents[pods->n_parents];
+        if (uv_fs_event_init(pods->loop, h) < 0)
+            continue;
+        h->data = pods;
+        if (uv_fs_event_start(h, parent_event, dirs[i], 0) < 0) {
+            uv_close((uv_handle_t *)h, NULL);
+            continue;
+        }
+        snprintf(pods->parent_path[pods->n_parents], PATH_MAX, "%s", dirs[i]);
+        pods->n_parents++;
+        fl_debug("watching %s for pod cgroups", dirs[i]);
+    }
+}
+
+void fl_pods_set_view(struct fl_pods *pods, struct fl_kube_view *v)
+{
+    fl_kube_view_unref(pods->view);
+    pods->view = fl_kube_view_ref(v);
+    if (pods->mount[0] == 0 && fl_cgroup_mountpoint(pods->mount, sizeof(pods->mount)) < 0)
+        pods->mount[0] = 0;
+    watch_parents(pods);
+}
+
+const struct fl_pods_pod *fl_pods_selected(const struct fl_pods *pods, size_t *n)
+{
+    *n = pods ? pods->n_listed : 0;
+    return pods ? pods->listed : NULL;
+}
+
+const char *fl_pods_name_of_netns(const struct fl_pods *pods, uint64_t ino)
+{
+    for (const struct pod *pd = pods ? pods->list : NULL; pd; pd = pd->next)
+        if (pd->ns_ino == ino && pd->name)
+            return pd->name;
+    return NULL;
 }

@@ -22,6 +22,7 @@
 #include "bpf.h"
 #include "compiler.h"
 #include "policy.h"
+#include "view.h"
 
 struct fl_pods;
 
@@ -75,5 +76,35 @@ void fl_pods_pause(struct fl_pods *pods);
 
 /* Pod cgroups enrolled. Any thread. */
 unsigned fl_pods_count(const struct fl_pods *pods);
+
+/* The Kubernetes view label selectors and Services are resolved against from
+ * now on (takes a reference; NULL: none). Also starts watching the kubelet's
+ * pod cgroup parents (inotify), so a new pod's cgroup is seen at once. The
+ * caller asks for a scan. */
+void fl_pods_set_view(struct fl_pods *pods, struct fl_kube_view *v);
+
+enum fl_pod_state {
+    FL_POD_STEERED,        /* hooks attached, netns known */
+    FL_POD_WAITING_CGROUP, /* the API has it; its cgroup is not there yet */
+    FL_POD_WAITING_NETNS,  /* its cgroup has no process yet */
+    FL_POD_FAILED,         /* the hooks could not be attached (see the log) */
+};
+
+/* A pod a label selector picked, as of the last reconcile. */
+struct fl_pods_pod {
+    char *pod;          /* "namespace/name" */
+    char *cgroup;       /* its pod-level cgroup, or NULL while waiting for it */
+    const char *target; /* the target's name (valid while the policy is) */
+    enum fl_pod_state state;
+    uint64_t ns_ino;
+};
+
+/* The pods label selectors picked (loop thread; valid until the next
+ * reconcile). */
+const struct fl_pods_pod *fl_pods_selected(const struct fl_pods *pods, size_t *n);
+
+/* "namespace/name" of the enrolled Kubernetes pod in the netns with inode
+ * ino, or NULL. Loop thread. */
+const char *fl_pods_name_of_netns(const struct fl_pods *pods, uint64_t ino);
 
 #endif

@@ -183,6 +183,9 @@ static int tp_resolve(struct fl_conn_handoff *h, struct tp_ns *ns)
         return -errno;
     h->upstream_socket = fl_netns_socket_here;
     h->ops = &fl_http1_ops;
+    const char *pod = fl_pods_name_of_netns(tp.pods, ns->ino);
+    if (pod && !(h->pod = strdup(pod)))
+        return -ENOMEM;
     pod_source(ns, (struct sockaddr *)&h->dst, &h->src);
     atomic_fetch_add_explicit(&tp.accepted, 1, memory_order_relaxed);
     return 0;
@@ -659,6 +662,39 @@ int fl_transparent_apply(const struct fl_policy *p, char *err, size_t errlen)
     if (!tp.draining)
         fl_pods_scan(tp.pods);
     return 0;
+}
+
+void fl_transparent_set_view(struct fl_kube_view *v)
+{
+    if (!tp.started)
+        return;
+    fl_pods_set_view(tp.pods, v);
+    if (!tp.draining)
+        fl_pods_scan(tp.pods);
+}
+
+static const char *pod_state(const struct fl_pods_pod *pp)
+{
+    struct tp_ns *ns;
+    switch (pp->state) {
+    case FL_POD_WAITING_CGROUP: return "waiting for cgroup";
+    case FL_POD_WAITING_NETNS: return "waiting for netns";
+    case FL_POD_FAILED: return "failed";
+    case FL_POD_STEERED:
+        ns = ns_find(pp->ns_ino);
+        return ns && ns->n_l == 0 ? "port busy" : "steered";
+    }
+    return "?";
+}
+
+size_t fl_transparent_pods(struct fl_transparent_pod *out, size_t cap)
+{
+    size_t n = 0;
+    const struct fl_pods_pod *pp = tp.started ? fl_pods_selected(tp.pods, &n) : NULL;
+    for (size_t i = 0; pp && i < n && i < cap; i++)
+        out[i] = (struct fl_transparent_pod){pp[i].pod, pp[i].cgroup, pp[i].target,
+                                             pod_state(&pp[i])};
+    return pp ? n : 0;
 }
 
 void fl_transparent_drain(void)

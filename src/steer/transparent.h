@@ -31,6 +31,7 @@
 #include <stdint.h>
 
 #include "policy.h"
+#include "view.h"
 
 struct fl_worker;
 
@@ -87,6 +88,20 @@ int fl_transparent_apply(const struct fl_policy *p, char *err, size_t errlen) FL
  * running: before fl_transparent_start() every policy with targets is refused. Returns
  * 0 or a negative errno with err set. */
 int fl_transparent_check(const struct fl_policy *p, char *err, size_t errlen) FL_WUR;
+
+/* The Kubernetes view from now on (label selectors, Services): the pods are
+ * looked for again at once. No-op when not started. */
+void fl_transparent_set_view(struct fl_kube_view *v);
+
+/* A pod a label selector picked, and its state: "steered", "waiting for
+ * cgroup", "waiting for netns", "port busy" (the proxy port is taken in its
+ * netns), "failed". */
+struct fl_transparent_pod {
+    const char *pod, *cgroup, *target, *state; /* valid until the loop turns */
+};
+
+/* Fills up to cap; returns how many there are. Main loop's thread. */
+size_t fl_transparent_pods(struct fl_transparent_pod *out, size_t cap);
 
 /* Graceful shutdown begins: stop redirecting new connections and close the
  * listeners; connections in flight go on. No-op when not started. */

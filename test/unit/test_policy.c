@@ -552,3 +552,107 @@ TEST(policy_parse_hostport)
     ASSERT_LT(fl_values_parse_hostport("*:8080", 0, a), 0);
     ASSERT_LT(fl_values_parse_hostport(":8080", 0, a), 0);
 }
+
+/* ---- Kubernetes targets: pods.selector, destination.service ---- */
+
+#define UNIT_K8S_HEAD                                                                              \
+    "apiVersion: faultline/v1\n"                                                                   \
+    "kind: FaultPolicy\n"                                                                          \
+    "metadata: {name: unit}\n"                                                                     \
+    "spec:\n"                                                                                      \
+    "  targets:\n"
+
+TEST(policy_selector_and_service)
+{
+    struct fl_policy *p = unit_load(UNIT_K8S_HEAD
+                                    "    - name: orders\n"
+                                    "      pods:\n"
+                                    "        selector:\n"
+                                    "          matchLabels: {app: checkout}\n"
+                                    "          matchExpressions:\n"
+                                    "            - {key: tier, operator: In, values: [web, api]}\n"
+                                    "            - {key: canary, operator: DoesNotExist}\n"
+                                    "          namespace: shop\n"
+                                    "      destination: {service: orders, port: 8080}\n"
+                                    "    - name: all\n"
+                                    "      pods: {selector: {namespace: shop}}\n"
+                                    "      destination: {service: billing/ledger}\n");
+    const struct fl_target_spec *t = &p->targets[0];
+    ASSERT_NOT_NULL(t->selector);
+    ASSERT_STR_EQ(t->selector->ns, "shop");
+    ASSERT_UEQ(t->selector->n_reqs, 3);
+    ASSERT_STR_EQ(t->selector->reqs[0].key, "app");
+    ASSERT_EQ(t->selector->reqs[0].op, FL_SEL_IN);
+    ASSERT_STR_EQ(t->selector->reqs[0].values[0], "checkout");
+    ASSERT_UEQ(t->selector->reqs[1].n_values, 2);
+    ASSERT_EQ(t->selector->reqs[2].op, FL_SEL_DOES_NOT_EXIST);
+    ASSERT_STR_EQ(t->svc_ns, "shop"); /* a bare name: the pods' namespace */
+    ASSERT_STR_EQ(t->svc_name, "orders");
+    ASSERT_EQ(t->port, 8080);
+    ASSERT_EQ(t->dst.family, 0);
+    ASSERT_UEQ(p->targets[1].selector->n_reqs, 0); /* every pod of shop */
+    ASSERT_STR_EQ(p->targets[1].svc_ns, "billing");
+    ASSERT_STR_EQ(p->targets[1].svc_name, "ledger");
+    ASSERT_EQ(fl_policy_needs_kubernetes(p), 1);
+    ASSERT_EQ(fl_policy_target_equal(&p->targets[0], &p->targets[0]), 1);
+    ASSERT_EQ(fl_policy_target_equal(&p->targets[0], &p->targets[1]), 0);
+    fl_policy_unref(p);
+}
+
+TEST(policy_selector_errors)
+{
+    struct fl_policy_errors errs = unit_load_fail(
+        UNIT_K8S_HEAD "    - name: a\n"
+                      "      pods:\n"
+                      "        selector:\n"
+                      "          matchExpressions:\n"
+                      "            - {key: t, operator: Has}\n"
+                      "            - {key: t, operator: Exists, values: [a]}\n"
+                      "            - {key: t, operator: In}\n"
+                      "          matchLabels: {\"-x\": ok}\n"
+                      "      destination: {service: orders}\n"
+                      "    - name: b\n"
+                      "      pods: {cgroup: /sys/fs/cgroup/x}\n"
+                      "      destination: {service: orders, ip: 10.0.0.1}\n");
+    ASSERT(unit_errors_contain(&errs, "unit.yaml:9:11: spec.targets[0].pods.selector: give "
+                                      "'namespace'"));
+    ASSERT(unit_errors_contain(&errs, "unit.yaml:10:34: spec.targets[0].pods.selector."
+                                      "matchExpressions[0].operator: unknown operator 'Has'; use "
+                                      "In, NotIn, Exists or DoesNotExist"));
+    ASSERT(unit_errors_contain(&errs, "unit.yaml:11:15: spec.targets[0].pods.selector."
+                                      "matchExpressions[1]: values must not be given with Exists"));
+    ASSERT(unit_errors_contain(&errs, "unit.yaml:12:15: spec.targets[0].pods.selector."
+                                      "matchExpressions[2]: operator In needs a non-empty "
+                                      "'values' list"));
+    ASSERT(unit_errors_contain(&errs, "'-x' is not a label key"));
+    ASSERT(unit_errors_contain(&errs, "unit.yaml:17:42: spec.targets[1].destination.ip: give "
+                                      "one of cidr, ip or service"));
+    fl_policy_errors_free(&errs);
+}
+
+TEST(selector_semantics)
+{
+    char *in_v[] = {"web", "api"};
+    struct fl_sel_req reqs[] = {{"tier", FL_SEL_IN, in_v, 2}};
+    struct fl_selector s = {"shop", reqs, 1};
+    struct fl_label web[] = {{"tier", "web"}}, db[] = {{"tier", "db"}}, none[] = {{"x", "y"}};
+    ASSERT_EQ(fl_selector_matches(&s, web, 1), 1);
+    ASSERT_EQ(fl_selector_matches(&s, db, 1), 0);
+    ASSERT_EQ(fl_selector_matches(&s, none, 1), 0);
+    reqs[0].op = FL_SEL_NOT_IN; /* absent counts as not in */
+    ASSERT_EQ(fl_selector_matches(&s, web, 1), 0);
+    ASSERT_EQ(fl_selector_matches(&s, db, 1), 1);
+    ASSERT_EQ(fl_selector_matches(&s, none, 1), 1);
+    reqs[0].op = FL_SEL_EXISTS;
+    ASSERT_EQ(fl_selector_matches(&s, db, 1), 1);
+    ASSERT_EQ(fl_selector_matches(&s, none, 1), 0);
+    reqs[0].op = FL_SEL_DOES_NOT_EXIST;
+    ASSERT_EQ(fl_selector_matches(&s, db, 1), 0);
+    ASSERT_EQ(fl_selector_matches(&s, NULL, 0), 1);
+    s.n_reqs = 0; /* empty: everything */
+    ASSERT_EQ(fl_selector_matches(&s, db, 1), 1);
+    ASSERT_EQ(fl_selector_key_error("app.kubernetes.io/name"), NULL);
+    ASSERT_NOT_NULL(fl_selector_key_error("Bad.Prefix/name"));
+    ASSERT_NOT_NULL(fl_selector_key_error("name-"));
+    ASSERT_EQ(fl_selector_value_error(""), NULL);
+}

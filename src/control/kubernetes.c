@@ -1,0 +1,149 @@
+/* kubernetes: see kubernetes.h. */
+#include "kubernetes.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "faultlog.h"
+#include "log.h"
+#include "transparent.h"
+#include "watch.h"
+
+static struct {
+    int enabled;
+    struct fl_kube_config cfg;
+    char node[256];
+    unsigned timeout_s;
+    struct fl_kube_watch *watch;
+} kube;
+
+int fl_kubernetes_prepare(const struct fl_kubernetes_opts *o, char *err, size_t errlen)
+{
+    const char *node = o->node && *o->node ? o->node : getenv("NODE_NAME");
+    char why[768];
+    int e;
+    if (!node || !*node) {
+        snprintf(err, errlen, "--kubernetes needs this node's name: give --node NAME or set "
+                              "NODE_NAME (in a DaemonSet, from the downward API's "
+                              "spec.nodeName)");
+        return -EINVAL;
+    }
+    if (o->kubeconfig)
+        e = fl_kube_config_kubeconfig(o->kubeconfig, &kube.cfg, why, sizeof(why));
+    else
+        e = fl_kube_config_in_cluster(&kube.cfg, why, sizeof(why));
+    if (e < 0) {
+        snprintf(err, errlen, "--kubernetes: no credentials for the API server: %s", why);
+        return e;
+    }
+    snprintf(kube.node, sizeof(kube.node), "%s", node);
+    snprintf(fl_faultlog_node, sizeof(fl_faultlog_node), "%s", node);
+    kube.timeout_s = o->watch_timeout_s;
+    kube.enabled = 1;
+    return 0;
+}
+
+static void on_view(struct fl_kube_view *v, void *arg)
+{
+    (void)arg;
+    fl_transparent_set_view(v);
+    fl_kube_view_unref(v);
+}
+
+int fl_kubernetes_start(uv_loop_t *loop, char *err, size_t errlen)
+{
+    if (!kube.enabled)
+        return 0;
+    struct fl_kube_watch_opts wo = {.cfg = &kube.cfg,
+                                    .node = kube.node,
+                                    .watch_timeout_s = kube.timeout_s,
+                                    .loop = loop,
+                                    .on_view = on_view};
+    int e = fl_kube_watch_start(&kube.watch, &wo, err, errlen);
+    if (e < 0)
+        return e;
+    fl_info("kubernetes: watching the pods of node %s through %s (%s)", kube.node,
+            kube.cfg.server, kube.cfg.source);
+    return 0;
+}
+
+int fl_kubernetes_enabled(void)
+{
+    return kube.enabled;
+}
+
+void fl_kubernetes_policy(const struct fl_policy *p)
+{
+    if (!kube.watch)
+        return;
+    const char **keys = calloc(p->n_targets + 1, sizeof(*keys));
+    char **owned = calloc(p->n_targets + 1, sizeof(*owned));
+    size_t n = 0;
+    if (!keys || !owned)
+        goto out;
+    for (size_t i = 0; i < p->n_targets; i++) {
+        const struct fl_target_spec *t = &p->targets[i];
+        if (!t->svc_name)
+            continue;
+        size_t len = strlen(t->svc_ns) + strlen(t->svc_name) + 2;
+        if (!(owned[n] = malloc(len)))
+            goto out;
+        snprintf(owned[n], len, "%s/%s", t->svc_ns, t->svc_name);
+        keys[n] = owned[n];
+        n++;
+    }
+    fl_kube_watch_services(kube.watch, keys, n);
+out:
+    for (size_t i = 0; owned && i < n; i++)
+        free(owned[i]);
+    free(owned);
+    free(keys);
+}
+
+int fl_kubernetes_check(const struct fl_policy *p, char *err, size_t errlen)
+{
+    for (size_t i = 0; !kube.enabled && i < p->n_targets; i++) {
+        const struct fl_target_spec *t = &p->targets[i];
+        if (t->selector || t->svc_name) {
+            snprintf(err, errlen, "target '%s' %s; that needs the Kubernetes API: run faultline "
+                                  "with --kubernetes (and --kubeconfig PATH outside a cluster)",
+                     t->name, t->selector ? "selects pods by labels" : "names a Service");
+            return -ENOTSUP;
+        }
+    }
+    return 0;
+}
+
+#define STATUS_PODS_MAX 4096
+
+json_t *fl_kubernetes_status_json(void)
+{
+    if (!kube.enabled)
+        return NULL;
+    struct fl_kube_watch_status st = {0};
+    if (kube.watch)
+        fl_kube_watch_status(kube.watch, &st);
+    json_t *pods = json_array();
+    static struct fl_transparent_pod tp[STATUS_PODS_MAX];
+    size_t n = fl_transparent_pods(tp, STATUS_PODS_MAX);
+    for (size_t i = 0; i < n && i < STATUS_PODS_MAX; i++)
+        json_array_append_new(pods, json_pack("{s:s,s:s?,s:s,s:s}", "pod", tp[i].pod, "cgroup",
+                                              tp[i].cgroup, "target", tp[i].target, "state",
+                                              tp[i].state));
+    return json_pack("{s:s,s:s,s:s,s:b,s:s?,s:I,s:I,s:I,s:o}", "node", kube.node, "server",
+                     kube.cfg.server, "credentials", kube.cfg.source, "pods_synced",
+                     st.pods_synced, "error", st.failing ? st.error : NULL, "events",
+                     (json_int_t)st.events, "relists", (json_int_t)st.relists, "errors",
+                     (json_int_t)st.errors, "pods", pods);
+}
+
+void fl_kubernetes_stop(void)
+{
+    fl_kube_watch_stop(kube.watch);
+    kube.watch = NULL;
+    fl_kube_config_free(&kube.cfg);
+    kube.enabled = 0;
+}
