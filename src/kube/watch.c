@@ -57,6 +57,8 @@ struct informer {
     int gone;    /* a 410 ERROR event: list again */
     int failed;  /* the watch stream had an ERROR event or bad JSON */
     int removed; /* no target names it any more */
+    int failing; /* the last request failed with error */
+    char error[512];
 };
 
 struct fl_kube_watch {
@@ -71,6 +73,7 @@ struct fl_kube_watch {
     CURLM *multi;
     struct informer *list;
     int dirty;
+    char logged[512]; /* the failure last logged ("" once all is well) */
     uint64_t seq;
     unsigned rng;
 
@@ -101,26 +104,36 @@ static void set_error(struct fl_kube_watch *w, struct informer *in, const char *
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    /* Once per streak of the same failure, not once per retry nor once per
+     * watch that meets it. */
+    int again = strcmp(w->logged, msg) == 0;
+    snprintf(w->logged, sizeof(w->logged), "%s", msg);
+    in->failing = 1;
+    snprintf(in->error, sizeof(in->error), "%s", msg);
     pthread_mutex_lock(&w->mu);
-    int again = w->st.failing && strcmp(w->st.error, msg) == 0;
     w->st.failing = 1;
     w->st.errors++;
     snprintf(w->st.error, sizeof(w->st.error), "%s", msg);
     pthread_mutex_unlock(&w->mu);
-    /* Once per streak of the same failure, not once per retry. */
     if (!again)
         fl_warn("kubernetes: %s: %s", in->what, msg);
 }
 
-static void set_ok(struct fl_kube_watch *w)
+static void set_ok(struct fl_kube_watch *w, struct informer *in)
 {
+    int was = in->failing, any = 0;
+    in->failing = 0;
+    for (struct informer *o = w->list; o; o = o->next)
+        any |= o->failing && !o->removed;
     pthread_mutex_lock(&w->mu);
-    int was = w->st.failing;
-    w->st.failing = 0;
-    w->st.error[0] = 0;
+    w->st.failing = any;
+    if (!any)
+        w->st.error[0] = 0;
     pthread_mutex_unlock(&w->mu);
+    if (!any)
+        w->logged[0] = 0;
     if (was)
-        fl_info("kubernetes: the API server %s answers again", w->cfg.server);
+        fl_info("kubernetes: %s: the API server %s answers again", in->what, w->cfg.server);
 }
 
 /* ---- informers ---- */
@@ -498,7 +511,7 @@ static void list_done(struct fl_kube_watch *w, struct informer *in)
     in->synced = 1;
     in->fails = 0;
     w->dirty = 1;
-    set_ok(w);
+    set_ok(w, in);
     json_decref(o);
     again_now(in); /* and watch */
 }
@@ -607,7 +620,7 @@ static void transfer_done(struct fl_kube_watch *w, struct informer *in, CURLcode
         return;
     }
     in->fails = 0;
-    set_ok(w);
+    set_ok(w, in);
     again_now(in); /* watch again from the last resourceVersion */
 }
 
