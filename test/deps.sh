@@ -10,7 +10,7 @@
 
 FL_DEPS_PACKAGES=(
     build-essential cmake pkg-config libuv1-dev libyaml-dev node-llhttp libnghttp2-dev
-    libbpf-dev bpftool clang llvm libelf-dev zlib1g-dev libjansson-dev libcurl4-openssl-dev openssl
+    libbpf-dev bpftool clang llvm libelf-dev zlib1g-dev libjansson-dev libcurl4-openssl-dev openssl libclang-rt-14-dev kubernetes-client
     curl wrk nghttp2-client haproxy nginx-light iproute2 nodejs npm netcat-openbsd jq python3
 )
 
@@ -20,6 +20,8 @@ fl_deps_missing() {
         case $p in
             nodejs) command -v node >/dev/null 2>&1 && continue ;;
             npm) command -v npm >/dev/null 2>&1 && continue ;;
+            # Any kubectl will do (the image's 1.32 conflicts with Debian's package).
+            kubernetes-client) command -v kubectl >/dev/null 2>&1 && continue ;;
         esac
         if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
             missing+=("$p")
