@@ -363,8 +363,103 @@ static char **str_list(struct ctx *x, yaml_node_t *v, const char *path, size_t *
 
 /* --- str match {exact|prefix|regex} --- */
 
+#define REGEX_MAX_LEN 1024
+#define REGEX_MAX_COST 20000
+#define REGEX_MAX_DEPTH 32
+
+/* An upper bound on the size of the tree glibc's regcomp builds for an ERE:
+ * it copies an atom once per repetition of a bound ({n,m}: max(n,m) + 1) and
+ * twice for '+', and the copies of a nested repetition multiply. Without a
+ * bound, "u++++..." or "((a{99}){99}){99}" takes gigabytes and seconds to
+ * compile (found by the policy fuzzer). Returns the cost, saturated. */
+static uint64_t regex_cost(const char *re)
+{
+    uint64_t sum[REGEX_MAX_DEPTH + 1] = {0}, last = 0;
+    int depth = 0;
+    for (const char *p = re; *p; p++) {
+        uint64_t mult = 1;
+        switch (*p) {
+        case '\\':
+            if (p[1])
+                p++;
+            last = 1;
+            sum[depth] += 1;
+            continue;
+        case '[':
+            /* a bracket expression: one atom ([]...] and [^]...] start with a ']') */
+            p++;
+            if (*p == '^')
+                p++;
+            if (*p == ']')
+                p++;
+            while (*p && *p != ']')
+                p++;
+            if (!*p)
+                return UINT64_MAX; /* regcomp refuses it anyway */
+            last = 1;
+            sum[depth] += 1;
+            continue;
+        case '(':
+            if (depth == REGEX_MAX_DEPTH)
+                return UINT64_MAX;
+            sum[++depth] = 0;
+            last = 0;
+            continue;
+        case ')':
+            if (depth == 0)
+                return UINT64_MAX;
+            last = sum[depth--] + 1;
+            sum[depth] += last;
+            continue;
+        case '+':
+            mult = 2;
+            break;
+        case '{': {
+            char *end;
+            unsigned long n = strtoul(p + 1, &end, 10), m = n;
+            if (*end == ',')
+                m = end[1] == '}' ? n : strtoul(end + 1, &end, 10);
+            while (*end && *end != '}')
+                end++;
+            if (!*end)
+                return UINT64_MAX;
+            p = end;
+            mult = (m > n ? m : n) + 1;
+            break;
+        }
+        case '*':
+        case '?':
+        case '|':
+        case '^':
+        case '$':
+            continue;
+        default:
+            last = 1;
+            sum[depth] += 1;
+            continue;
+        }
+        /* A repetition of the last atom or group: its copies. */
+        if (last > REGEX_MAX_COST || mult > REGEX_MAX_COST)
+            return UINT64_MAX;
+        sum[depth] += last * (mult - 1);
+        last *= mult;
+        if (sum[depth] > REGEX_MAX_COST)
+            return UINT64_MAX;
+    }
+    return sum[0];
+}
+
 static int compile_regex(struct ctx *x, yaml_node_t *v, const char *path, struct fl_str_match *sm)
 {
+    if (strlen(sm->value) > REGEX_MAX_LEN || regex_cost(sm->value) > REGEX_MAX_COST) {
+        err_at(x, v, "%s: the regular expression is too large or repeats too much (more than %d "
+                     "characters, or bounds and '+' that multiply past %d copies); simplify it",
+               path, REGEX_MAX_LEN, REGEX_MAX_COST);
+        free(sm->value);
+        sm->value = NULL;
+        sm->kind = FL_SM_ANY;
+        return -1;
+    }
     int rc = regcomp(&sm->re, sm->value, REG_EXTENDED | REG_NOSUB);
     if (rc != 0) {
         char eb[256];

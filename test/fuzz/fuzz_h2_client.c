@@ -17,8 +17,6 @@
 
 #include "harness.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
 /* Frame header: length (24 bits), type, flags, stream id (31 bits). */
 #define FRAME(len, type, flags, sid) \
     0, 0, (len), (type), (flags), 0, 0, 0, (sid)
@@ -69,19 +67,11 @@ static const struct {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const uint8_t *input = data;
-    size_t input_size = size;
-    uint8_t ctl[2];
-    fz_control(&data, &size, ctl, 2);
-    uint8_t scenario = ctl[0], frag = ctl[1];
-
-    fz_begin_scripted(FZ_UP_H2, input, input_size);
-    fz_client_open();
-    fz_client_send(requests[scenario & 3].p, requests[scenario & 3].n, 0);
-    if (fz_upstream_wait(24)) /* faultline's client preface */
-        fz_upstream_send(data, size, frag);
-    fz_upstream_close(fz_close_style_of(scenario >> 2));
-    fz_settle();
+    uint8_t ctl[2]; /* scenario, frag */
+    fz_begin_scripted(FZ_UP_H2, &data, &size, ctl, 2);
+    fz_client_send(requests[ctl[0] & 3].p, requests[ctl[0] & 3].n, 0);
+    /* The answer starts once faultline's client preface (24 bytes) is in. */
+    fz_upstream_answer(24, data, size, ctl[1], fz_close_style_of(ctl[0] >> 2));
     fz_end();
     return 0;
 }

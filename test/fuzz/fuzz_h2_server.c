@@ -14,18 +14,12 @@
 
 #include "harness.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
 static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const uint8_t *input = data;
-    size_t input_size = size;
     uint8_t frag;
-    fz_control(&data, &size, &frag, 1);
-    fz_begin(FZ_UP_H2, input, input_size);
-    fz_client_open();
+    fz_begin(FZ_UP_H2, &data, &size, &frag, 1);
     fz_client_send(preface, sizeof(preface) - 1, 0);
     fz_client_send(data, size, frag);
     fz_end();

@@ -12,16 +12,10 @@
 
 #include "harness.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const uint8_t *input = data;
-    size_t input_size = size;
     uint8_t frag;
-    fz_control(&data, &size, &frag, 1);
-    fz_begin(FZ_UP_HTTP1, input, input_size);
-    fz_client_open();
+    fz_begin(FZ_UP_HTTP1, &data, &size, &frag, 1);
     fz_client_send(data, size, frag);
     fz_end();
     return 0;

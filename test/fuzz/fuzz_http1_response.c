@@ -18,8 +18,6 @@
 
 #include "harness.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
 #define H "host: fuzz.test\r\n"
 
 static const char *const requests[16] = {
@@ -43,30 +41,22 @@ static const char *const requests[16] = {
     /* 14 */ "GET /p1 HTTP/1.1\r\n" H "\r\nPOST /p2 HTTP/1.1\r\n" H "content-length: 3\r\n\r\nabc"
              "GET /delay/p3 HTTP/1.1\r\n" H "\r\n",
     /* 15 */ "DELETE /item/7 HTTP/1.1\r\n" H "content-length: 0\r\n"
-             "cookie: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+             "cookie: "
+             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const uint8_t *input = data;
-    size_t input_size = size;
-    uint8_t ctl[2];
-    fz_control(&data, &size, ctl, 2);
-    uint8_t scenario = ctl[0], frag = ctl[1];
-
-    const char *req = requests[scenario & 15];
+    uint8_t ctl[2]; /* scenario, frag */
+    fz_begin_scripted(FZ_UP_HTTP1, &data, &size, ctl, 2);
+    const char *req = requests[ctl[0] & 15];
     size_t req_len = strlen(req);
-
-    fz_begin_scripted(FZ_UP_HTTP1, input, input_size);
-    fz_client_open();
     fz_client_send(req, req_len, 0);
-    if (scenario & 0x40)
+    if (ctl[0] & 0x40)
         fz_client_shutdown();
-    if (fz_upstream_wait(req_len))
-        fz_upstream_send(data, size, frag);
-    fz_upstream_close(fz_close_style_of(scenario >> 4));
-    fz_settle();
+    /* The answer starts once the request has reached the upstream whole. */
+    fz_upstream_answer(req_len, data, size, ctl[1], fz_close_style_of(ctl[0] >> 4));
     fz_end();
     return 0;
 }

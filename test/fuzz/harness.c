@@ -161,28 +161,34 @@ static uint64_t now_ms(void)
     return uv_hrtime() / 1000000u;
 }
 
+/* One line on stderr: "faultline-fuzz: " what ": " and the message. */
+static void say(const char *what, const char *fmt, va_list ap)
+{
+    fflush(stdout);
+    fprintf(stderr, "faultline-fuzz: %s: ", what);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+/* faultline did wrong: abort(), so libFuzzer keeps the input. */
 static void finding(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void finding(const char *fmt, ...)
 {
     va_list ap;
-    fflush(stdout);
-    fputs("faultline-fuzz: FINDING: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say("FINDING", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     abort();
 }
 
+/* The harness itself cannot go on: exit 2, no input kept. */
 static void harness_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void harness_fail(const char *fmt, ...)
 {
     va_list ap;
-    fputs("faultline-fuzz: HARNESS ERROR (not a finding): ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say("HARNESS ERROR (not a finding)", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     _exit(2);
 }
 
@@ -302,16 +308,43 @@ static void wait_ready(void)
     (void)poll(p, client_fd >= 0 ? 2 : 1, t);
 }
 
-void fz_settle(void)
+/* Steps the loop until done() or the clock reaches end (now_ms). */
+static void run_until(uint64_t end, int (*done)(void))
 {
-    uint64_t end = now_ms() + FZ_SETTLE_MS;
-    if (end > drive_deadline)
-        end = drive_deadline;
     for (;;) {
         step();
-        if (quiet() || now_ms() >= end)
+        if (done() || now_ms() >= end)
             return;
         wait_ready();
+    }
+}
+
+/* FZ_SETTLE_MS from now, but not past the input's drive deadline. */
+static uint64_t settle_deadline(void)
+{
+    uint64_t end = now_ms() + FZ_SETTLE_MS;
+    return end < drive_deadline ? end : drive_deadline;
+}
+
+static void settle(void)
+{
+    run_until(settle_deadline(), quiet);
+}
+
+/* Writes p in pieces as frag cuts it, settling after each; put writes one
+ * piece and returns < 0 when nothing more is to be sent. */
+static void send_pieces(const void *p, size_t n, uint8_t frag, int (*put)(const char *, size_t))
+{
+    struct fz_pieces f;
+    const char *c = p;
+    pieces_init(&f, frag);
+    while (n) {
+        size_t k = pieces_next(&f, n);
+        if (put(c, k) < 0)
+            return;
+        c += k;
+        n -= k;
+        settle();
     }
 }
 
@@ -416,7 +449,8 @@ static void up_shutdown(struct up_conn *u, int close_now)
 
 /* HTTP/1 upstream: llhttp finds the requests, as faultline's own parser does. */
 static const char resp_ok[] = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-static const char resp_ok_close[] = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+static const char resp_ok_close[] =
+    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
 static const char resp_head[] = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
 static const char resp_tunnel[] = "HTTP/1.1 200 OK\r\n\r\n";
 static const char resp_101[] =
@@ -498,7 +532,8 @@ static void up_h2_frame(struct up_conn *u, const uint8_t *fh)
 {
     uint8_t type = fh[3], flags = fh[4];
     if (trace > 1)
-        fprintf(stderr, "faultline-fuzz: trace: upstream got frame type %u flags %#x len %zu\n", type, flags, u->skip);
+        fprintf(stderr, "faultline-fuzz: trace: upstream got frame type %u flags %#x len %zu\n",
+                type, flags, u->skip);
     uint32_t sid = ((uint32_t)(fh[5] & 0x7f) << 24) | ((uint32_t)fh[6] << 16) |
                    ((uint32_t)fh[7] << 8) | fh[8];
     if (type == 4 && !(flags & 1)) {
@@ -598,34 +633,22 @@ static void on_up_connection(uv_stream_t *server, int status)
     uv_read_start((uv_stream_t *)&u->tcp, up_alloc, up_read);
 }
 
-int fz_upstream_wait(size_t min)
+static size_t up_wait_min; /* what upstream_ready waits for */
+
+static int upstream_ready(void)
 {
-    uint64_t end = now_ms() + FZ_SETTLE_MS;
-    for (;;) {
-        fz_settle();
-        if (scripted && scripted->rx >= min)
-            return 1;
-        if (now_ms() >= end || now_ms() >= drive_deadline)
-            return 0;
-        wait_ready();
-    }
+    return quiet() && scripted && scripted->rx >= up_wait_min;
 }
 
-void fz_upstream_send(const void *p, size_t n, uint8_t frag)
+static int upstream_put(const char *p, size_t n)
 {
-    struct fz_pieces f;
-    const char *c = p;
-    pieces_init(&f, frag);
-    while (n && scripted && !scripted->closing) {
-        size_t k = pieces_next(&f, n);
-        up_write(scripted, c, k);
-        c += k;
-        n -= k;
-        fz_settle();
-    }
+    if (!scripted || scripted->closing)
+        return -1;
+    up_write(scripted, p, n);
+    return 0;
 }
 
-void fz_upstream_close(enum fz_close_style how)
+static void upstream_close(enum fz_close_style how)
 {
     struct up_conn *u = scripted;
     if (!u || u->closing)
@@ -645,6 +668,16 @@ void fz_upstream_close(enum fz_close_style how)
         }
         break;
     }
+}
+
+void fz_upstream_answer(size_t min, const void *p, size_t n, uint8_t frag, enum fz_close_style how)
+{
+    up_wait_min = min;
+    run_until(settle_deadline(), upstream_ready);
+    if (scripted && scripted->rx >= min)
+        send_pieces(p, n, frag, upstream_put);
+    upstream_close(how);
+    settle();
 }
 
 /* ---- the worker's listener ---- */
@@ -668,7 +701,13 @@ static void listen_on(uv_tcp_t *t, struct sockaddr_in *addr, uv_connection_cb cb
         harness_fail("cannot listen on 127.0.0.1");
 }
 
-void fz_client_open(void)
+static int accepted(void)
+{
+    return W.n_conns != accepted_before;
+}
+
+/* Connects the client and lets the worker accept it. */
+static void client_open(void)
 {
     int one = 1;
     int err = 0;
@@ -689,42 +728,38 @@ void fz_client_open(void)
         if (getsockopt(client_fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0 || err)
             harness_fail("connect to the worker's listener: %s", strerror(err ? err : errno));
     }
-    uint64_t end = now_ms() + 1000;
-    while (W.n_conns == accepted_before) {
-        uv_run(&loop, UV_RUN_NOWAIT);
-        if (now_ms() >= end)
-            harness_fail("the worker did not accept the client within 1 s");
-        wait_ready();
+    run_until(now_ms() + 1000, accepted);
+    if (!accepted())
+        harness_fail("the worker did not accept the client within 1 s");
+}
+
+/* One piece, whole unless faultline stops reading or closes meanwhile. */
+static int client_put(const char *p, size_t n)
+{
+    size_t off = 0;
+    if (client_fd < 0 || client_shut)
+        return -1;
+    while (off < n && client_fd >= 0) {
+        ssize_t w = send(client_fd, p + off, n - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            off += (size_t)w;
+        } else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+            if (now_ms() >= drive_deadline)
+                return -1; /* faultline stopped reading: what is sent is sent */
+            step();
+            wait_ready();
+        } else {
+            client_reset_seen = 1;
+            client_close(); /* faultline closed or reset the connection */
+            return -1;
+        }
     }
+    return 0;
 }
 
 void fz_client_send(const void *p, size_t n, uint8_t frag)
 {
-    struct fz_pieces f;
-    const char *c = p;
-    pieces_init(&f, frag);
-    while (n && client_fd >= 0 && !client_shut) {
-        size_t k = pieces_next(&f, n);
-        size_t off = 0;
-        while (off < k && client_fd >= 0) {
-            ssize_t w = send(client_fd, c + off, k - off, MSG_NOSIGNAL | MSG_DONTWAIT);
-            if (w > 0) {
-                off += (size_t)w;
-            } else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
-                if (now_ms() >= drive_deadline)
-                    return; /* faultline stopped reading: what is sent is sent */
-                step();
-                wait_ready();
-            } else {
-                client_reset_seen = 1;
-                client_close(); /* faultline closed or reset the connection */
-                return;
-            }
-        }
-        c += k;
-        n -= k;
-        fz_settle();
-    }
+    send_pieces(p, n, frag, client_put);
 }
 
 void fz_client_shutdown(void)
@@ -803,17 +838,6 @@ static void describe_conns(FILE *f)
             client_rx, n_open, n_eof);
 }
 
-static void run_until(uint64_t ms, int (*done)(void))
-{
-    uint64_t end = now_ms() + ms;
-    for (;;) {
-        step();
-        if (done() || now_ms() >= end)
-            return;
-        wait_ready();
-    }
-}
-
 static int no_conns(void)
 {
     return W.n_conns == 0;
@@ -863,13 +887,17 @@ static void print_stuck_count(void)
                 stuck_count);
 }
 
-void fz_begin(enum fz_upstream_mode mode, const uint8_t *data, size_t size)
+static void harness_init(void);
+
+/* Starts an input (data, size: all of it, for FL_FUZZ_STUCK_DIR); with
+ * scripted_first the first upstream connection is the target's. */
+static void begin(enum fz_upstream_mode mode, int scripted_first, const uint8_t *data, size_t size)
 {
-    fz_init();
+    harness_init();
     cur_data = data;
     cur_size = size;
     up_mode = mode;
-    up_scripted_wanted = 0;
+    up_scripted_wanted = scripted_first;
     client_shut = client_eof_seen = client_reset_seen = 0;
     client_rx = 0;
     memset(client_head, 0, sizeof(client_head));
@@ -882,13 +910,39 @@ void fz_begin(enum fz_upstream_mode mode, const uint8_t *data, size_t size)
     drive_deadline = now_ms() + FZ_DRIVE_MS;
     if (check_fds)
         fd_snapshot(fds_before);
+    client_open();
+}
+
+/* Takes the first n bytes of the input as control bytes into ctl (0 for
+ * those the input is too short to have); *data and *size keep the rest. */
+static void take_control(const uint8_t **data, size_t *size, uint8_t *ctl, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        ctl[i] = i < *size ? (*data)[i] : 0;
+    size_t k = *size < n ? *size : n;
+    *data += k;
+    *size -= k;
+}
+
+void fz_begin(enum fz_upstream_mode mode, const uint8_t **data, size_t *size, uint8_t *ctl,
+              size_t n)
+{
+    begin(mode, 0, *data, *size);
+    take_control(data, size, ctl, n);
+}
+
+void fz_begin_scripted(enum fz_upstream_mode others, const uint8_t **data, size_t *size,
+                       uint8_t *ctl, size_t n)
+{
+    begin(others, 1, *data, *size);
+    take_control(data, size, ctl, n);
 }
 
 void fz_end(void)
 {
     uint64_t t0 = uv_hrtime();
     fz_client_shutdown();
-    run_until(end_ms, no_conns);
+    run_until(now_ms() + end_ms, no_conns);
     if (trace) {
         for (char *q = client_head; *q; q++)
             if (*q < 0x20 || *q > 0x7e)
@@ -907,7 +961,7 @@ void fz_end(void)
         save_stuck_input();
         stuck_count++;
         fl_conn_close_all(&W);
-        run_until(FZ_END_MS, no_conns);
+        run_until(now_ms() + FZ_END_MS, no_conns);
         if (W.n_conns) {
             describe_conns(stderr);
             finding("fl_conn_close_all left %u connection(s) on the worker", W.n_conns);
@@ -917,7 +971,7 @@ void fz_end(void)
     client_close();
     for (struct up_conn *u = ups; u; u = u->next)
         up_close(u);
-    run_until(FZ_END_MS, no_up_handles);
+    run_until(now_ms() + FZ_END_MS, no_up_handles);
     if (n_up_handles)
         harness_fail("%u upstream handles did not close", n_up_handles);
     scripted = NULL;
@@ -966,8 +1020,7 @@ static void warm_up(void)
     static const char req[] = "GET / HTTP/1.1\r\nhost: warm.up\r\n\r\n"
                               "GET /abort HTTP/1.1\r\nhost: warm.up\r\n\r\n"
                               "GET /delay HTTP/1.1\r\nhost: warm.up\r\n\r\n";
-    fz_begin(FZ_UP_HTTP1, NULL, 0);
-    fz_client_open();
+    begin(FZ_UP_HTTP1, 0, NULL, 0);
     fz_client_send(req, sizeof(req) - 1, 0);
     fz_end();
     if (stuck_count || client_rx == 0)
@@ -980,17 +1033,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    fz_init();
+    harness_init();
     return 0;
-}
-
-void fz_control(const uint8_t **data, size_t *size, uint8_t *ctl, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        ctl[i] = i < *size ? (*data)[i] : 0;
-    size_t k = *size < n ? *size : n;
-    *data += k;
-    *size -= k;
 }
 
 enum fz_close_style fz_close_style_of(unsigned bits)
@@ -1000,7 +1044,8 @@ enum fz_close_style fz_close_style_of(unsigned bits)
     return styles[bits & 3];
 }
 
-void fz_init(void)
+/* Sets up the loop, worker, policy, listeners and fault log (once). */
+static void harness_init(void)
 {
     struct fl_policy *p = NULL;
     struct fl_policy_errors errs = {0};
@@ -1039,10 +1084,4 @@ void fz_init(void)
     listen_on(&up_srv, &up_addr, on_up_connection);
     warm_up(); /* libuv's thread pool and lazy descriptors come to be here */
     check_fds = 1;
-}
-
-void fz_begin_scripted(enum fz_upstream_mode others, const uint8_t *data, size_t size)
-{
-    fz_begin(others, data, size);
-    up_scripted_wanted = 1;
 }

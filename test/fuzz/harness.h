@@ -4,12 +4,13 @@
  * as a listener does) whose upstream is a harness-run server on 127.0.0.1,
  * polled by the same loop.
  *
- * Per input a target calls fz_begin, drives the two peers (fz_client_*,
- * fz_upstream_*), and ends with fz_end, which waits for faultline to free the
- * connection and checks that nothing is left: no connection, no held request,
- * no chunk, no active-fault unit and no descriptor. What fails is reported on
- * stderr on one line starting "faultline-fuzz: FINDING:" and ends the process
- * with abort(), so libFuzzer keeps the input.
+ * Per input a target calls fz_begin (or fz_begin_scripted), drives the two
+ * peers (fz_client_*, fz_upstream_answer), and ends with fz_end, which waits
+ * for faultline to free the connection and checks that nothing is left: no
+ * connection, no held request, no chunk, no active-fault unit and no
+ * descriptor. What fails is reported on stderr on one line starting
+ * "faultline-fuzz: FINDING:" and ends the process with abort(), so libFuzzer
+ * keeps the input.
  *
  * Environment:
  *   FL_FUZZ_STUCK=close  a connection still open FZ_END_MS after both peers
@@ -46,57 +47,48 @@ enum fz_upstream_mode {
     FZ_UP_H2,
 };
 
-/* How fz_upstream_close ends the scripted connection. */
+/* How fz_upstream_answer ends the scripted connection. */
 enum fz_close_style {
     FZ_CLOSE_GRACEFUL, /* FIN, then close once faultline's FIN arrives */
     FZ_CLOSE_FIN,      /* FIN, then close at once (unread input: RST) */
     FZ_CLOSE_RESET,    /* RST */
 };
 
-/* Sets up the loop, worker, policy, listeners and fault log (once). */
-void fz_init(void);
-
-/* Takes the first n bytes of the input as control bytes into ctl (0 for
- * those the input is too short to have); *data and *size keep the rest. */
-void fz_control(const uint8_t **data, size_t *size, uint8_t *ctl, size_t n);
+/* Every protocol target defines it; the harness defines LLVMFuzzerInitialize,
+ * which sets up the loop, worker, policy, listeners and fault log once. */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* The close style two bits of a control byte choose. */
 enum fz_close_style fz_close_style_of(unsigned bits);
 
-/* Starts an input (data, size: the whole input, kept for FL_FUZZ_STUCK_DIR)
- * whose upstream answers as mode says. */
-void fz_begin(enum fz_upstream_mode mode, const uint8_t *data, size_t size);
+/* Starts an input whose upstream answers as mode says. The first n bytes of
+ * the input become control bytes in ctl (0 for those the input is too short
+ * to have); *data and *size are left with the rest, the bytes to fuzz with.
+ * The whole input is kept for FL_FUZZ_STUCK_DIR. Then the client connects and
+ * the worker accepts it. */
+void fz_begin(enum fz_upstream_mode mode, const uint8_t **data, size_t *size, uint8_t *ctl,
+              size_t n);
 
-/* Starts an input whose first upstream connection is the target's to write
- * to (fz_upstream_send) and close (fz_upstream_close); it only reads. Later
- * upstream connections (faultline dials again after a close) answer as
- * others says, so no request waits forever for an answer. */
-void fz_begin_scripted(enum fz_upstream_mode others, const uint8_t *data, size_t size);
+/* As fz_begin, but the first upstream connection is scripted: it only reads,
+ * and the target answers on it with fz_upstream_answer. Later upstream
+ * connections (faultline dials again after a close) answer as others says,
+ * so no request waits forever for an answer. */
+void fz_begin_scripted(enum fz_upstream_mode others, const uint8_t **data, size_t *size,
+                       uint8_t *ctl, size_t n);
 
-/* Connects the client and lets the worker accept it. */
-void fz_client_open(void);
-
-/* Sends p in pieces whose sizes follow frag (see fz_pieces in harness.c),
- * letting the loop run until quiet after each piece. Stops early if the
- * connection is gone. */
+/* Sends p in pieces whose sizes follow frag (see fz_pieces in harness.c: 0 one
+ * write, 1 single bytes, ...), letting the loop run until quiet after each
+ * piece. Stops early if the connection is gone. */
 void fz_client_send(const void *p, size_t n, uint8_t frag);
 
 /* Half-closes the client (FIN); it keeps reading until faultline closes. */
 void fz_client_shutdown(void);
 
-/* Runs the loop until nothing is ready, no delay is held and no callback is
- * pending (bounded). */
-void fz_settle(void);
-
-/* Settles until the scripted upstream connection exists and has read at least
- * min bytes (bounded). Returns 1 if so. */
-int fz_upstream_wait(size_t min);
-
-/* Writes p on the scripted upstream connection in pieces, settling after each. */
-void fz_upstream_send(const void *p, size_t n, uint8_t frag);
-
-/* Ends the scripted upstream connection. */
-void fz_upstream_close(enum fz_close_style how);
+/* Waits (bounded) until the scripted upstream connection has read at least min
+ * bytes and the loop is quiet; if it has, writes p on it in pieces as
+ * fz_client_send does. Then ends that connection as how says and lets the
+ * loop settle. */
+void fz_upstream_answer(size_t min, const void *p, size_t n, uint8_t frag, enum fz_close_style how);
 
 /* Ends the input: the client half-closes if it has not, faultline gets
  * FZ_END_MS to free the connection, then everything is checked. */

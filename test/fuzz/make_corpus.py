@@ -3,7 +3,11 @@
 
     python3 test/fuzz/make_corpus.py
 
-The files are committed; run this again after changing a seed here. Each file
+The files are committed; run this again after changing a seed here. It writes
+the same bytes every time and removes any file of a corpus directory it did
+not write, so the directories are exactly what this script says. Seeds stay
+small (a few KB a target): libFuzzer grows its own corpus, these only have to
+reach each path once. Each file
 starts with the target's control bytes (see the comment at the top of each
 test/fuzz/fuzz_*.c): fuzz_http1_request and fuzz_h2_server take one byte that
 cuts the rest into writes (0: one write, 1: single bytes, 3: 1..16 bytes,
@@ -20,11 +24,24 @@ OUT = os.path.join(HERE, "corpus")
 ONE, BYTES, SMALL, MEDIUM, TWO = 0, 1, 3, 5, 6
 
 
+WRITTEN = {}  # target -> names written by this run
+
+
 def write(target, name, data):
     d = os.path.join(OUT, target)
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, name), "wb") as f:
         f.write(data)
+    WRITTEN.setdefault(target, set()).add(name)
+
+
+def remove_stale():
+    for target, names in WRITTEN.items():
+        d = os.path.join(OUT, target)
+        for name in sorted(os.listdir(d)):
+            if name not in names:
+                os.remove(os.path.join(d, name))
+                print("removed stale seed %s/%s" % (target, name))
 
 
 def crlf(*lines):
@@ -76,11 +93,11 @@ def http1_request_corpus():
     write(t, "post-chunked", bytes([SMALL]) +
           req("POST", "/chunked", [("transfer-encoding", "chunked")],
               chunked(b"hello", b" wor", b"ld", trailers=[("x-checksum", "42")])))
-    big = [bytes([0x61 + i % 26]) * 700 for i in range(5)]
+    big = [bytes([0x61 + i % 26]) * 300 for i in range(5)]
     write(t, "post-chunked-large", bytes([MEDIUM]) +
           req("POST", "/upload", [("transfer-encoding", "chunked")], chunked(*big)) + req("GET", "/after"))
     write(t, "large-headers", bytes([MEDIUM | 0x08]) +
-          req("GET", "/headers", [("x-h%02d" % i, "v" * 90) for i in range(60)]))
+          req("GET", "/headers", [("x-h%02d" % i, "v" * 60) for i in range(24)]))
     write(t, "upgrade-websocket", bytes([ONE]) +
           req("GET", "/chat", [("upgrade", "websocket"), ("connection", "Upgrade"),
                                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
@@ -329,7 +346,7 @@ def h2_client_corpus():
           frame(PUSH_PROMISE, END_HEADERS, 1, struct.pack(">I", 2) + request_block()))
     write(t, "large-data", bytes([POST, MEDIUM]) + s + ack +
           frame(HEADERS, END_HEADERS, 1, status200) +
-          b"".join(frame(DATA, 0, 1, bytes([65 + i]) * 1000) for i in range(10)) + frame(DATA, END_STREAM, 1, b""))
+          b"".join(frame(DATA, 0, 1, bytes([65 + i]) * 512) for i in range(4)) + frame(DATA, END_STREAM, 1, b""))
     write(t, "no-settings", bytes([GET, ONE]) + frame(HEADERS, END_STREAM | END_HEADERS, 1, status200))
     write(t, "http1-answer", bytes([GET, ONE]) + b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
     write(t, "nothing", bytes([GET, ONE]))
@@ -340,6 +357,7 @@ def main():
     http1_response_corpus()
     h2_server_corpus()
     h2_client_corpus()
+    remove_stale()
 
 
 if __name__ == "__main__":

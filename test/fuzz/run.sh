@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
-# Fuzzes faultline with libFuzzer, by hand:
+# Fuzzes faultline with libFuzzer, by hand, for longer than the suite does:
 #
 #   bash test/fuzz/run.sh [SECONDS] [TARGET...]
 #
-# Builds build-fuzz/ (clang, -DFL_FUZZ=ON -DFL_SANITIZE=ON: ASan and UBSan),
-# then runs each TARGET (default: all five) for SECONDS (default 300), seeded
-# from test/fuzz/corpus/TARGET/ (fuzz_policy: policies/*.yaml and the
-# loader's fixtures) and test/fuzz/findings/TARGET-*, copied to a temporary
-# directory. Prints per target the
-# executions, the final corpus size and the result; an input that crashes,
-# leaks or times out is kept under build-fuzz/crashes/ and the script exits
-# non-zero. Needs clang and libclang-rt-14-dev.
+#   bash test/fuzz/run.sh                        all five targets, 300 s each
+#   bash test/fuzz/run.sh 3600 fuzz_h2_server    one target for an hour
+#
+# Targets: fuzz_http1_request fuzz_http1_response fuzz_h2_server
+# fuzz_h2_client fuzz_policy (what each feeds: the comment at the top of
+# test/fuzz/TARGET.c). Builds build-fuzz/ (clang, -DFL_FUZZ=ON -DFL_SANITIZE=ON:
+# ASan and UBSan), then runs each TARGET for SECONDS, seeded from
+# test/fuzz/corpus/TARGET/ (fuzz_policy: policies/*.yaml and the loader's
+# fixtures) and test/fuzz/findings/TARGET-*, copied to a temporary directory
+# that is removed afterwards (seeds worth keeping go into make_corpus.py).
+# Prints per target the executions, the final corpus size and the result; an
+# input that crashes, leaks or times out is kept under build-fuzz/crashes/ and
+# the script exits non-zero. Needs clang and libclang-rt-14-dev (test/deps.sh).
+# The suite's step is test/fuzz/ci.sh, the same runs for FL_FUZZ_SECONDS.
 #
 #   FL_FUZZ_STUCK=close bash test/fuzz/run.sh 60 fuzz_http1_request
 #       counts a connection faultline never frees instead of stopping there
 #       (see test/fuzz/harness.h for this and the other FL_FUZZ_* knobs)
 #
-# Reproduce a kept input: build-fuzz/TARGET build-fuzz/crashes/FILE
+# Reproduce a kept input, with what each peer saw:
+#
+#   FL_FUZZ_TRACE=1 build-fuzz/TARGET build-fuzz/crashes/FILE
+#
+# and once understood, keep it as test/fuzz/findings/TARGET-SYMPTOM (described
+# in test/fuzz/findings/README.md): both scripts seed the target with it.
 set -uo pipefail
 # shellcheck source=test/fuzz/lib.sh
 source "$(dirname "$0")/lib.sh"

@@ -99,7 +99,9 @@ if [ -x "$loadgen" ]; then
     lg() { awk -v k="$1" '$1 == "latency_ms" { for (i = 2; i < NF; i += 2) if ($i == k) print $(i + 1) }' "$FL_TMP/lg.out"; }
     lg_min=$(lg min) lg_p50=$(lg p50) lg_p99=$(lg p99)
     assert_cmp "delay precision: no delay shorter than 30 ms (min ms)" "${lg_min:-0}" ">=" 30
-    assert_cmp "delay precision: p50 within 2 ms of 30 ms" "${lg_p50:-99}" "<" 32
+    # The loaded round trip itself (client, proxy and backend on the same two
+    # cores) is 1-2 ms of the median; a late timer shows as more than 3 ms.
+    assert_cmp "delay precision: p50 within 3 ms of 30 ms" "${lg_p50:-99}" "<" 33
     assert_cmp "delay precision: p99 within 10 ms of 30 ms" "${lg_p99:-99}" "<" 40
 else
     fail "delay precision: $loadgen is built with the daemon"

@@ -656,3 +656,24 @@ TEST(selector_semantics)
     ASSERT_NOT_NULL(fl_selector_key_error("name-"));
     ASSERT_EQ(fl_selector_value_error(""), NULL);
 }
+
+/* A regex whose repetitions multiply (glibc copies the tree per bound and per
+ * '+') is refused before regcomp can take gigabytes (found by fuzz_policy). */
+TEST(policy_regex_cost_bounded)
+{
+    struct fl_policy_errors errs = unit_load_fail(
+        UNIT_POLICY_HEAD "  rules:\n"
+                         "    - {name: a, match: {path: {regex: \"^cu++++++++++++++++++++++rl\"}}, "
+                         "fault: {reset: {}}}\n"
+                         "    - {name: b, match: {path: {regex: \"((a{99}){99}){99}\"}}, "
+                         "fault: {reset: {}}}\n");
+    ASSERT_UEQ(errs.n, 2);
+    ASSERT_CONTAINS(errs.msgs[0], "repeats too much");
+    ASSERT_CONTAINS(errs.msgs[1], "spec.rules[1].match.path.regex: the regular expression");
+    fl_policy_errors_free(&errs);
+    struct fl_policy *p = unit_load(UNIT_POLICY_HEAD "  rules:\n"
+                                                     "    - {name: a, match: {path: {regex: "
+                                                     "\"^/(a|b)+/x{2,5}[0-9]+$\"}}, fault: "
+                                                     "{reset: {}}}\n");
+    fl_policy_unref(p);
+}
