@@ -25,7 +25,7 @@
 #define PAGE_LIMIT 500
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 30000
-#define SILENCE_GRACE_MS 15000 /* beyond timeoutSeconds before a quiet watch is dropped */
+#define SILENCE_GRACE_MAX_MS 15000 /* beyond timeoutSeconds before a quiet watch is dropped */
 #define POLL_MS 250
 #define BODY_MAX (64u << 20)
 
@@ -767,7 +767,11 @@ static void apply_wanted(struct fl_kube_watch *w)
 static void *thread_main(void *arg)
 {
     struct fl_kube_watch *w = arg;
-    uint64_t silence = (uint64_t)w->timeout_s * 1000u + SILENCE_GRACE_MS;
+    /* The server ends a watch at timeoutSeconds; one still open and silent
+     * (no event, no bookmark) well after that is dead: a grace of the timeout
+     * itself, 15 s at most. */
+    uint64_t t_ms = (uint64_t)w->timeout_s * 1000u;
+    uint64_t silence = t_ms + (t_ms < SILENCE_GRACE_MAX_MS ? t_ms : SILENCE_GRACE_MAX_MS);
     for (;;) {
         pthread_mutex_lock(&w->mu);
         int stop = w->stop;

@@ -18,6 +18,8 @@ writes DIR/port once it listens. Test controls (no authentication, under /_test/
   POST /_test/fail?path=P&status=S&count=N[&retry_after=T]
                                     the next N requests whose path starts with P
                                     are answered S (a Status body)
+  POST /_test/bulk                  creates the objects of a JSON list at once (each
+                                    with "_plural" and, outside core, "_group")
   POST /_test/unfail                forgets every /_test/fail
   POST /_test/cut                   ends every open watch stream mid-stream
   POST /_test/silence?count=N       the next N watches send headers, then nothing
@@ -282,6 +284,16 @@ class Handler(BaseHTTPRequestHandler):
                 CTL['fail'].append({'path': q['path'], 'status': int(q['status']),
                                     'count': int(q.get('count', 1)),
                                     'retry_after': q.get('retry_after')})
+            elif path == '/_test/bulk':
+                n = int(self.headers.get('Content-Length') or 0)
+                for o in json.loads(self.rfile.read(n)):
+                    md = o['metadata']
+                    grp, plural = o.pop('_group', ''), o.pop('_plural')
+                    md.setdefault('uid', str(uuid.uuid4()))
+                    md['creationTimestamp'] = now_ts()
+                    md['generation'] = 1
+                    STORE.objs[(grp, plural, md.get('namespace', ''), md['name'])] = o
+                    STORE.bump(grp, plural, 'ADDED', o)
             elif path == '/_test/unfail':
                 CTL['fail'] = []
             elif path == '/_test/cut':

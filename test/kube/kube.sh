@@ -151,6 +151,8 @@ slice() { # ADDRESSES-JSON
 }
 kapi POST /apis/discovery.k8s.io/v1/namespaces/shop/endpointslices \
     "$(slice '[{"addresses":["10.77.11.1"],"conditions":{"ready":true}},{"addresses":["10.77.13.1"],"conditions":{"ready":false}}]')" >/dev/null
+kapi POST /apis/discovery.k8s.io/v1/namespaces/shop/endpointslices \
+    "{\"metadata\":{\"name\":\"orders-v6\",\"namespace\":\"shop\",\"labels\":{\"kubernetes.io/service-name\":\"orders\"}},\"addressType\":\"IPv6\",\"endpoints\":[{\"addresses\":[\"fd77:11::1\"]}],\"ports\":[{\"name\":\"http\",\"port\":$EPPORT}]}" >/dev/null
 
 UA=$(add_pod shop checkout-a '{"app":"checkout"}' Burstable)
 UB=$(add_pod shop checkout-b '{"app":"checkout","tier":"web"}' BestEffort)
@@ -168,6 +170,7 @@ pause_in "$CGC/ctr1" c
 pause_in "$CGD/ctr1" d
 ip addr add 10.77.200.10/32 dev lo && ip addr add fd77:200::10/128 dev lo nodad || { say "cluster IPs"; exit 1; }
 bg python3 "$PEER" server "10.77.200.10:$SVCPORT" "[fd77:200::10]:$SVCPORT" "10.77.11.1:$EPPORT" \
+    "[fd77:11::1]:$EPPORT" \
     "10.77.12.1:$EPPORT" "10.77.11.1:$SVCPORT"
 for _ in $(seq 50); do grep -q READY "$TMP/bg.log" && break; sleep 0.1; done
 
@@ -246,6 +249,8 @@ c=$(curl_in "$CGA/ctr1" a "http://[fd77:200::10]:$SVCPORT/abort/a6")
 [ "$c" = 503 ] && ok "checkout-a -> cluster IP [fd77:200::10]: 503 injected" || bad "cluster IP v6: $c"
 c=$(curl_in "$CGA/ctr1" a "http://10.77.11.1:$EPPORT/abort/ep")
 [ "$c" = 503 ] && ok "checkout-a -> endpoint 10.77.11.1:$EPPORT (the targetPort): 503 injected" || bad "endpoint: $c"
+c=$(curl_in "$CGA/ctr1" a "http://[fd77:11::1]:$EPPORT/abort/ep6")
+[ "$c" = 503 ] && ok "checkout-a -> IPv6 endpoint [fd77:11::1]:$EPPORT (an IPv6 EndpointSlice): 503 injected" || bad "endpoint v6: $c"
 c=$(curl_in "$CGA/ctr1" a "http://10.77.200.10:$SVCPORT/plain")
 [ "$c" = 200 ] && ok "checkout-a -> the Service, a request no rule matches: 200 from the server" || bad "plain: $c"
 c=$(curl_in "$CGA/ctr1" a "http://10.77.11.1:$SVCPORT/abort/other-port")
@@ -315,6 +320,16 @@ kapi_restart || { bad "API server restart"; exit 1; }
 ms=$(relabel_check web) && ok "  ... and a label change after it is followed (${ms} ms)" || bad "after restart: $ms"
 kapi_ctl cut
 ms=$(relabel_check checkout) && ok "a watch cut mid-stream: the next change is followed (${ms} ms)" || bad "after cut: $ms"
+# The next watch of each resource goes silent: no event, no bookmark, never ends.
+kapi_ctl silence count=3
+kapi_ctl cut
+sleep 1
+kapi PATCH /api/v1/namespaces/shop/pods/web-d '{"metadata":{"labels":{"app":"web"}}}' >/dev/null
+ms=$(wait_code "$CGD/ctr1" d "http://10.77.200.10:$SVCPORT/abort/silent" 200 20)
+[[ "$ms" =~ ^[0-9]+$ ]] && [ "$ms" -ge 5000 ] && [ "$ms" -le 16000 ] &&
+    ok "a watch silent past --kube-watch-timeout 5s is dropped and started again: the change is followed after ${ms} ms" ||
+    bad "silent watch: $ms" "$(grep -i silent "$TMP/daemon.log")"
+grep -q "the watch was silent for 10 s" "$TMP/daemon.log" && ok "  ... and it says so" || bad "no silence message" "$(tail -5 "$TMP/daemon.log")"
 kapi_ctl compact
 kapi_ctl error410
 ms=$(relabel_check web) && ok "410 Gone (ERROR event after a compaction): listed again, changes followed (${ms} ms)" ||
