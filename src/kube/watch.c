@@ -27,6 +27,7 @@
 #define BACKOFF_MAX_MS 30000
 #define SILENCE_GRACE_MAX_MS 15000 /* beyond timeoutSeconds before a quiet watch is dropped */
 #define POLL_MS 250
+#define VIEW_MIN_MS 100 /* views of a burst of events are this far apart at least */
 #define BODY_MAX (64u << 20)
 
 enum kind { K_PODS, K_SVC, K_EPS };
@@ -74,6 +75,7 @@ struct fl_kube_watch {
     struct informer *list;
     int dirty;
     char logged[512]; /* the failure last logged ("" once all is well) */
+    uint64_t last_post; /* when the last view was posted */
     uint64_t seq;
     unsigned rng;
 
@@ -813,9 +815,19 @@ static void *thread_main(void *arg)
             if (in && in->easy == m->easy_handle)
                 transfer_done(w, in, m->data.result);
         }
-        if (w->dirty)
-            post_view(w);
-        curl_multi_poll(w->multi, NULL, 0, POLL_MS, NULL);
+        /* A burst of events makes one view, not one each: at most one view
+         * per VIEW_MIN_MS (an event after a quiet spell goes at once). */
+        int poll_ms = POLL_MS;
+        if (w->dirty) {
+            uint64_t t = now_ms();
+            if (t - w->last_post >= VIEW_MIN_MS) {
+                post_view(w);
+                w->last_post = t;
+            } else {
+                poll_ms = (int)(VIEW_MIN_MS - (t - w->last_post));
+            }
+        }
+        curl_multi_poll(w->multi, NULL, 0, poll_ms, NULL);
     }
     while (w->list) {
         struct informer *in = w->list;

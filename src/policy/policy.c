@@ -22,6 +22,8 @@
 
 #define MAX_ERRORS 100
 
+#define SEQ_ITEMS(v) ((size_t)((v)->data.sequence.items.top - (v)->data.sequence.items.start))
+
 struct ctx {
     const char *file;
     yaml_document_t *doc;
@@ -209,14 +211,35 @@ static void walk_map(struct ctx *x, yaml_node_t *m, const char *path, const char
     }
 }
 
+/* The key node named key in mapping m, or NULL: for errors about a key
+ * rather than its value. */
+static yaml_node_t *map_key(struct ctx *x, yaml_node_t *m, const char *key)
+{
+    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = node(x, p->key);
+        const char *ks = scalar(k);
+        if (ks && strcmp(ks, key) == 0)
+            return k;
+    }
+    return NULL;
+}
+
 static int has_key(struct ctx *x, yaml_node_t *m, const char *key)
 {
+    return map_key(x, m, key) != NULL;
+}
+
+/* Returns the value of key in mapping m, or NULL. */
+static yaml_node_t *map_get(struct ctx *x, yaml_node_t *m, const char *key)
+{
+    if (!m || m->type != YAML_MAPPING_NODE)
+        return NULL;
     for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
         const char *ks = scalar(node(x, p->key));
         if (ks && strcmp(ks, key) == 0)
-            return 1;
+            return node(x, p->value);
     }
-    return 0;
+    return NULL;
 }
 
 static int require_keys(struct ctx *x, yaml_node_t *m, const char *path, const char *const *req)
@@ -860,12 +883,14 @@ static const char *const expr_keys[] = {"key", "operator", "values", NULL};
 static const char *const dest_keys[] = {"cidr", "ip", "service", "port", NULL};
 static const char *const target_keys[] = {"name", "pods", "destination", NULL};
 
-/* A Kubernetes namespace or object name (RFC 1123 label): 1-63 lowercase
- * letters, digits and '-', alphanumeric at both ends. */
-static int dns_label(const char *s)
+/* A Kubernetes namespace (RFC 1123 label): 1-63 lowercase letters, digits
+ * and '-', alphanumeric at both ends. A Service name (RFC 1035 label) must
+ * also begin with a letter: pass letter_first. */
+static int dns_label(const char *s, size_t n, int letter_first)
 {
-    size_t n = strlen(s);
     if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-')
+        return 0;
+    if (letter_first && !islower((unsigned char)s[0]))
         return 0;
     for (size_t i = 0; i < n; i++)
         if (!islower((unsigned char)s[i]) && !isdigit((unsigned char)s[i]) && s[i] != '-')
@@ -873,31 +898,49 @@ static int dns_label(const char *s)
     return 1;
 }
 
-static struct fl_sel_req *sel_push(struct fl_selector *sel)
+/* A selector as it is walked: matchLabels' requirements come first whatever
+ * the order of the keys, so n_labels counts them. */
+struct sel_walk {
+    struct fl_selector *sel;
+    size_t n_labels;
+};
+
+/* Inserts a zeroed requirement at index at; NULL when out of memory. */
+static struct fl_sel_req *sel_insert(struct fl_selector *sel, size_t at)
 {
     struct fl_sel_req *r = realloc(sel->reqs, (sel->n_reqs + 1) * sizeof(*r));
     if (!r)
         return NULL;
     sel->reqs = r;
-    memset(&r[sel->n_reqs], 0, sizeof(*r));
-    return &r[sel->n_reqs++];
+    memmove(&r[at + 1], &r[at], (sel->n_reqs - at) * sizeof(*r));
+    memset(&r[at], 0, sizeof(*r));
+    sel->n_reqs++;
+    return &r[at];
 }
 
 static void label_key(struct ctx *x, yaml_node_t *n, const char *path, const char *key)
 {
     const char *e = fl_selector_key_error(key);
     if (e)
-        err_at(x, n, "%s: '%s' is not a label key: %s", path, key, e);
+        err_at(x, n, "%s: '%s' is not a label key: %s; a key is NAME or PREFIX/NAME, NAME being "
+                     "1-63 letters, digits, '-', '_' and '.' that begin and end with a letter or "
+                     "digit",
+               path, key, e);
 }
 
 static void label_value(struct ctx *x, yaml_node_t *n, const char *path, const char *v)
 {
-    const char *e = fl_selector_value_error(v);
+    /* The selector's message speaks of a "name part"; a value has no parts. */
+    const char *e = strlen(v) > 63 ? "it is longer than 63 characters" : fl_selector_value_error(v);
     if (e)
-        err_at(x, n, "%s: '%s' is not a label value (at most 63 characters): %s", path, v, e);
+        err_at(x, n, "%s: '%s' is not a label value: %s; a value is empty, or 1-63 letters, "
+                     "digits, '-', '_' and '.' that begin and end with a letter or digit",
+               path, v, e);
 }
 
-static void match_labels(struct ctx *x, yaml_node_t *m, const char *path, struct fl_selector *sel)
+/* matchLabels {k: v}: each pair is the requirement k In [v]. Not walked with
+ * walk_map (the keys are the user's), so duplicates are caught here. */
+static void match_labels(struct ctx *x, yaml_node_t *m, const char *path, struct sel_walk *w)
 {
     if (!expect_map(x, m, path))
         return;
@@ -905,8 +948,15 @@ static void match_labels(struct ctx *x, yaml_node_t *m, const char *path, struct
         yaml_node_t *k = node(x, p->key), *v = node(x, p->value);
         const char *ks = scalar(k), *vs;
         char sub[300];
+        int dup = 0;
         if (!ks) {
             err_at(x, k, "%s: keys must be plain strings", path);
+            continue;
+        }
+        for (size_t i = 0; i < w->n_labels && !dup; i++)
+            dup = w->sel->reqs[i].key && strcmp(w->sel->reqs[i].key, ks) == 0;
+        if (dup) {
+            err_at(x, k, "%s: key '%s' appears twice", path, ks);
             continue;
         }
         snprintf(sub, sizeof(sub), "%s.%s", path, ks);
@@ -914,12 +964,38 @@ static void match_labels(struct ctx *x, yaml_node_t *m, const char *path, struct
         if (!(vs = expect_str(x, v, sub)))
             continue;
         label_value(x, v, sub, vs);
-        struct fl_sel_req *r = sel_push(sel);
-        if (!r || !(r->key = strdup(ks)) || !(r->values = calloc(1, sizeof(char *))) ||
+        struct fl_sel_req *r = sel_insert(w->sel, w->n_labels);
+        if (!r)
+            return;
+        w->n_labels++;
+        r->op = FL_SEL_IN;
+        if (!(r->key = strdup(ks)) || !(r->values = calloc(1, sizeof(char *))) ||
             !(r->values[0] = strdup(vs)))
             continue;
         r->n_values = 1;
-        r->op = FL_SEL_IN;
+    }
+}
+
+/* values: a list, as the API has it (a structural schema cannot say
+ * "a string or a list"). */
+static void expr_values(struct ctx *x, yaml_node_t *v, const char *path, struct fl_sel_req *r)
+{
+    if (v->type != YAML_SEQUENCE_NODE) {
+        err_at(x, v, "%s: expected a list (e.g. values: [web, api]), got %s", path, type_name(v));
+        return;
+    }
+    size_t cnt = SEQ_ITEMS(v);
+    r->values = calloc(cnt ? cnt : 1, sizeof(*r->values));
+    for (size_t i = 0; i < cnt && r->values; i++) {
+        yaml_node_t *it = node(x, v->data.sequence.items.start[i]);
+        char sub[300];
+        const char *s;
+        snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
+        if (!(s = expect_str(x, it, sub)))
+            continue;
+        label_value(x, it, sub, s);
+        if ((r->values[r->n_values] = strdup(s)))
+            r->n_values++;
     }
 }
 
@@ -930,9 +1006,7 @@ static void expr_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
     const char *s;
     (void)k;
     if (key == 2) {
-        r->values = str_list(x, v, path, &r->n_values);
-        for (size_t i = 0; i < r->n_values; i++)
-            label_value(x, v, path, r->values[i]);
+        expr_values(x, v, path, r);
         return;
     }
     if (!(s = expect_str(x, v, path)))
@@ -946,20 +1020,20 @@ static void expr_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
     }
 }
 
-static void match_expressions(struct ctx *x, yaml_node_t *v, const char *path,
-                              struct fl_selector *sel)
+/* Each entry {key, operator, values} is one requirement, after matchLabels'.
+ * As in the API: In and NotIn need at least one value, Exists and
+ * DoesNotExist take none (an empty list is accepted). */
+static void match_expressions(struct ctx *x, yaml_node_t *v, const char *path, struct sel_walk *w)
 {
     if (!expect_seq(x, v, path))
         return;
-    size_t i = 0;
-    for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top;
-         it++, i++) {
-        yaml_node_t *e = node(x, *it);
+    for (size_t i = 0; i < SEQ_ITEMS(v); i++) {
+        yaml_node_t *e = node(x, v->data.sequence.items.start[i]);
         char sub[300];
         snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
         if (!expect_map(x, e, sub))
             continue;
-        struct fl_sel_req *r = sel_push(sel);
+        struct fl_sel_req *r = sel_insert(w->sel, w->sel->n_reqs);
         if (!r)
             return;
         r->op = FL_SEL_IN;
@@ -967,33 +1041,39 @@ static void match_expressions(struct ctx *x, yaml_node_t *v, const char *path,
         static const char *const req[] = {"key", "operator", NULL};
         if (!require_keys(x, e, sub, req) || (int)r->op < 0)
             continue;
-        int has_values = has_key(x, e, "values");
-        if ((r->op == FL_SEL_IN || r->op == FL_SEL_NOT_IN) && r->n_values == 0)
-            err_at(x, e, "%s: operator %s needs a non-empty 'values' list", sub,
+        /* Counted in the YAML, not in r->n_values: an entry that is not a
+         * string has been reported already. */
+        yaml_node_t *vk = map_key(x, e, "values"), *vv = map_get(x, e, "values");
+        int listed = vv && vv->type == YAML_SEQUENCE_NODE && SEQ_ITEMS(vv) > 0;
+        if ((r->op == FL_SEL_IN || r->op == FL_SEL_NOT_IN) && !listed &&
+            (!vv || vv->type == YAML_SEQUENCE_NODE))
+            err_at(x, vk ? vk : e, "%s: operator %s needs a non-empty 'values' list (e.g. "
+                                   "values: [web])",
+                   sub, fl_selector_op_name(r->op));
+        else if ((r->op == FL_SEL_EXISTS || r->op == FL_SEL_DOES_NOT_EXIST) && listed)
+            err_at(x, vk, "%s: values must not be given with %s; remove 'values'", sub,
                    fl_selector_op_name(r->op));
-        else if ((r->op == FL_SEL_EXISTS || r->op == FL_SEL_DOES_NOT_EXIST) && has_values)
-            err_at(x, e, "%s: values must not be given with %s", sub, fl_selector_op_name(r->op));
     }
 }
 
 static void selector_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
                           const char *path)
 {
-    struct fl_selector *sel = obj;
+    struct sel_walk *w = obj;
     const char *s;
     (void)k;
     switch (key) {
-    case 0: match_labels(x, v, path, sel); break;
-    case 1: match_expressions(x, v, path, sel); break;
+    case 0: match_labels(x, v, path, w); break;
+    case 1: match_expressions(x, v, path, w); break;
     case 2:
         if (!(s = expect_str(x, v, path)))
             return;
-        if (!dns_label(s))
+        if (!dns_label(s, strlen(s), 0))
             err_at(x, v, "%s: '%s' is not a namespace name; use 1-63 lowercase letters, digits "
-                         "and '-'",
+                         "and '-', beginning and ending with a letter or digit",
                    path, s);
         else
-            sel->ns = strdup(s);
+            w->sel->ns = strdup(s);
         break;
     }
 }
@@ -1004,12 +1084,13 @@ static void pods_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
     struct fl_target_spec *t = obj;
     (void)k;
     if (key == 1) {
-        if (!expect_map(x, v, path))
-            return;
+        /* Allocated even when the value is not a mapping: t->selector then
+         * still says the pods were meant to be chosen by labels. */
         t->selector = calloc(1, sizeof(*t->selector));
-        if (!t->selector)
+        if (!t->selector || !expect_map(x, v, path))
             return;
-        walk_map(x, v, path, selector_keys, selector_pair, t->selector);
+        struct sel_walk w = {t->selector, 0};
+        walk_map(x, v, path, selector_keys, selector_pair, &w);
         if (!has_key(x, v, "namespace"))
             err_at(x, v, "%s: give 'namespace' (in a file the pods' namespace must be named; a "
                          "FaultPolicy resource uses its own)",
@@ -1022,6 +1103,34 @@ static void pods_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
             err_at(x, v, "%s: \"%s\" must be an absolute cgroup v2 path (e.g. "
                          "/sys/fs/cgroup/shop/frontend)",
                    path, t->cgroups[i]);
+}
+
+/* service: NAME or NAMESPACE/NAME. A bare name is given its namespace by
+ * target_done, once the whole target (pods may come after) has been read. */
+static void dest_service(struct ctx *x, yaml_node_t *v, const char *path, const char *s,
+                         struct fl_target_spec *t)
+{
+    const char *slash = strchr(s, '/');
+    const char *name = slash ? slash + 1 : s;
+    size_t ns_len = slash ? (size_t)(slash - s) : 0;
+    if (slash && !dns_label(s, ns_len, 0)) {
+        err_at(x, v, "%s: '%s' is not a Service: the namespace '%.*s' must be 1-63 lowercase "
+                     "letters, digits and '-', beginning and ending with a letter or digit; use "
+                     "NAME or NAMESPACE/NAME",
+               path, s, (int)ns_len, s);
+        return;
+    }
+    if (!dns_label(name, strlen(name), 1)) {
+        err_at(x, v, "%s: '%s' is not a Service: the name '%s' must be 1-63 lowercase letters, "
+                     "digits and '-', beginning with a letter and ending with a letter or digit; "
+                     "use NAME or NAMESPACE/NAME",
+               path, s, name);
+        return;
+    }
+    t->svc_name = strdup(name);
+    t->svc_ns = slash ? strndup(s, ns_len) : NULL;
+    t->svc_line = (int)v->start_mark.line + 1;
+    t->svc_col = (int)v->start_mark.column + 1;
 }
 
 static void dest_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
@@ -1038,32 +1147,9 @@ static void dest_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
     }
     if (!(s = expect_str(x, v, path)))
         return;
-    if (t->dst.family || t->svc_name) {
-        err_at(x, v, "%s: give one of cidr, ip or service", path);
-        return;
-    }
-    if (key == 2) {
-        /* name, or namespace/name; a bare name is resolved after the walk */
-        const char *slash = strchr(s, '/');
-        char ns[128] = "";
-        const char *name = s;
-        if (slash) {
-            snprintf(ns, sizeof(ns), "%.*s", (int)(slash - s), s);
-            name = slash + 1;
-        }
-        if ((slash && !dns_label(ns)) || !dns_label(name)) {
-            err_at(x, v, "%s: '%s' is not a Service; use NAME or NAMESPACE/NAME (lowercase "
-                         "letters, digits and '-')",
-                   path, s);
-            return;
-        }
-        t->svc_name = strdup(name);
-        t->svc_ns = slash ? strdup(ns) : NULL;
-        t->svc_line = (int)v->start_mark.line + 1;
-        t->svc_col = (int)v->start_mark.column + 1;
-        return;
-    }
-    if (parse_cidr(s, key == 1, &t->dst) < 0)
+    if (key == 2)
+        dest_service(x, v, path, s, t);
+    else if (parse_cidr(s, key == 1, &t->dst) < 0)
         err_at(x, v, "%s: \"%s\" is not %s", path, s,
                key == 1 ? "an IPv4 or IPv6 address" : "a CIDR such as 10.0.0.0/24 or fd00::/64");
 }
@@ -1087,12 +1173,33 @@ static void target_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_
         break;
     case 2:
         if (expect_map(x, v, path)) {
-            walk_map(x, v, path, dest_keys, dest_pair, t);
-            if (!has_key(x, v, "cidr") && !has_key(x, v, "ip") && !has_key(x, v, "service"))
+            int n = has_key(x, v, "cidr") + has_key(x, v, "ip") + has_key(x, v, "service");
+            if (n == 0)
                 err_at(x, v, "%s: give 'cidr', 'ip' or 'service'", path);
+            else if (n > 1)
+                err_at(x, v, "%s: give only one of 'cidr', 'ip' or 'service'", path);
+            walk_map(x, v, path, dest_keys, dest_pair, t);
         }
         break;
     }
+}
+
+/* After a target's keys: a bare Service name is in the namespace of the
+ * target's pods.selector; cgroup pods have none to lend. */
+static void target_done(struct ctx *x, struct fl_target_spec *t, const char *path)
+{
+    if (!t->svc_name || t->svc_ns)
+        return;
+    if (t->selector) {
+        /* Without a namespace the selector has been reported already. */
+        if (t->selector->ns)
+            t->svc_ns = strdup(t->selector->ns);
+        return;
+    }
+    err_pos(x, t->svc_line, t->svc_col,
+            "%s.destination.service: '%s' names no namespace, and the target has no "
+            "pods.selector to take it from; write NAMESPACE/%s",
+            path, t->svc_name, t->svc_name);
 }
 
 /* --- top level --- */
@@ -1100,8 +1207,6 @@ static void target_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_
 static const char *const spec_keys[] = {"seed",      "ttl",     "max_active_faults",
                                         "proxy_port", "listeners", "targets",
                                         "rules",     NULL};
-
-#define SEQ_ITEMS(v) ((size_t)((v)->data.sequence.items.top - (v)->data.sequence.items.start))
 
 static void spec_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
                       const char *path)
@@ -1165,6 +1270,7 @@ static void spec_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
             t->col = (int)it->start_mark.column + 1;
             walk_map(x, it, sub, target_keys, target_pair, t);
             require_keys(x, it, sub, target_keys);
+            target_done(x, t, sub);
         }
         break;
     case 6:
@@ -1240,19 +1346,6 @@ static void top_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_nod
     }
 }
 
-/* Returns the value of key in mapping m, or NULL. */
-static yaml_node_t *map_get(struct ctx *x, yaml_node_t *m, const char *key)
-{
-    if (!m || m->type != YAML_MAPPING_NODE)
-        return NULL;
-    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
-        const char *ks = scalar(node(x, p->key));
-        if (ks && strcmp(ks, key) == 0)
-            return node(x, p->value);
-    }
-    return NULL;
-}
-
 static int scope_exists(const struct fl_policy *p, const char *name)
 {
     for (size_t j = 0; j < p->n_listeners; j++)
@@ -1294,23 +1387,6 @@ static void check_on(struct ctx *x, struct fl_policy *p)
 }
 
 /* Checks that need the whole document: unique names, `on:` references. */
-/* A bare Service name is in the namespace of the target's pods.selector. */
-static void check_services(struct ctx *x, struct fl_policy *p)
-{
-    for (size_t i = 0; i < p->n_targets; i++) {
-        struct fl_target_spec *t = &p->targets[i];
-        if (!t->svc_name || t->svc_ns)
-            continue;
-        if (t->selector && t->selector->ns)
-            t->svc_ns = strdup(t->selector->ns);
-        else if (!t->selector)
-            err_pos(x, t->svc_line, t->svc_col,
-                    "spec.targets[%zu].destination.service: '%s' names no namespace and the "
-                    "target's pods are cgroups; write NAMESPACE/%s",
-                    i, t->svc_name, t->svc_name);
-    }
-}
-
 static void check_names(struct ctx *x, struct fl_policy *p)
 {
     /* Rules name listeners and targets in one namespace (`on:`), so a name may
@@ -1462,7 +1538,6 @@ int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_
         static const char *const req[] = {"apiVersion", "kind", "metadata", "spec", NULL};
         require_keys(&x, root, "policy", req);
         check_names(&x, p);
-        check_services(&x, p);
         yaml_node_t *spec = map_get(&x, root, "spec");
         /* Reported once, also for `listeners: []`: either way nothing would be proxied. */
         if (spec && spec->type == YAML_MAPPING_NODE && p->n_listeners == 0 &&

@@ -93,6 +93,8 @@ struct fl_pods {
     struct entry *entries;
     size_t n_entries, cap_entries;
     size_t closing; /* inotify handles still closing */
+    uint64_t digest; /* selection_digest of the view last set */
+    int have_digest;
     struct scan *inflight;
     int rescan;
     int paused;
@@ -633,6 +635,7 @@ void fl_pods_set_policy(struct fl_pods *pods, const struct fl_policy *p)
 {
     fl_policy_unref(pods->policy);
     pods->policy = fl_policy_ref((struct fl_policy *)p);
+    pods->have_digest = 0; /* the next view is compared afresh */
 }
 
 void fl_pods_scan_sync(struct fl_pods *pods)
@@ -715,13 +718,60 @@ static void watch_parents(struct fl_pods *pods)
     }
 }
 
-void fl_pods_set_view(struct fl_pods *pods, struct fl_kube_view *v)
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+static uint64_t fnv_str(uint64_t h, const char *s)
+{
+    return fnv(h, s, strlen(s) + 1);
+}
+
+/* What the policy's targets make of view v: the pods each selector picks
+ * (identity, QoS) and the destinations of each Service. A view that leaves
+ * it unchanged (a change to a pod no target selects, a bookmark) needs no
+ * scan. */
+static uint64_t selection_digest(const struct fl_policy *p, const struct fl_kube_view *v)
+{
+    uint64_t h = 14695981039346656037ull;
+    struct fl_kube_dest d[64];
+    for (size_t t = 0; p && t < p->n_targets; t++) {
+        const struct fl_target_spec *ts = &p->targets[t];
+        h = fnv(h, &t, sizeof(t));
+        for (size_t i = 0; ts->selector && v && i < v->n_pods; i++) {
+            const struct fl_kube_pod *pd = &v->pods[i];
+            if (!pd->active || strcmp(pd->ns, ts->selector->ns) != 0 ||
+                !fl_selector_matches(ts->selector, pd->labels, pd->n_labels))
+                continue;
+            h = fnv_str(fnv_str(fnv_str(h, pd->ns), pd->name), pd->uid);
+            h = fnv(h, &pd->qos, sizeof(pd->qos));
+        }
+        if (ts->svc_name) {
+            const struct fl_kube_service *svc = fl_kube_view_service(v, ts->svc_ns, ts->svc_name);
+            size_t n = fl_kube_service_dests(svc, ts->port, d, 64);
+            h = fnv(h, &n, sizeof(n));
+            h = fnv(h, d, (n < 64 ? n : 64) * sizeof(d[0]));
+        }
+    }
+    return h;
+}
+
+int fl_pods_set_view(struct fl_pods *pods, struct fl_kube_view *v)
 {
     fl_kube_view_unref(pods->view);
     pods->view = fl_kube_view_ref(v);
     if (pods->mount[0] == 0 && fl_cgroup_mountpoint(pods->mount, sizeof(pods->mount)) < 0)
         pods->mount[0] = 0;
     watch_parents(pods);
+    uint64_t h = selection_digest(pods->policy, v);
+    int changed = !pods->have_digest || h != pods->digest;
+    pods->digest = h;
+    pods->have_digest = 1;
+    return changed;
 }
 
 const struct fl_pods_pod *fl_pods_selected(const struct fl_pods *pods, size_t *n)

@@ -79,9 +79,10 @@ unsigned fl_pods_count(const struct fl_pods *pods);
 
 /* The Kubernetes view label selectors and Services are resolved against from
  * now on (takes a reference; NULL: none). Also starts watching the kubelet's
- * pod cgroup parents (inotify), so a new pod's cgroup is seen at once. The
- * caller asks for a scan. */
-void fl_pods_set_view(struct fl_pods *pods, struct fl_kube_view *v);
+ * pod cgroup parents (inotify), so a new pod's cgroup is seen at once.
+ * Returns 1 when the view changes what the targets select (the caller asks
+ * for a scan), 0 when it does not (a pod no selector picks changed). */
+int fl_pods_set_view(struct fl_pods *pods, struct fl_kube_view *v);
 
 enum fl_pod_state {
     FL_POD_STEERED,        /* hooks attached, netns known */

@@ -668,8 +668,7 @@ void fl_transparent_set_view(struct fl_kube_view *v)
 {
     if (!tp.started)
         return;
-    fl_pods_set_view(tp.pods, v);
-    if (!tp.draining)
+    if (fl_pods_set_view(tp.pods, v) && !tp.draining)
         fl_pods_scan(tp.pods);
 }
 

@@ -562,43 +562,127 @@ TEST(policy_parse_hostport)
     "spec:\n"                                                                                      \
     "  targets:\n"
 
+static void assert_req(const struct fl_sel_req *r, const char *key, enum fl_sel_op op,
+                       size_t n_values, const char *v0, const char *v1)
+{
+    ASSERT_STR_EQ(r->key, key);
+    ASSERT_EQ(r->op, op);
+    ASSERT_UEQ(r->n_values, n_values);
+    if (n_values == 0)
+        return;
+    ASSERT_NOT_NULL(r->values);
+    ASSERT_STR_EQ(r->values[0], v0);
+    if (n_values > 1)
+        ASSERT_STR_EQ(r->values[1], v1);
+}
+
 TEST(policy_selector_and_service)
 {
-    struct fl_policy *p = unit_load(UNIT_K8S_HEAD
-                                    "    - name: orders\n"
-                                    "      pods:\n"
-                                    "        selector:\n"
-                                    "          matchLabels: {app: checkout}\n"
-                                    "          matchExpressions:\n"
-                                    "            - {key: tier, operator: In, values: [web, api]}\n"
-                                    "            - {key: canary, operator: DoesNotExist}\n"
-                                    "          namespace: shop\n"
-                                    "      destination: {service: orders, port: 8080}\n"
-                                    "    - name: all\n"
-                                    "      pods: {selector: {namespace: shop}}\n"
-                                    "      destination: {service: billing/ledger}\n");
+    struct fl_policy *p = unit_load(
+        UNIT_K8S_HEAD "    - name: orders\n"
+                      "      pods:\n"
+                      "        selector:\n"
+                      "          matchLabels: {app: checkout, app.kubernetes.io/part-of: shop}\n"
+                      "          matchExpressions:\n"
+                      "            - {key: tier, operator: In, values: [web, api]}\n"
+                      "            - {key: track, operator: NotIn, values: [canary]}\n"
+                      "            - {key: team, operator: Exists}\n"
+                      "            - {key: canary, operator: DoesNotExist}\n"
+                      "          namespace: shop\n"
+                      "      destination: {service: orders, port: 8080}\n"
+                      "    - name: ledger\n"
+                      "      pods: {cgroup: /sys/fs/cgroup/agent}\n"
+                      "      destination: {service: billing/ledger}\n");
+    ASSERT_UEQ(p->n_targets, 2);
     const struct fl_target_spec *t = &p->targets[0];
+    ASSERT_STR_EQ(t->name, "orders");
+    ASSERT_EQ(t->line, 6);
+    ASSERT_EQ(t->col, 7);
+    ASSERT_UEQ(t->n_cgroups, 0);
+    ASSERT_NULL(t->cgroups);
     ASSERT_NOT_NULL(t->selector);
     ASSERT_STR_EQ(t->selector->ns, "shop");
-    ASSERT_UEQ(t->selector->n_reqs, 3);
-    ASSERT_STR_EQ(t->selector->reqs[0].key, "app");
-    ASSERT_EQ(t->selector->reqs[0].op, FL_SEL_IN);
-    ASSERT_STR_EQ(t->selector->reqs[0].values[0], "checkout");
-    ASSERT_UEQ(t->selector->reqs[1].n_values, 2);
-    ASSERT_EQ(t->selector->reqs[2].op, FL_SEL_DOES_NOT_EXIST);
+    ASSERT_UEQ(t->selector->n_reqs, 6);
+    assert_req(&t->selector->reqs[0], "app", FL_SEL_IN, 1, "checkout", NULL);
+    assert_req(&t->selector->reqs[1], "app.kubernetes.io/part-of", FL_SEL_IN, 1, "shop", NULL);
+    assert_req(&t->selector->reqs[2], "tier", FL_SEL_IN, 2, "web", "api");
+    assert_req(&t->selector->reqs[3], "track", FL_SEL_NOT_IN, 1, "canary", NULL);
+    assert_req(&t->selector->reqs[4], "team", FL_SEL_EXISTS, 0, NULL, NULL);
+    assert_req(&t->selector->reqs[5], "canary", FL_SEL_DOES_NOT_EXIST, 0, NULL, NULL);
     ASSERT_STR_EQ(t->svc_ns, "shop"); /* a bare name: the pods' namespace */
     ASSERT_STR_EQ(t->svc_name, "orders");
+    ASSERT_EQ(t->svc_line, 16);
+    ASSERT_EQ(t->svc_col, 30);
     ASSERT_EQ(t->port, 8080);
     ASSERT_EQ(t->dst.family, 0);
-    ASSERT_UEQ(p->targets[1].selector->n_reqs, 0); /* every pod of shop */
-    ASSERT_STR_EQ(p->targets[1].svc_ns, "billing");
-    ASSERT_STR_EQ(p->targets[1].svc_name, "ledger");
+
+    t = &p->targets[1]; /* cgroup pods, a Service named with its namespace */
+    ASSERT_STR_EQ(t->name, "ledger");
+    ASSERT_NULL(t->selector);
+    ASSERT_UEQ(t->n_cgroups, 1);
+    ASSERT_STR_EQ(t->cgroups[0], "/sys/fs/cgroup/agent");
+    ASSERT_STR_EQ(t->svc_ns, "billing");
+    ASSERT_STR_EQ(t->svc_name, "ledger");
+    ASSERT_EQ(t->port, 0); /* every port of the Service */
+    ASSERT_EQ(t->dst.family, 0);
     ASSERT_EQ(fl_policy_needs_kubernetes(p), 1);
-    ASSERT_EQ(fl_policy_target_equal(&p->targets[0], &p->targets[0]), 1);
-    ASSERT_EQ(fl_policy_target_equal(&p->targets[0], &p->targets[1]), 0);
     fl_policy_unref(p);
 }
 
+/* matchLabels' requirements come first, in file order, wherever the key is. */
+TEST(policy_selector_labels_before_expressions)
+{
+    struct fl_policy *p =
+        unit_load(UNIT_K8S_HEAD "    - name: t\n"
+                                "      destination: {service: orders}\n"
+                                "      pods:\n"
+                                "        selector:\n"
+                                "          namespace: shop\n"
+                                "          matchExpressions:\n"
+                                "            - {key: z, operator: Exists}\n"
+                                "            - {key: a, operator: NotIn, values: [x]}\n"
+                                "          matchLabels: {b: \"2\", a: \"\", c: v.1}\n");
+    const struct fl_selector *s = p->targets[0].selector;
+    ASSERT_NOT_NULL(s);
+    ASSERT_UEQ(s->n_reqs, 5);
+    assert_req(&s->reqs[0], "b", FL_SEL_IN, 1, "2", NULL);
+    assert_req(&s->reqs[1], "a", FL_SEL_IN, 1, "", NULL);
+    assert_req(&s->reqs[2], "c", FL_SEL_IN, 1, "v.1", NULL);
+    assert_req(&s->reqs[3], "z", FL_SEL_EXISTS, 0, NULL, NULL);
+    assert_req(&s->reqs[4], "a", FL_SEL_NOT_IN, 1, "x", NULL);
+    /* destination came before pods: the bare name still takes the namespace */
+    ASSERT_STR_EQ(p->targets[0].svc_ns, "shop");
+    fl_policy_unref(p);
+}
+
+/* No requirement at all selects every pod of the namespace, as in the API. */
+TEST(policy_selector_empty_selects_the_namespace)
+{
+    struct fl_policy *p =
+        unit_load(UNIT_K8S_HEAD "    - name: t\n"
+                                "      pods: {selector: {namespace: shop}}\n"
+                                "      destination: {cidr: 10.0.0.0/8}\n"
+                                "    - name: u\n"
+                                "      pods:\n"
+                                "        selector: {matchLabels: {}, matchExpressions: [], "
+                                "namespace: shop}\n"
+                                "      destination: {ip: 10.0.0.1}\n");
+    const struct fl_selector *s = p->targets[0].selector;
+    ASSERT_NOT_NULL(s);
+    ASSERT_STR_EQ(s->ns, "shop");
+    ASSERT_UEQ(s->n_reqs, 0);
+    struct fl_label some[] = {{"app", "x"}};
+    ASSERT_EQ(fl_selector_matches(s, some, 1), 1);
+    ASSERT_EQ(fl_selector_matches(s, NULL, 0), 1);
+    ASSERT_UEQ(p->targets[1].selector->n_reqs, 0);
+    ASSERT_NULL(p->targets[0].svc_name);
+    ASSERT_EQ(p->targets[0].dst.family, AF_INET);
+    ASSERT_EQ(fl_policy_target_equal(&p->targets[0], &p->targets[0]), 1);
+    fl_policy_unref(p);
+}
+
+/* Each error of the selector and service syntax, whole and where it is
+ * (test/unit/fixtures/policy/bad/selector.yaml and service.yaml have more). */
 TEST(policy_selector_errors)
 {
     struct fl_policy_errors errs = unit_load_fail(
@@ -609,52 +693,224 @@ TEST(policy_selector_errors)
                       "            - {key: t, operator: Has}\n"
                       "            - {key: t, operator: Exists, values: [a]}\n"
                       "            - {key: t, operator: In}\n"
-                      "          matchLabels: {\"-x\": ok}\n"
+                      "          matchLabels: {\"-x\": ok, y: \"no way\"}\n"
                       "      destination: {service: orders}\n"
                       "    - name: b\n"
+                      "      pods: {cgroup: /sys/fs/cgroup/x, selector: {namespace: shop}}\n"
+                      "      destination: {service: orders, cidr: 10.0.0.0/8}\n"
+                      "    - name: c\n"
                       "      pods: {cgroup: /sys/fs/cgroup/x}\n"
-                      "      destination: {service: orders, ip: 10.0.0.1}\n");
-    ASSERT(unit_errors_contain(&errs, "unit.yaml:9:11: spec.targets[0].pods.selector: give "
-                                      "'namespace'"));
-    ASSERT(unit_errors_contain(&errs, "unit.yaml:10:34: spec.targets[0].pods.selector."
-                                      "matchExpressions[0].operator: unknown operator 'Has'; use "
-                                      "In, NotIn, Exists or DoesNotExist"));
-    ASSERT(unit_errors_contain(&errs, "unit.yaml:11:15: spec.targets[0].pods.selector."
-                                      "matchExpressions[1]: values must not be given with Exists"));
-    ASSERT(unit_errors_contain(&errs, "unit.yaml:12:15: spec.targets[0].pods.selector."
-                                      "matchExpressions[2]: operator In needs a non-empty "
-                                      "'values' list"));
-    ASSERT(unit_errors_contain(&errs, "'-x' is not a label key"));
-    ASSERT(unit_errors_contain(&errs, "unit.yaml:17:42: spec.targets[1].destination.ip: give "
-                                      "one of cidr, ip or service"));
+                      "      destination: {service: orders}\n"
+                      "    - name: d\n"
+                      "      pods: {selector: {namespace: shop}}\n"
+                      "      destination: {service: shop/Orders}\n");
+    static const char *const want[] = {
+        "unit.yaml:9:11: spec.targets[0].pods.selector: give 'namespace' (in a file the pods' "
+        "namespace must be named; a FaultPolicy resource uses its own)",
+        "unit.yaml:10:34: spec.targets[0].pods.selector.matchExpressions[0].operator: unknown "
+        "operator 'Has'; use In, NotIn, Exists or DoesNotExist",
+        "unit.yaml:11:42: spec.targets[0].pods.selector.matchExpressions[1]: values must not be "
+        "given with Exists; remove 'values'",
+        "unit.yaml:12:15: spec.targets[0].pods.selector.matchExpressions[2]: operator In needs a "
+        "non-empty 'values' list (e.g. values: [web])",
+        "unit.yaml:13:25: spec.targets[0].pods.selector.matchLabels: '-x' is not a label key: it "
+        "must begin and end with a letter or digit; a key is NAME or PREFIX/NAME, NAME being 1-63 "
+        "letters, digits, '-', '_' and '.' that begin and end with a letter or digit",
+        "unit.yaml:13:38: spec.targets[0].pods.selector.matchLabels.y: 'no way' is not a label "
+        "value: only letters, digits, '-', '_' and '.' are allowed; a value is empty, or 1-63 "
+        "letters, digits, '-', '_' and '.' that begin and end with a letter or digit",
+        "unit.yaml:16:13: spec.targets[1].pods: give one of 'cgroup' (cgroup v2 paths) or "
+        "'selector' (Kubernetes labels)",
+        "unit.yaml:17:20: spec.targets[1].destination: give only one of 'cidr', 'ip' or 'service'",
+        "unit.yaml:20:30: spec.targets[2].destination.service: 'orders' names no namespace, and "
+        "the target has no pods.selector to take it from; write NAMESPACE/orders",
+        "unit.yaml:23:30: spec.targets[3].destination.service: 'shop/Orders' is not a Service: the "
+        "name 'Orders' must be 1-63 lowercase letters, digits and '-', beginning with a letter "
+        "and ending with a letter or digit; use NAME or NAMESPACE/NAME",
+    };
+    size_t n = sizeof(want) / sizeof(want[0]);
+    if (errs.n != n)
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(stderr, "# %s\n", errs.msgs[i]);
+    ASSERT_UEQ(errs.n, n);
+    for (size_t i = 0; i < n; i++)
+        ASSERT_STR_EQ(errs.msgs[i], want[i]);
     fl_policy_errors_free(&errs);
 }
 
+/* A label key or value as long as the API allows, and one character more. */
+TEST(policy_selector_lengths)
+{
+    char yaml[1024], name63[64], name64[65];
+    memset(name63, 'a', 63);
+    name63[63] = 0;
+    memset(name64, 'a', 64);
+    name64[64] = 0;
+    snprintf(yaml, sizeof(yaml),
+             UNIT_K8S_HEAD "    - name: t\n"
+                           "      pods: {selector: {matchLabels: {%s: %s}, namespace: %s}}\n"
+                           "      destination: {service: %s}\n",
+             name63, name63, name63, name63);
+    struct fl_policy *p = unit_load(yaml);
+    ASSERT_STR_EQ(p->targets[0].svc_ns, name63);
+    fl_policy_unref(p);
+    snprintf(yaml, sizeof(yaml),
+             UNIT_K8S_HEAD "    - name: t\n"
+                           "      pods: {selector: {matchLabels: {%s: %s}, namespace: %s}}\n"
+                           "      destination: {service: %s}\n",
+             name64, name64, name64, name64);
+    struct fl_policy_errors errs = unit_load_fail(yaml);
+    ASSERT_UEQ(errs.n, 4);
+    ASSERT_CONTAINS(errs.msgs[0], "is not a label key: the name part is longer than 63");
+    ASSERT_CONTAINS(errs.msgs[1], "is not a label value: it is longer than 63 characters");
+    ASSERT_CONTAINS(errs.msgs[2], "is not a namespace name");
+    ASSERT_CONTAINS(errs.msgs[3], "is not a Service");
+    fl_policy_errors_free(&errs);
+}
+
+/* Kubernetes' semantics, one row per case: In needs the label with one of
+ * the values; NotIn holds when it is absent or has none of them; Exists and
+ * DoesNotExist look at the key alone; requirements are ANDed. */
 TEST(selector_semantics)
 {
-    char *in_v[] = {"web", "api"};
-    struct fl_sel_req reqs[] = {{"tier", FL_SEL_IN, in_v, 2}};
-    struct fl_selector s = {"shop", reqs, 1};
-    struct fl_label web[] = {{"tier", "web"}}, db[] = {{"tier", "db"}}, none[] = {{"x", "y"}};
-    ASSERT_EQ(fl_selector_matches(&s, web, 1), 1);
-    ASSERT_EQ(fl_selector_matches(&s, db, 1), 0);
-    ASSERT_EQ(fl_selector_matches(&s, none, 1), 0);
-    reqs[0].op = FL_SEL_NOT_IN; /* absent counts as not in */
-    ASSERT_EQ(fl_selector_matches(&s, web, 1), 0);
-    ASSERT_EQ(fl_selector_matches(&s, db, 1), 1);
-    ASSERT_EQ(fl_selector_matches(&s, none, 1), 1);
-    reqs[0].op = FL_SEL_EXISTS;
-    ASSERT_EQ(fl_selector_matches(&s, db, 1), 1);
-    ASSERT_EQ(fl_selector_matches(&s, none, 1), 0);
-    reqs[0].op = FL_SEL_DOES_NOT_EXIST;
-    ASSERT_EQ(fl_selector_matches(&s, db, 1), 0);
+    char *web_api[] = {"web", "api"}, *empty[] = {""};
+    struct fl_label web[] = {{"tier", "web"}}, db[] = {{"tier", "db"}}, other[] = {{"x", "y"}};
+    struct fl_label blank[] = {{"tier", ""}}, unset[] = {{"tier", NULL}};
+    struct fl_label web_canary[] = {{"app", "a"}, {"tier", "web"}, {"canary", "true"}};
+    static const struct {
+        enum fl_sel_op op;
+        int values; /* 0: none, 1: web_api, 2: {""} */
+        int labels; /* 0: none, 1: web, 2: db, 3: other, 4: blank, 5: unset (NULL value) */
+        int want;
+    } rows[] = {
+        {FL_SEL_IN, 1, 1, 1},
+        {FL_SEL_IN, 1, 2, 0},
+        {FL_SEL_IN, 1, 3, 0},
+        {FL_SEL_IN, 1, 0, 0},
+        {FL_SEL_IN, 2, 4, 1},
+        {FL_SEL_IN, 2, 5, 1},
+        {FL_SEL_IN, 2, 3, 0},
+        {FL_SEL_NOT_IN, 1, 1, 0},
+        {FL_SEL_NOT_IN, 1, 2, 1},
+        {FL_SEL_NOT_IN, 1, 3, 1},
+        {FL_SEL_NOT_IN, 1, 0, 1},
+        {FL_SEL_NOT_IN, 2, 4, 0},
+        {FL_SEL_EXISTS, 0, 1, 1},
+        {FL_SEL_EXISTS, 0, 4, 1},
+        {FL_SEL_EXISTS, 0, 3, 0},
+        {FL_SEL_EXISTS, 0, 0, 0},
+        {FL_SEL_DOES_NOT_EXIST, 0, 1, 0},
+        {FL_SEL_DOES_NOT_EXIST, 0, 4, 0},
+        {FL_SEL_DOES_NOT_EXIST, 0, 3, 1},
+        {FL_SEL_DOES_NOT_EXIST, 0, 0, 1},
+    };
+    const struct fl_label *sets[] = {NULL, web, db, other, blank, unset};
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        struct fl_sel_req r = {"tier", rows[i].op, NULL, 0};
+        if (rows[i].values == 1) {
+            r.values = web_api;
+            r.n_values = 2;
+        } else if (rows[i].values == 2) {
+            r.values = empty;
+            r.n_values = 1;
+        }
+        struct fl_selector s = {"shop", &r, 1};
+        int got = fl_selector_matches(&s, sets[rows[i].labels], rows[i].labels ? 1 : 0);
+        if (got != rows[i].want)
+            UNIT_FAIL("row %zu: %s over label set %d: got %d, want %d", i,
+                      fl_selector_op_name(rows[i].op), rows[i].labels, got, rows[i].want);
+    }
+
+    /* AND: every requirement must hold. */
+    char *a_v[] = {"a"};
+    struct fl_sel_req reqs[] = {{"app", FL_SEL_IN, a_v, 1},
+                                {"tier", FL_SEL_IN, web_api, 2},
+                                {"canary", FL_SEL_DOES_NOT_EXIST, NULL, 0}};
+    struct fl_selector s = {"shop", reqs, 3};
+    ASSERT_EQ(fl_selector_matches(&s, web_canary, 3), 0);
+    ASSERT_EQ(fl_selector_matches(&s, web_canary, 2), 1); /* without canary=true */
+    s.n_reqs = 0;                                         /* empty: everything */
+    ASSERT_EQ(fl_selector_matches(&s, web_canary, 3), 1);
     ASSERT_EQ(fl_selector_matches(&s, NULL, 0), 1);
-    s.n_reqs = 0; /* empty: everything */
-    ASSERT_EQ(fl_selector_matches(&s, db, 1), 1);
+
     ASSERT_EQ(fl_selector_key_error("app.kubernetes.io/name"), NULL);
     ASSERT_NOT_NULL(fl_selector_key_error("Bad.Prefix/name"));
     ASSERT_NOT_NULL(fl_selector_key_error("name-"));
+    ASSERT_NOT_NULL(fl_selector_key_error(""));
     ASSERT_EQ(fl_selector_value_error(""), NULL);
+    ASSERT_NOT_NULL(fl_selector_value_error("a b"));
+}
+
+/* Two targets are the same when they select the same pods and destination:
+ * what a policy diff (control/policy_json.c) relies on. */
+TEST(policy_target_equal_selectors)
+{
+    struct fl_policy *p = unit_load(
+        UNIT_K8S_HEAD
+        "    - {name: t0, pods: {selector: {matchLabels: {app: a}, namespace: shop}}, "
+        "destination: {service: orders, port: 80}}\n"
+        /* the same, written out: a bare name takes the pods' namespace */
+        "    - {name: t1, pods: {selector: {matchExpressions: [{key: app, operator: In, values: "
+        "[a]}], namespace: shop}}, destination: {service: shop/orders, port: 80}}\n"
+        /* another namespace for the pods */
+        "    - {name: t2, pods: {selector: {matchLabels: {app: a}, namespace: shop2}}, "
+        "destination: {service: shop/orders, port: 80}}\n"
+        /* another value */
+        "    - {name: t3, pods: {selector: {matchLabels: {app: b}, namespace: shop}}, "
+        "destination: {service: orders, port: 80}}\n"
+        /* another operator */
+        "    - {name: t4, pods: {selector: {matchExpressions: [{key: app, operator: NotIn, "
+        "values: [a]}], namespace: shop}}, destination: {service: orders, port: 80}}\n"
+        /* another Service */
+        "    - {name: t5, pods: {selector: {matchLabels: {app: a}, namespace: shop}}, "
+        "destination: {service: shop/payments, port: 80}}\n"
+        /* the same Service name in another namespace */
+        "    - {name: t6, pods: {selector: {matchLabels: {app: a}, namespace: shop}}, "
+        "destination: {service: other/orders, port: 80}}\n"
+        /* no requirement */
+        "    - {name: t7, pods: {selector: {namespace: shop}}, destination: {service: orders, "
+        "port: 80}}\n"
+        /* a CIDR instead of the Service */
+        "    - {name: t8, pods: {selector: {matchLabels: {app: a}, namespace: shop}}, "
+        "destination: {cidr: 10.0.0.0/8, port: 80}}\n"
+        /* cgroup pods, same Service */
+        "    - {name: t9, pods: {cgroup: /sys/fs/cgroup/a}, destination: {service: shop/orders, "
+        "port: 80}}\n"
+        /* another port */
+        "    - {name: t10, pods: {selector: {matchLabels: {app: a}, namespace: shop}}, "
+        "destination: {service: orders}}\n");
+    const struct fl_target_spec *t = p->targets;
+    ASSERT_UEQ(p->n_targets, 11);
+    ASSERT_EQ(fl_policy_target_equal(&t[0], &t[1]), 1);
+    ASSERT_EQ(fl_policy_target_equal(&t[1], &t[0]), 1);
+    for (size_t i = 2; i < p->n_targets; i++) {
+        if (fl_policy_target_equal(&t[0], &t[i]) || fl_policy_target_equal(&t[i], &t[0]))
+            UNIT_FAIL("targets t0 and %s compare equal", t[i].name);
+        ASSERT_EQ(fl_policy_target_equal(&t[i], &t[i]), 1);
+    }
+    fl_policy_unref(p);
+}
+
+TEST(policy_needs_kubernetes)
+{
+    struct fl_policy *p = unit_load(UNIT_POLICY_HEAD); /* cgroup pods, a CIDR */
+    ASSERT_EQ(fl_policy_needs_kubernetes(p), 0);
+    fl_policy_unref(p);
+    p = unit_load(UNIT_K8S_HEAD "    - {name: t, pods: {selector: {namespace: shop}}, "
+                                "destination: {cidr: 10.0.0.0/8}}\n");
+    ASSERT_EQ(fl_policy_needs_kubernetes(p), 1);
+    fl_policy_unref(p);
+    p = unit_load(UNIT_K8S_HEAD "    - {name: t, pods: {cgroup: /sys/fs/cgroup/a}, "
+                                "destination: {cidr: 10.0.0.0/8}}\n"
+                                "    - {name: u, pods: {cgroup: /sys/fs/cgroup/a}, "
+                                "destination: {service: shop/orders}}\n");
+    ASSERT_EQ(fl_policy_needs_kubernetes(p), 1);
+    fl_policy_unref(p);
+    p = unit_load("apiVersion: faultline/v1\nkind: FaultPolicy\nmetadata: {name: unit}\n"
+                  "spec:\n  listeners:\n"
+                  "    - {name: l1, listen: \"127.0.0.1:15000\", upstream: \"127.0.0.1:8080\"}\n");
+    ASSERT_EQ(fl_policy_needs_kubernetes(p), 0);
+    fl_policy_unref(p);
 }
 
 /* A regex whose repetitions multiply (glibc copies the tree per bound and per
