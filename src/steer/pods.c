@@ -92,7 +92,9 @@ struct fl_pods {
     struct pod *list;
     struct entry *entries;
     size_t n_entries, cap_entries;
-    size_t closing; /* inotify handles still closing */
+    size_t closing; /* handles still closing */
+    uv_timer_t quick; /* a pod cgroup without a process yet: look again soon */
+    unsigned quick_tries;
     uint64_t digest; /* selection_digest of the view last set */
     int have_digest;
     struct scan *inflight;
@@ -485,6 +487,30 @@ static void list_selected(struct fl_pods *pods, struct scan *s)
     pods->n_listed = n;
 }
 
+static void quick_cb(uv_timer_t *t)
+{
+    fl_pods_scan(t->data);
+}
+
+#define QUICK_MS 100
+#define QUICK_TRIES 10
+
+/* The kubelet makes a pod's cgroup, then moves its first process in: a scan
+ * woken by the cgroup's creation may find it empty. Look again every
+ * QUICK_MS for a while, rather than at the next periodic scan. */
+static void quick_retry(struct fl_pods *pods, const struct scan *s)
+{
+    int waiting = 0;
+    for (size_t i = 0; i < s->n_hits && !waiting; i++)
+        waiting = s->hits[i].ns_ino == 0;
+    if (!waiting) {
+        pods->quick_tries = 0;
+        return;
+    }
+    if (pods->quick_tries++ < QUICK_TRIES && !uv_is_active((uv_handle_t *)&pods->quick))
+        uv_timer_start(&pods->quick, quick_cb, QUICK_MS, 0);
+}
+
 static void reconcile(struct fl_pods *pods, struct scan *s)
 {
     const struct fl_policy *p = s->p;
@@ -557,6 +583,7 @@ static void reconcile(struct fl_pods *pods, struct scan *s)
     report_netns(pods);
     if (p)
         list_selected(pods, s);
+    quick_retry(pods, s);
 }
 
 static void scan_done(uv_work_t *req, int status)
@@ -592,6 +619,8 @@ int fl_pods_new(struct fl_pods **out, uv_loop_t *loop, struct fl_bpf *bpf,
     pods->ops = *ops;
     pods->port = port;
     snprintf(pods->daemon_cg, sizeof(pods->daemon_cg), "%s", daemon_cgroup ? daemon_cgroup : "");
+    uv_timer_init(loop, &pods->quick);
+    pods->quick.data = pods;
     *out = pods;
     return 0;
 }
@@ -621,14 +650,11 @@ void fl_pods_free(struct fl_pods *pods)
     listed_free(pods);
     fl_policy_unref(pods->policy);
     fl_kube_view_unref(pods->view);
-    if (pods->n_parents) {
-        /* The inotify handles close first; the set goes with the last. */
-        pods->closing = pods->n_parents;
-        for (size_t i = 0; i < pods->n_parents; i++)
-            uv_close((uv_handle_t *)&pods->parents[i], parent_closed);
-        return;
-    }
-    free(pods);
+    /* The timer and the inotify handles close first; the set goes with the last. */
+    pods->closing = pods->n_parents + 1;
+    for (size_t i = 0; i < pods->n_parents; i++)
+        uv_close((uv_handle_t *)&pods->parents[i], parent_closed);
+    uv_close((uv_handle_t *)&pods->quick, parent_closed);
 }
 
 void fl_pods_set_policy(struct fl_pods *pods, const struct fl_policy *p)
