@@ -9,47 +9,15 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "file.h"
 #include "jsonfile.h"
+
+/* Kubeconfigs, certificates and tokens are small. */
+#define MAX_FILE_BYTES (16u << 20)
 
 static int read_file(const char *path, char **out, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return -errno;
-    size_t cap = 4096, n = 0;
-    char *b = malloc(cap + 1);
-    while (b) {
-        size_t r = fread(b + n, 1, cap - n, f);
-        n += r;
-        if (n < cap) {
-            if (ferror(f)) {
-                free(b);
-                b = NULL;
-            }
-            break;
-        }
-        if (cap >= (16u << 20)) {
-            free(b);
-            b = NULL;
-            break;
-        }
-        char *nb = realloc(b, cap * 2 + 1);
-        if (!nb) {
-            free(b);
-            b = NULL;
-            break;
-        }
-        b = nb;
-        cap *= 2;
-    }
-    fclose(f);
-    if (!b)
-        return -EIO;
-    b[n] = 0;
-    *out = b;
-    if (len)
-        *len = n;
-    return 0;
+    return fl_file_read(path, MAX_FILE_BYTES, out, len);
 }
 
 static int b64val(int ch)

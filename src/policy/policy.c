@@ -7,6 +7,8 @@
  */
 #include "policy.h"
 
+#include "file.h"
+
 #include "rule_index.h"
 
 #include <arpa/inet.h>
@@ -1568,59 +1570,25 @@ int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_
 int fl_policy_load(const char *path, struct fl_policy **out, struct fl_policy_errors *errs)
 {
     char msg[1024];
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    FILE *f;
-    int e;
+    char *buf;
+    size_t len;
 
     *out = NULL;
-    f = fopen(path, "rb");
-    if (!f) {
-        e = -errno;
-        goto fail_io;
+    int e = fl_file_read(path, MAX_POLICY_BYTES, &buf, &len);
+    if (e == -EFBIG) {
+        snprintf(msg, sizeof(msg), "%s: the file is larger than 16 MiB; is it a policy?", path);
+        add_error(errs, msg);
+        return e;
     }
-    for (;;) {
-        if (cap - len < 4096) {
-            cap = cap ? cap * 2 : 8192;
-            if (cap > MAX_POLICY_BYTES + 8192) {
-                snprintf(msg, sizeof(msg), "%s: the file is larger than 16 MiB; is it a policy?",
-                         path);
-                add_error(errs, msg);
-                e = -EFBIG;
-                goto out_close;
-            }
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                e = -ENOMEM;
-                goto out_close;
-            }
-            buf = nb;
-        }
-        errno = 0;
-        size_t n = fread(buf + len, 1, cap - len, f);
-        len += n;
-        if (n == 0)
-            break;
+    if (e == -ENOMEM)
+        return e;
+    if (e < 0) {
+        snprintf(msg, sizeof(msg), "%s: cannot read: %s; check the path", path, strerror(-e));
+        add_error(errs, msg);
+        return e;
     }
-    if (ferror(f)) {
-        /* A directory opens fine and fails here with EISDIR. */
-        e = errno ? -errno : -EIO;
-        fclose(f);
-        free(buf);
-        goto fail_io;
-    }
-    fclose(f);
-    e = fl_policy_load_buf(path, buf ? buf : "", len, out, errs);
+    e = fl_policy_load_buf(path, buf, len, out, errs);
     free(buf);
-    return e;
-
-out_close:
-    fclose(f);
-    free(buf);
-    return e;
-fail_io:
-    snprintf(msg, sizeof(msg), "%s: cannot read: %s; check the path", path, strerror(-e));
-    add_error(errs, msg);
     return e;
 }
 
