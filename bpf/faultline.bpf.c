@@ -7,6 +7,10 @@
  *   sk_msg                     move app<->proxy bytes between the pair
  *   cgroup/getpeername4, 6     the app sees its original destination
  *
+ * The ingress side (sk_lookup) is ingress.bpf.c, taking over established
+ * connections (existing: reset) reset.bpf.c; the maps they share with this
+ * object are in shared_maps.h.
+ *
  * Everything fails open: any missing state or failed map update leaves the
  * connection (or message) on its normal path.
  */
@@ -15,6 +19,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "faultline.h"
+#include "shared_maps.h"
 
 /* Set by the loader before load (rodata). */
 const volatile __u64 fl_daemon_cgid = 0;
@@ -69,20 +74,7 @@ struct {
     __type(value, __u32);
 } fl_socks SEC(".maps");
 
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, FL_STAT__COUNT);
-    __type(key, __u32);
-    __type(value, __u64);
-} fl_stats SEC(".maps");
-
-static __always_inline void stat_inc(__u32 idx)
-{
-    __u64 *v = bpf_map_lookup_elem(&fl_stats, &idx);
-
-    if (v)
-        *v += 1;
-}
+#define stat_inc fl_stat_inc
 
 /* sock_ops and sk_msg expose remote_port as the network-order port shifted
  * into the upper 16 bits (little-endian kernels); accept either placement. */
@@ -416,8 +408,32 @@ static __always_inline void on_passive_established(struct bpf_sock_ops *skops)
         stat_inc(FL_STAT_SOCK_ADDED);
 }
 
-/* The app's socket reached TCP_CLOSE (only app sockets ask for state events).
- * SOCKHASH entries go away with their sockets; the two records are ours. */
+/* The daemon connects from inside a netns with ingress targets (an upstream
+ * connection to the pod's server): recorded, so that sk_lookup lets it
+ * through rather than hand it back to the proxy. The local port is chosen by
+ * now; the SYN is not sent yet. */
+static __always_inline void on_connect(struct bpf_sock_ops *skops)
+{
+    struct fl_sock_key sk = {};
+    struct fl_conn_key ck = {};
+    struct bpf_sock *s = skops->sk;
+    __u64 cookie;
+
+    if (!s || s->mark != fl_bypass_mark)
+        return;
+    sockops_key(skops, &sk);
+    if (!bpf_map_lookup_elem(&fl_ingress_ns, &sk.netns))
+        return;
+    conn_key_local(&sk, &ck);
+    cookie = bpf_get_socket_cookie(skops);
+    if (bpf_map_update_elem(&fl_own, &ck, &cookie, BPF_ANY) == 0)
+        bpf_sock_ops_cb_flags_set(skops,
+                                  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* A socket that asked for state events reached TCP_CLOSE: an app's
+ * redirected socket, or one of the daemon's recorded by on_connect. SOCKHASH
+ * entries go away with their sockets; the records are ours. */
 static __always_inline void on_close(struct bpf_sock_ops *skops)
 {
     struct fl_sock_key sk = {};
@@ -432,6 +448,9 @@ static __always_inline void on_close(struct bpf_sock_ops *skops)
     if (o && o->cookie == cookie)
         bpf_map_delete_elem(&fl_conns, &ck);
     bpf_map_delete_elem(&fl_orig_by_cookie, &cookie);
+    __u64 *own = bpf_map_lookup_elem(&fl_own, &ck);
+    if (own && *own == cookie)
+        bpf_map_delete_elem(&fl_own, &ck);
 }
 
 SEC("sockops")
@@ -443,6 +462,9 @@ int fl_sockops(struct bpf_sock_ops *skops)
         break;
     case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
         on_passive_established(skops);
+        break;
+    case BPF_SOCK_OPS_TCP_CONNECT_CB:
+        on_connect(skops);
         break;
     case BPF_SOCK_OPS_STATE_CB:
         if (skops->args[1] == BPF_TCP_CLOSE)

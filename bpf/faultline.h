@@ -85,6 +85,60 @@ struct fl_sock_key {
     __u32 _pad;
 };
 
+/* Ingress (sk_lookup) policy: LPM over (netns cookie, port, family, pad,
+ * caller address), the same layout as fl_target_key. A target without
+ * `from` is stored with address prefix 0 (every caller). */
+struct fl_ingress_key {
+    __u32 prefixlen;
+    __u32 _pad0;
+    __u64 netns; /* cookie of the selected pod's netns */
+    __u16 port;  /* host order: the port the pods serve on */
+    __u8 family; /* FL_AF_INET or FL_AF_INET6 */
+    __u8 _pad1;
+    __u8 addr[16]; /* caller address, IPv4 in the first 4 bytes */
+    __u32 _pad2;
+};
+
+struct fl_ingress_val {
+    __u32 target_id;
+    __u32 flags; /* reserved, 0 */
+};
+
+/* The proxy's listener in a netns, for sk_lookup to hand connections to
+ * (SOCKHASH key). */
+struct fl_lsn_key {
+    __u64 netns;
+    __u32 family; /* FL_AF_INET or FL_AF_INET6 */
+    __u32 _pad;
+};
+
+#define FL_MAX_INGRESS_NETNS 1024
+
+/* existing: reset. One run of the TCP iterator in one netns destroys the
+ * established sockets of the pod cgroup cgid (or below it) that match one of
+ * the n selectors: egress on the remote end, ingress on the local port and
+ * the remote address. */
+#define FL_RESET_EGRESS 1
+#define FL_RESET_INGRESS 2
+#define FL_RESET_MAX_SEL 64
+
+struct fl_reset_sel {
+    __u32 addr[4]; /* network order, masked; IPv4 in addr[0] */
+    __u32 mask[4];
+    __u16 port;    /* host order; 0 = any */
+    __u8 family;   /* FL_AF_INET or FL_AF_INET6 */
+    __u8 _pad;
+    __u32 _pad1;
+};
+
+struct fl_reset_cfg {
+    __u64 cgid;  /* the pod's cgroup */
+    __u64 netns; /* its netns cookie (for the proxy's own connections) */
+    __u32 mode;  /* FL_RESET_EGRESS or FL_RESET_INGRESS */
+    __u32 n_sel;
+    struct fl_reset_sel sel[FL_RESET_MAX_SEL];
+};
+
 /* Indexes into the per-CPU stats array. */
 enum fl_stat {
     FL_STAT_REDIRECTED,   /* connect() rewritten to the proxy */
@@ -93,6 +147,8 @@ enum fl_stat {
     FL_STAT_MSG_PASS,     /* sk_msg messages left to TCP (no peer or no accel) */
     FL_STAT_SOCK_ADDED,   /* sockets inserted into the SOCKHASH */
     FL_STAT_MSG_NO_PEER,  /* sk_msg found no peer: the connection fell back to TCP */
+    FL_STAT_INGRESS,      /* sk_lookup handed a connection to the proxy */
+    FL_STAT_INGRESS_FAIL_OPEN, /* matched an ingress target, no proxy listener: went direct */
     FL_STAT__COUNT
 };
 

@@ -27,9 +27,6 @@ endif()
 pkg_check_modules(LIBBPF REQUIRED IMPORTED_TARGET libbpf)
 
 set(FL_BPF_OUT ${CMAKE_BINARY_DIR}/bpf)
-set(FL_BPF_SRC ${CMAKE_SOURCE_DIR}/bpf/faultline.bpf.c)
-set(FL_BPF_OBJ ${FL_BPF_OUT}/faultline.bpf.o)
-set(FL_BPF_SKEL ${FL_BPF_OUT}/faultline.skel.h)
 file(MAKE_DIRECTORY ${FL_BPF_OUT})
 
 add_custom_command(
@@ -46,23 +43,39 @@ foreach(dir ${LIBBPF_INCLUDE_DIRS})
   list(APPEND _fl_bpf_incs -I${dir})
 endforeach()
 
-add_custom_command(
-  OUTPUT ${FL_BPF_OBJ}
-  COMMAND ${FL_BPF_CLANG} -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Werror
-          -I${FL_BPF_OUT} -I${CMAKE_SOURCE_DIR}/bpf ${_fl_bpf_incs}
-          -c ${FL_BPF_SRC} -o ${FL_BPF_OBJ}
-  DEPENDS ${FL_BPF_SRC} ${CMAKE_SOURCE_DIR}/bpf/faultline.h ${FL_BPF_OUT}/vmlinux.h
-  COMMENT "Compiling BPF object faultline.bpf.o"
-  VERBATIM)
-
-add_custom_command(
-  OUTPUT ${FL_BPF_SKEL}
-  COMMAND sh -c "'${FL_BPFTOOL}' gen skeleton '${FL_BPF_OBJ}' name faultline > faultline.skel.h.tmp"
-  COMMAND ${CMAKE_COMMAND} -E rename faultline.skel.h.tmp faultline.skel.h
-  DEPENDS ${FL_BPF_OBJ}
-  WORKING_DIRECTORY ${FL_BPF_OUT}
-  COMMENT "Generating faultline.skel.h"
-  VERBATIM)
+# Three objects: the egress hooks (faultline), the per-netns sk_lookup
+# program (ingress) and the TCP iterator of existing: reset (reset). Each
+# gets a skeleton; the loader shares the maps of shared_maps.h among them.
+set(FL_BPF_SKELS)
+foreach(obj faultline ingress reset)
+  set(_src ${CMAKE_SOURCE_DIR}/bpf/${obj}.bpf.c)
+  set(_o ${FL_BPF_OUT}/${obj}.bpf.o)
+  set(_skel ${FL_BPF_OUT}/${obj}.skel.h)
+  if(obj STREQUAL "faultline")
+    set(_name faultline)
+  else()
+    set(_name fl_${obj})
+  endif()
+  add_custom_command(
+    OUTPUT ${_o}
+    COMMAND ${FL_BPF_CLANG} -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Werror
+            -I${FL_BPF_OUT} -I${CMAKE_SOURCE_DIR}/bpf ${_fl_bpf_incs}
+            -c ${_src} -o ${_o}
+    DEPENDS ${_src} ${CMAKE_SOURCE_DIR}/bpf/faultline.h ${CMAKE_SOURCE_DIR}/bpf/shared_maps.h
+            ${FL_BPF_OUT}/vmlinux.h
+    COMMENT "Compiling BPF object ${obj}.bpf.o"
+    VERBATIM)
+  add_custom_command(
+    OUTPUT ${_skel}
+    COMMAND sh -c "'${FL_BPFTOOL}' gen skeleton '${_o}' name ${_name} > ${obj}.skel.h.tmp"
+    COMMAND ${CMAKE_COMMAND} -E rename ${obj}.skel.h.tmp ${obj}.skel.h
+    DEPENDS ${_o}
+    WORKING_DIRECTORY ${FL_BPF_OUT}
+    COMMENT "Generating ${obj}.skel.h"
+    VERBATIM)
+  list(APPEND FL_BPF_SKELS ${_skel})
+endforeach()
+set(FL_BPF_SKEL ${FL_BPF_SKELS})
 
 add_custom_target(fl_bpf_skel DEPENDS ${FL_BPF_SKEL})
 add_dependencies(fl_steer fl_bpf_skel)

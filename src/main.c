@@ -8,6 +8,7 @@
 #include "daemon.h"
 #include "log.h"
 #include "policy.h"
+#include "transparent.h"
 
 static void usage(FILE *f)
 {
@@ -65,6 +66,13 @@ static int cmd_validate(int argc, char **argv)
     fl_policy_errors_free(&errs);
     if (e < 0)
         return 1;
+    /* What this host cannot do is refused here too. */
+    char herr[512];
+    if (fl_transparent_check_reset(p, NULL, herr, sizeof(herr)) < 0) {
+        printf("%s\n", herr);
+        fl_policy_unref(p);
+        return 1;
+    }
     printf("%s: ok: policy '%s', %zu listener%s, %zu target%s, %zu rule%s\n", file, p->name,
            p->n_listeners, p->n_listeners == 1 ? "" : "s", p->n_targets,
            p->n_targets == 1 ? "" : "s", p->n_rules, p->n_rules == 1 ? "" : "s");

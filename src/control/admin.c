@@ -169,6 +169,8 @@ static const char *event_name(enum fl_event_kind k)
         return "resume";
     case FL_EVENT_RULE:
         return "rule";
+    case FL_EVENT_EXISTING_RESET:
+        return "existing_reset";
     }
     return "unknown";
 }
@@ -200,6 +202,11 @@ static void on_event(const struct fl_event *ev, void *arg)
         json_object_set_new(o, "reason", json_string(ev->reason ? ev->reason : ""));
         break;
     case FL_EVENT_RESUME:
+        break;
+    case FL_EVENT_EXISTING_RESET:
+        json_object_set_new(o, "target", json_string(ev->target ? ev->target : ""));
+        json_object_set_new(o, "pod", json_string(ev->pod ? ev->pod : ""));
+        json_object_set_new(o, "connections", json_integer((json_int_t)ev->count));
         break;
     case FL_EVENT_RULE: {
         const struct fl_rule *r = ev->rule;
@@ -324,6 +331,14 @@ static json_t *status_json(void)
                       (json_int_t)tp.msg_fallbacks, "fail_open_events",
                       (json_int_t)tp.fail_open_events, "pods", (int)tp.pods, "netns",
                       (int)tp.netns));
+        json_t *t = json_object_get(o, "transparent");
+        json_object_set_new(t, "ingress_handed_over", json_integer((json_int_t)tp.ingress));
+        json_object_set_new(t, "ingress_accepted", json_integer((json_int_t)tp.ingress_accepted));
+        json_object_set_new(t, "ingress_fail_open_no_listener",
+                            json_integer((json_int_t)tp.ingress_no_listener));
+        json_object_set_new(t, "ingress_netns", json_integer((json_int_t)tp.ingress_netns));
+        json_object_set_new(t, "existing_reset", json_integer((json_int_t)tp.existing_reset));
+        json_object_set_new(t, "sock_destroy", json_boolean(tp.sock_destroy));
     }
     json_t *k = fl_kubernetes_status_json();
     if (k)

@@ -177,6 +177,15 @@ static void signal_cb(uv_signal_t *s, int signum)
 
 /* ---- run ---- */
 
+/* existing: reset destroyed connections: one event on the stream. */
+static void on_existing_reset(const char *target, const char *pod, unsigned n, void *arg)
+{
+    struct fl_event ev = {.kind = FL_EVENT_EXISTING_RESET, .target = target, .pod = pod,
+                          .count = n};
+    (void)arg;
+    fl_runtime_emit(&ev);
+}
+
 static void describe(const struct fl_policy *p)
 {
     char a[64], u[64];
@@ -287,7 +296,8 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
     uv_signal_init(lifecycle.loop, &lifecycle.sig_usr2);
     if (p->n_targets) {
         struct fl_transparent_opts to = {.no_sockmap = o->no_sockmap,
-                                         .verbose = fl_log_min_level == FL_LOG_DEBUG};
+                                         .verbose = fl_log_min_level == FL_LOG_DEBUG,
+                                         .on_reset = on_existing_reset};
         int requirement;
         if (fl_transparent_start(fl_workers_main(), p, &to, err, sizeof(err), &requirement) < 0) {
             fprintf(stderr, "faultline: %s\n", err);

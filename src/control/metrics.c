@@ -87,10 +87,24 @@ void fl_metrics_render(struct fl_sbuf *out)
             "no listener in the pod netns).\n# TYPE faultline_transparent_fail_open_total "
             "counter\nfaultline_transparent_fail_open_total{cause=\"watchdog\"} %llu\n"
             "faultline_transparent_fail_open_total{cause=\"no_listener\"} %llu\n"
+            "faultline_transparent_fail_open_total{cause=\"ingress_no_listener\"} %llu\n"
             "# HELP faultline_transparent_pods Pod cgroups enrolled.\n"
-            "# TYPE faultline_transparent_pods gauge\nfaultline_transparent_pods %u\n",
+            "# TYPE faultline_transparent_pods gauge\nfaultline_transparent_pods %u\n"
+            "# HELP faultline_transparent_ingress_total Connections arriving at selected pods "
+            "that sk_lookup handed to the proxy.\n"
+            "# TYPE faultline_transparent_ingress_total counter\n"
+            "faultline_transparent_ingress_total %llu\n"
+            "# HELP faultline_transparent_ingress_netns Pod netns with the ingress program "
+            "attached.\n# TYPE faultline_transparent_ingress_netns gauge\n"
+            "faultline_transparent_ingress_netns %u\n"
+            "# HELP faultline_transparent_existing_reset_total Established connections "
+            "destroyed by existing: reset.\n"
+            "# TYPE faultline_transparent_existing_reset_total counter\n"
+            "faultline_transparent_existing_reset_total %llu\n",
             (unsigned long long)tp.redirected, (unsigned long long)tp.msg_redirects,
-            (unsigned long long)tp.fail_open_events, (unsigned long long)tp.no_listener, tp.pods);
+            (unsigned long long)tp.fail_open_events, (unsigned long long)tp.no_listener,
+            (unsigned long long)tp.ingress_no_listener, tp.pods, (unsigned long long)tp.ingress,
+            tp.ingress_netns, (unsigned long long)tp.existing_reset);
     }
     fl_sbuf_printf(&b,
                    "# HELP faultline_build_info Build information.\n"

@@ -32,6 +32,7 @@ enum fl_event_kind {
     FL_EVENT_HALT,     /* reason */
     FL_EVENT_RESUME,
     FL_EVENT_RULE, /* rule, changed: a rule was changed live */
+    FL_EVENT_EXISTING_RESET, /* target, pod, count: existing: reset destroyed connections */
 };
 
 /* What a FL_EVENT_RULE changed (bits of fl_event.changed). */
@@ -51,6 +52,8 @@ struct fl_event {
     const char *reason;
     const struct fl_rule *rule; /* as it is after the change */
     unsigned changed;
+    const char *target, *pod; /* FL_EVENT_EXISTING_RESET */
+    unsigned count;
 };
 
 typedef void (*fl_event_cb)(const struct fl_event *ev, void *arg);

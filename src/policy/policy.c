@@ -883,7 +883,9 @@ static const char *const pods_keys[] = {"cgroup", "selector", NULL};
 static const char *const selector_keys[] = {"matchLabels", "matchExpressions", "namespace", NULL};
 static const char *const expr_keys[] = {"key", "operator", "values", NULL};
 static const char *const dest_keys[] = {"cidr", "ip", "service", "port", NULL};
-static const char *const target_keys[] = {"name", "pods", "destination", NULL};
+static const char *const target_keys[] = {"name", "pods",     "destination", "direction",
+                                          "port", "from",     "existing",    NULL};
+static const char *const from_keys[] = {"cidr", "ip", NULL};
 
 /* A Kubernetes namespace (RFC 1123 label): 1-63 lowercase letters, digits
  * and '-', alphanumeric at both ends. A Service name (RFC 1035 label) must
@@ -1156,12 +1158,66 @@ static void dest_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
                key == 1 ? "an IPv4 or IPv6 address" : "a CIDR such as 10.0.0.0/24 or fd00::/64");
 }
 
+static void from_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                      const char *path)
+{
+    struct fl_target_spec *t = obj;
+    const char *s;
+    (void)k;
+    if (!(s = expect_str(x, v, path)))
+        return;
+    if (parse_cidr(s, key == 1, &t->from) < 0) {
+        t->from.family = 0;
+        err_at(x, v, "%s: \"%s\" is not %s", path, s,
+               key == 1 ? "an IPv4 or IPv6 address" : "a CIDR such as 10.0.0.0/8 or fd00::/64");
+    }
+}
+
+/* direction: egress | ingress; existing: keep | reset. */
+static int one_of2(struct ctx *x, yaml_node_t *v, const char *path, const char *a, const char *b)
+{
+    const char *s = expect_str(x, v, path);
+    if (!s)
+        return -1;
+    if (strcmp(s, a) == 0)
+        return 0;
+    if (strcmp(s, b) == 0)
+        return 1;
+    err_at(x, v, "%s: \"%s\" is not allowed; use %s or %s", path, s, a, b);
+    return -1;
+}
+
 static void target_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
                         const char *path)
 {
     struct fl_target_spec *t = obj;
+    uint64_t n;
+    int r;
     (void)k;
     switch (key) {
+    case 3:
+        if ((r = one_of2(x, v, path, "egress", "ingress")) >= 0)
+            t->ingress = r;
+        break;
+    case 4:
+        if (get_uint(x, v, path, 65535, &n) == 0) {
+            if (n == 0)
+                err_at(x, v, "%s: give the port the pods serve on (1-65535)", path);
+            t->port = (uint16_t)n;
+        }
+        break;
+    case 5:
+        if (expect_map(x, v, path)) {
+            int c = has_key(x, v, "cidr") + has_key(x, v, "ip");
+            if (c != 1)
+                err_at(x, v, "%s: give one of 'cidr' or 'ip'", path);
+            walk_map(x, v, path, from_keys, from_pair, t);
+        }
+        break;
+    case 6:
+        if ((r = one_of2(x, v, path, "keep", "reset")) >= 0)
+            t->existing_reset = r;
+        break;
     case 0: t->name = name_of(x, v, path); break;
     case 1:
         if (expect_map(x, v, path)) {
@@ -1175,10 +1231,10 @@ static void target_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_
         break;
     case 2:
         if (expect_map(x, v, path)) {
-            int n = has_key(x, v, "cidr") + has_key(x, v, "ip") + has_key(x, v, "service");
-            if (n == 0)
+            int c = has_key(x, v, "cidr") + has_key(x, v, "ip") + has_key(x, v, "service");
+            if (c == 0)
                 err_at(x, v, "%s: give 'cidr', 'ip' or 'service'", path);
-            else if (n > 1)
+            else if (c > 1)
                 err_at(x, v, "%s: give only one of 'cidr', 'ip' or 'service'", path);
             walk_map(x, v, path, dest_keys, dest_pair, t);
         }
@@ -1186,10 +1242,37 @@ static void target_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_
     }
 }
 
-/* After a target's keys: a bare Service name is in the namespace of the
- * target's pods.selector; cgroup pods have none to lend. */
-static void target_done(struct ctx *x, struct fl_target_spec *t, const char *path)
+/* After a target's keys: what each direction needs and allows; a bare
+ * Service name is in the namespace of the target's pods.selector; cgroup
+ * pods have none to lend. */
+static void target_done(struct ctx *x, yaml_node_t *it, struct fl_target_spec *t, const char *path)
 {
+    static const char *const req[] = {"name", "pods", NULL};
+    require_keys(x, it, path, req);
+    if (t->ingress) {
+        yaml_node_t *d = map_key(x, it, "destination");
+        if (d)
+            err_at(x, d, "%s.destination: an ingress target has no destination (it takes the "
+                         "connections arriving at its pods); give 'port', the port they serve on",
+                   path);
+        else if (!has_key(x, it, "port"))
+            err_at(x, it, "%s: missing required key 'port' (direction: ingress needs the port "
+                          "the pods serve on)",
+                   path);
+    } else {
+        static const char *const only_in[] = {"port", "from", NULL};
+        for (int i = 0; only_in[i]; i++) {
+            yaml_node_t *k = map_key(x, it, only_in[i]);
+            if (k)
+                err_at(x, k, "%s.%s: only for direction: ingress; an egress target gives "
+                             "destination (cidr or ip or service, and port)",
+                       path, only_in[i]);
+        }
+        if (!has_key(x, it, "destination"))
+            err_at(x, it, "%s: missing required key 'destination' (or say direction: ingress "
+                          "with the pods' port)",
+                   path);
+    }
     if (!t->svc_name || t->svc_ns)
         return;
     if (t->selector) {
@@ -1271,8 +1354,7 @@ static void spec_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
             t->line = (int)it->start_mark.line + 1;
             t->col = (int)it->start_mark.column + 1;
             walk_map(x, it, sub, target_keys, target_pair, t);
-            require_keys(x, it, sub, target_keys);
-            target_done(x, t, sub);
+            target_done(x, it, t, sub);
         }
         break;
     case 6:
@@ -1622,6 +1704,10 @@ int fl_policy_target_equal(const struct fl_target_spec *a, const struct fl_targe
 {
     if (!fl_selector_equal(a->selector, b->selector) || !str_equal(a->svc_ns, b->svc_ns) ||
         !str_equal(a->svc_name, b->svc_name))
+        return 0;
+    if (a->ingress != b->ingress || a->existing_reset != b->existing_reset ||
+        a->from.family != b->from.family || a->from.prefix != b->from.prefix ||
+        memcmp(a->from.addr, b->from.addr, sizeof(a->from.addr)))
         return 0;
     if (a->port != b->port || a->n_cgroups != b->n_cgroups || a->dst.family != b->dst.family ||
         a->dst.prefix != b->dst.prefix || memcmp(a->dst.addr, b->dst.addr, sizeof(a->dst.addr)))

@@ -148,7 +148,11 @@ struct fl_target_spec {
     char *svc_ns;       /* destination.service: its namespace and name, or NULL */
     char *svc_name;
     int svc_line, svc_col;
-    uint16_t port; /* 0 = any port; with a service: the Service port */
+    uint16_t port; /* egress: destination.port (0 = any; with a service: the Service
+                    * port); ingress: the port the pods serve on */
+    int ingress;        /* direction: ingress (else egress) */
+    struct fl_cidr from; /* ingress: callers from here only; family 0 = any caller */
+    int existing_reset; /* existing: reset (else keep) */
     int line, col;
 };
 

@@ -24,7 +24,11 @@
 #include <bpf/libbpf.h>
 #include <sys/mman.h>
 
+#include <bpf/btf.h>
+
 #include "faultline.skel.h"
+#include "ingress.skel.h"
+#include "reset.skel.h"
 
 _Static_assert(sizeof(struct fl_target_key) == 40, "fl_target_key layout");
 _Static_assert(sizeof(struct fl_target_val) == 8, "fl_target_val layout");
@@ -32,6 +36,12 @@ _Static_assert(sizeof(struct fl_orig) == 40, "fl_orig layout");
 _Static_assert(sizeof(struct fl_conn_key) == 32, "fl_conn_key layout");
 _Static_assert(sizeof(struct fl_sock_key) == 48, "fl_sock_key layout");
 _Static_assert(FL_LPM_FIXED_BITS == 128, "LPM fixed part");
+_Static_assert(sizeof(struct fl_ingress_key) == 40, "fl_ingress_key layout");
+_Static_assert(sizeof(struct fl_ingress_val) == 8, "fl_ingress_val layout");
+_Static_assert(sizeof(struct fl_lsn_key) == 16, "fl_lsn_key layout");
+_Static_assert(sizeof(struct fl_reset_sel) == 40, "fl_reset_sel layout");
+_Static_assert(sizeof(struct fl_reset_cfg) == 24 + 40 * FL_RESET_MAX_SEL, "fl_reset_cfg layout");
+_Static_assert(FL_RESET_MAX_SEL == FL_BPF_RESET_MAX, "reset selectors");
 
 /* The programs attached to each pod cgroup. */
 enum { FL_CG_CONNECT4, FL_CG_CONNECT6, FL_CG_GETPEER4, FL_CG_GETPEER6, FL_CG_SOCKOPS, FL_CG__N };
@@ -41,6 +51,13 @@ struct fl_cg_attach {
     struct bpf_link *links[FL_CG__N];
 };
 
+/* One sk_lookup instance, attached to one netns. */
+struct fl_ingress_inst {
+    uint64_t cookie;
+    struct fl_ingress *skel;
+    struct bpf_link *link;
+};
+
 struct fl_bpf {
     struct faultline *skel;
     struct bpf_link *daemon_sockops;
@@ -48,6 +65,12 @@ struct fl_bpf {
     struct fl_cg_attach *cgs;
     size_t n_cgs;
     uint16_t port;
+    struct fl_ingress_inst *ins;
+    size_t n_ins;
+    /* existing: reset */
+    struct fl_reset *reset;
+    struct bpf_link *reset_link;
+    pthread_mutex_t reset_mu;
 };
 
 /* libbpf's print hook is process-global and has no user pointer. */
@@ -234,6 +257,81 @@ int fl_bpf_probe(char *msg, size_t len)
     return 0;
 }
 
+/* ---- the objects that share the main object's maps ---- */
+
+#define REUSE(dst, src)                                                                            \
+    (bpf_map__reuse_fd((dst)->maps.fl_stats, bpf_map__fd((src)->maps.fl_stats)) ||                 \
+     bpf_map__reuse_fd((dst)->maps.fl_switch, bpf_map__fd((src)->maps.fl_switch)) ||               \
+     bpf_map__reuse_fd((dst)->maps.fl_ingress, bpf_map__fd((src)->maps.fl_ingress)) ||             \
+     bpf_map__reuse_fd((dst)->maps.fl_lsn, bpf_map__fd((src)->maps.fl_lsn)) ||                     \
+     bpf_map__reuse_fd((dst)->maps.fl_ingress_ns, bpf_map__fd((src)->maps.fl_ingress_ns)) ||       \
+     bpf_map__reuse_fd((dst)->maps.fl_own, bpf_map__fd((src)->maps.fl_own)))
+
+int fl_bpf_probe_sock_destroy(char *why, size_t len)
+{
+    const char *hide = getenv("FL_TEST_HIDE_SOCK_DESTROY");
+    struct btf *btf;
+    int found;
+
+    if (hide && strcmp(hide, "1") == 0) {
+        snprintf(why, len, "this kernel lacks the bpf_sock_destroy kfunc (Linux 6.5 or later "
+                           "needed; hidden by FL_TEST_HIDE_SOCK_DESTROY)");
+        return 0;
+    }
+    btf = btf__load_vmlinux_btf();
+    if (!btf) {
+        snprintf(why, len, "cannot read the kernel's BTF (/sys/kernel/btf/vmlinux): %s",
+                 strerror(errno));
+        return 0;
+    }
+    found = btf__find_by_name_kind(btf, "bpf_sock_destroy", BTF_KIND_FUNC) >= 0;
+    btf__free(btf);
+    if (!found)
+        snprintf(why, len, "this kernel lacks the bpf_sock_destroy kfunc (Linux 6.5 or later "
+                           "needed), so established connections cannot be taken over");
+    else if (len)
+        why[0] = '\0';
+    return found;
+}
+
+/* Loads the TCP iterator of existing: reset when the kernel has the kfunc;
+ * without it the daemon runs on and refuses existing: reset. */
+static void reset_open(struct fl_bpf *b)
+{
+    char why[256];
+    int e;
+
+    if (!fl_bpf_probe_sock_destroy(why, sizeof(why))) {
+        logf_(1, "existing: reset is not available: %s", why);
+        return;
+    }
+    b->reset = fl_reset__open();
+    if (!b->reset) {
+        logf_(2, "existing: reset is not available: opening its BPF object: %s", strerror(errno));
+        return;
+    }
+    b->reset->rodata->fl_bypass_mark = FL_BYPASS_MARK;
+    if (REUSE(b->reset, b->skel) || (e = fl_reset__load(b->reset)) != 0) {
+        logf_(2, "existing: reset is not available: loading its TCP iterator failed (log above)");
+        goto fail;
+    }
+    b->reset_link = bpf_program__attach_iter(b->reset->progs.fl_reset_iter, NULL);
+    if (!b->reset_link) {
+        logf_(2, "existing: reset is not available: attaching its TCP iterator: %s",
+              strerror(errno));
+        goto fail;
+    }
+    return;
+fail:
+    fl_reset__destroy(b->reset);
+    b->reset = NULL;
+}
+
+int fl_bpf_reset_available(const struct fl_bpf *b)
+{
+    return b && b->reset_link != NULL;
+}
+
 /* ---- open / close ---- */
 
 void fl_bpf_close(struct fl_bpf *b)
@@ -246,6 +344,14 @@ void fl_bpf_close(struct fl_bpf *b)
         free(b->cgs[i].path);
     }
     free(b->cgs);
+    for (size_t i = 0; i < b->n_ins; i++) {
+        bpf_link__destroy(b->ins[i].link);
+        fl_ingress__destroy(b->ins[i].skel);
+    }
+    free(b->ins);
+    bpf_link__destroy(b->reset_link);
+    fl_reset__destroy(b->reset);
+    pthread_mutex_destroy(&b->reset_mu);
     bpf_link__destroy(b->daemon_sockops);
     if (b->msg_attached)
         (void)bpf_prog_detach2(bpf_program__fd(b->skel->progs.fl_sk_msg),
@@ -280,6 +386,7 @@ int fl_bpf_open(struct fl_bpf **out, const struct fl_bpf_opts *opts)
     if (!b)
         return -ENOMEM;
     b->port = opts->proxy_port ? opts->proxy_port : FL_DEFAULT_PORT;
+    pthread_mutex_init(&b->reset_mu, NULL);
     if (!dcg) {
         ret = fl_cgroup_of_pid(0, cgpath, sizeof(cgpath));
         if (ret) {
@@ -342,8 +449,9 @@ int fl_bpf_open(struct fl_bpf **out, const struct fl_bpf_opts *opts)
     close(cg_fd);
     cg_fd = -1;
 
+    reset_open(b);
     __atomic_store_n(&b->skel->bss->fl_sockmap, opts->sockmap ? 1 : 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&b->skel->bss->fl_enabled, 1, __ATOMIC_RELAXED);
+    fl_bpf_set_enabled(b, 1);
     *out = b;
     return 0;
 fail:
@@ -589,9 +697,308 @@ int fl_bpf_conn_no_accel(struct fl_bpf *b, uint64_t netns_cookie, const struct s
     return 0;
 }
 
+/* ---- ingress ---- */
+
+static struct fl_ingress_inst *find_ins(const struct fl_bpf *b, uint64_t cookie)
+{
+    for (size_t i = 0; i < b->n_ins; i++)
+        if (b->ins[i].cookie == cookie)
+            return &b->ins[i];
+    return NULL;
+}
+
+static void lsn_forget(struct fl_bpf *b, uint64_t cookie)
+{
+    int lsn = bpf_map__fd(b->skel->maps.fl_lsn);
+    struct fl_lsn_key k = {.netns = cookie};
+
+    k.family = FL_AF_INET;
+    (void)bpf_map_delete_elem(lsn, &k);
+    k.family = FL_AF_INET6;
+    (void)bpf_map_delete_elem(lsn, &k);
+    (void)bpf_map_delete_elem(bpf_map__fd(b->skel->maps.fl_ingress_ns), &cookie);
+}
+
+int fl_bpf_ingress_attach(struct fl_bpf *b, uint64_t netns_cookie, int netns_fd, int lfd4,
+                          int lfd6)
+{
+    struct fl_ingress_inst in = {.cookie = netns_cookie}, *grown;
+    int lsn = bpf_map__fd(b->skel->maps.fl_lsn);
+    uint32_t one = 1;
+    int ret;
+
+    if (find_ins(b, netns_cookie))
+        return 0;
+    grown = realloc(b->ins, (b->n_ins + 1) * sizeof(*b->ins));
+    if (!grown)
+        return -ENOMEM;
+    b->ins = grown;
+    /* Listeners and the netns's mark first: once the program runs, a
+     * connection it matches finds the proxy, and the proxy's own connections
+     * are recorded. */
+    for (int i = 0; i < 2; i++) {
+        struct fl_lsn_key k = {.netns = netns_cookie, .family = i ? FL_AF_INET6 : FL_AF_INET};
+        uint64_t fd = (uint64_t)(i ? lfd6 : lfd4);
+        if ((i ? lfd6 : lfd4) < 0)
+            continue;
+        if (bpf_map_update_elem(lsn, &k, &fd, BPF_ANY) != 0) {
+            ret = -errno;
+            logf_(2, "ingress: adding the proxy listener of netns %llu to the SOCKHASH: %s",
+                  (unsigned long long)netns_cookie, strerror(-ret));
+            goto fail;
+        }
+    }
+    if (bpf_map_update_elem(bpf_map__fd(b->skel->maps.fl_ingress_ns), &netns_cookie, &one,
+                            BPF_ANY) != 0) {
+        ret = -errno;
+        goto fail;
+    }
+    in.skel = fl_ingress__open();
+    if (!in.skel) {
+        ret = -errno;
+        goto fail;
+    }
+    in.skel->rodata->fl_ns = netns_cookie;
+    if (REUSE(in.skel, b->skel)) {
+        ret = -errno;
+        goto fail;
+    }
+    if ((ret = fl_ingress__load(in.skel)) != 0) {
+        logf_(2, "ingress: loading the sk_lookup program failed: %s (verifier log above)",
+              strerror(-ret));
+        goto fail;
+    }
+    in.link = bpf_program__attach_netns(in.skel->progs.fl_ingress_lookup, netns_fd);
+    if (!in.link) {
+        ret = -errno;
+        logf_(2, "ingress: attaching sk_lookup to netns %llu: %s", (unsigned long long)netns_cookie,
+              strerror(-ret));
+        goto fail;
+    }
+    b->ins[b->n_ins++] = in;
+    return 0;
+fail:
+    fl_ingress__destroy(in.skel);
+    lsn_forget(b, netns_cookie);
+    return ret < 0 ? ret : -EINVAL;
+}
+
+void fl_bpf_ingress_detach(struct fl_bpf *b, uint64_t netns_cookie)
+{
+    struct fl_ingress_inst *in = find_ins(b, netns_cookie);
+
+    if (!in)
+        return;
+    bpf_link__destroy(in->link);
+    fl_ingress__destroy(in->skel);
+    *in = b->ins[--b->n_ins];
+    lsn_forget(b, netns_cookie);
+}
+
+unsigned fl_bpf_ingress_netns(const struct fl_bpf *b)
+{
+    return b ? (unsigned)b->n_ins : 0;
+}
+
+static int ingress_key(struct fl_ingress_key *k, uint64_t cookie, uint16_t port, int family,
+                       const void *addr, int prefix)
+{
+    struct fl_target_key t;
+    int ret = target_key(&t, 0, family, addr, prefix, 0);
+
+    if (ret)
+        return ret;
+    memset(k, 0, sizeof(*k));
+    k->prefixlen = t.prefixlen;
+    k->netns = cookie;
+    k->port = port;
+    k->family = t.family;
+    memcpy(k->addr, t.addr, 16);
+    return 0;
+}
+
+int fl_bpf_add_ingress(struct fl_bpf *b, uint64_t netns_cookie, uint16_t port, int family,
+                       const void *addr, int prefix, uint32_t target_id)
+{
+    struct fl_ingress_key k;
+    struct fl_ingress_val v = {.target_id = target_id};
+    int ret = ingress_key(&k, netns_cookie, port, family, addr, prefix);
+
+    if (ret)
+        return ret;
+    if (bpf_map_update_elem(bpf_map__fd(b->skel->maps.fl_ingress), &k, &v, BPF_ANY) != 0)
+        return -errno;
+    return 0;
+}
+
+int fl_bpf_remove_ingress(struct fl_bpf *b, uint64_t netns_cookie, uint16_t port, int family,
+                          const void *addr, int prefix)
+{
+    struct fl_ingress_key k;
+    int ret = ingress_key(&k, netns_cookie, port, family, addr, prefix);
+
+    if (ret)
+        return ret;
+    if (bpf_map_delete_elem(bpf_map__fd(b->skel->maps.fl_ingress), &k) != 0)
+        return -errno;
+    return 0;
+}
+
+int fl_bpf_lookup_ingress(struct fl_bpf *b, uint64_t netns_cookie, uint16_t port,
+                          const struct sockaddr *caller, uint32_t *target_id)
+{
+    struct fl_ingress_key k;
+    struct fl_ingress_val v;
+    int ret;
+
+    if (caller->sa_family == AF_INET)
+        ret = ingress_key(&k, netns_cookie, port, AF_INET,
+                          &((const struct sockaddr_in *)caller)->sin_addr, 32);
+    else if (caller->sa_family == AF_INET6)
+        ret = ingress_key(&k, netns_cookie, port, AF_INET6,
+                          &((const struct sockaddr_in6 *)caller)->sin6_addr, 128);
+    else
+        return -EAFNOSUPPORT;
+    if (ret)
+        return ret;
+    if (bpf_map_lookup_elem(bpf_map__fd(b->skel->maps.fl_ingress), &k, &v) != 0)
+        return -ENOENT;
+    *target_id = v.target_id;
+    return 0;
+}
+
+/* ---- existing: reset ---- */
+
+static void reset_sel(struct fl_reset_sel *o, int family, const uint8_t *addr, int prefix,
+                      uint16_t port)
+{
+    uint8_t mask[16] = {0};
+
+    memset(o, 0, sizeof(*o));
+    o->family = family == AF_INET6 ? FL_AF_INET6 : FL_AF_INET;
+    o->port = port;
+    for (int bit = 0; bit < prefix && bit < 128; bit++)
+        mask[bit / 8] |= (uint8_t)(0x80u >> (bit % 8));
+    memcpy(o->mask, mask, 16);
+    memcpy(o->addr, addr, family == AF_INET6 ? 16 : 4);
+    for (int i = 0; i < 4; i++)
+        o->addr[i] &= o->mask[i];
+}
+
+/* One line of the iterator's output: "family lport rport a0 a1 a2 a3". */
+static int reset_line(const char *line, struct sockaddr_storage *peer, uint16_t *lport)
+{
+    unsigned fam, lp, rp, a[4];
+
+    if (sscanf(line, "%u %u %u %x %x %x %x", &fam, &lp, &rp, &a[0], &a[1], &a[2], &a[3]) != 7)
+        return -1;
+    memset(peer, 0, sizeof(*peer));
+    if (fam == FL_AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)peer;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)rp);
+        memcpy(&sin->sin_addr, &a[0], 4);
+    } else {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)peer;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)rp);
+        memcpy(&sin6->sin6_addr, a, 16);
+    }
+    *lport = (uint16_t)lp;
+    return 0;
+}
+
+int fl_bpf_reset(struct fl_bpf *b, const struct fl_bpf_reset *r, fl_bpf_reset_cb cb, void *arg)
+{
+    struct fl_reset_cfg *cfg;
+    uint32_t zero = 0;
+    char buf[8192], line[160];
+    size_t ll = 0;
+    int self = -1, it = -1, ret = 0, count = 0;
+    ssize_t n;
+
+    if (!fl_bpf_reset_available(b))
+        return -EOPNOTSUPP;
+    if (r->n_sel == 0)
+        return 0;
+    if (r->n_sel > FL_RESET_MAX_SEL)
+        return -E2BIG;
+    cfg = calloc(1, sizeof(*cfg));
+    if (!cfg)
+        return -ENOMEM;
+    cfg->cgid = r->cgid;
+    cfg->netns = r->netns_cookie;
+    cfg->mode = r->ingress ? FL_RESET_INGRESS : FL_RESET_EGRESS;
+    cfg->n_sel = (uint32_t)r->n_sel;
+    for (size_t i = 0; i < r->n_sel; i++)
+        reset_sel(&cfg->sel[i], r->sel[i].family, r->sel[i].addr, r->sel[i].prefix,
+                  r->sel[i].port);
+    pthread_mutex_lock(&b->reset_mu);
+    if (bpf_map_update_elem(bpf_map__fd(b->reset->maps.fl_reset_cfg), &zero, cfg, BPF_ANY) != 0) {
+        ret = -errno;
+        goto out;
+    }
+    /* A TCP iterator walks the netns it is created in. */
+    self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (self < 0) {
+        ret = -errno;
+        goto out;
+    }
+    if (setns(r->netns_fd, CLONE_NEWNET) != 0) {
+        ret = -errno;
+        goto out;
+    }
+    it = bpf_iter_create(bpf_link__fd(b->reset_link));
+    if (it < 0)
+        ret = -errno;
+    if (setns(self, CLONE_NEWNET) != 0) {
+        /* Cannot happen with a descriptor of our own netns; the thread is
+         * in the pod's netns now, which must not go unnoticed. */
+        logf_(2, "existing: reset: cannot return to the daemon's netns: %s", strerror(errno));
+        abort();
+    }
+    if (it < 0)
+        goto out;
+    while ((n = read(it, buf, sizeof(buf))) > 0) {
+        for (ssize_t i = 0; i < n; i++) {
+            if (buf[i] != '\n') {
+                if (ll < sizeof(line) - 1)
+                    line[ll++] = buf[i];
+                continue;
+            }
+            line[ll] = '\0';
+            ll = 0;
+            struct sockaddr_storage peer;
+            uint16_t lport;
+            if (reset_line(line, &peer, &lport) == 0) {
+                count++;
+                if (cb)
+                    cb(arg, (struct sockaddr *)&peer, lport);
+            }
+        }
+    }
+    if (n < 0)
+        ret = -errno;
+out:
+    /* The next run starts from an empty selection whatever happens. */
+    memset(cfg, 0, sizeof(*cfg));
+    (void)bpf_map_update_elem(bpf_map__fd(b->reset->maps.fl_reset_cfg), &zero, cfg, BPF_ANY);
+    pthread_mutex_unlock(&b->reset_mu);
+    if (it >= 0)
+        close(it);
+    if (self >= 0)
+        close(self);
+    free(cfg);
+    return ret < 0 && count == 0 ? ret : count;
+}
+
 void fl_bpf_set_enabled(struct fl_bpf *b, int on)
 {
-    __atomic_store_n(&b->skel->bss->fl_enabled, on ? 1 : 0, __ATOMIC_RELAXED);
+    uint32_t zero = 0, v = on ? 1 : 0;
+
+    __atomic_store_n(&b->skel->bss->fl_enabled, v, __ATOMIC_RELAXED);
+    /* The ingress programs' switch: a map write, fine from the watchdog. */
+    (void)bpf_map_update_elem(bpf_map__fd(b->skel->maps.fl_switch), &zero, &v, BPF_ANY);
 }
 
 void fl_bpf_set_sockmap(struct fl_bpf *b, int on)
@@ -628,6 +1035,8 @@ int fl_bpf_stats(struct fl_bpf *b, struct fl_bpf_stats *st)
     st->msg_pass = sum[FL_STAT_MSG_PASS];
     st->socks_added = sum[FL_STAT_SOCK_ADDED];
     st->msg_no_peer = sum[FL_STAT_MSG_NO_PEER];
+    st->ingress = sum[FL_STAT_INGRESS];
+    st->ingress_fail_open = sum[FL_STAT_INGRESS_FAIL_OPEN];
     return 0;
 }
 
@@ -711,6 +1120,64 @@ void fl_bpf_set_sockmap(struct fl_bpf *b, int on)
 int fl_bpf_stats(struct fl_bpf *b, struct fl_bpf_stats *st)
 {
     (void)b, (void)st;
+    return -EOPNOTSUPP;
+}
+
+int fl_bpf_ingress_attach(struct fl_bpf *b, uint64_t netns_cookie, int netns_fd, int lfd4,
+                          int lfd6)
+{
+    (void)b, (void)netns_cookie, (void)netns_fd, (void)lfd4, (void)lfd6;
+    return -EOPNOTSUPP;
+}
+
+void fl_bpf_ingress_detach(struct fl_bpf *b, uint64_t netns_cookie)
+{
+    (void)b, (void)netns_cookie;
+}
+
+unsigned fl_bpf_ingress_netns(const struct fl_bpf *b)
+{
+    (void)b;
+    return 0;
+}
+
+int fl_bpf_add_ingress(struct fl_bpf *b, uint64_t netns_cookie, uint16_t port, int family,
+                       const void *addr, int prefix, uint32_t target_id)
+{
+    (void)b, (void)netns_cookie, (void)port, (void)family, (void)addr, (void)prefix,
+        (void)target_id;
+    return -EOPNOTSUPP;
+}
+
+int fl_bpf_remove_ingress(struct fl_bpf *b, uint64_t netns_cookie, uint16_t port, int family,
+                          const void *addr, int prefix)
+{
+    (void)b, (void)netns_cookie, (void)port, (void)family, (void)addr, (void)prefix;
+    return -EOPNOTSUPP;
+}
+
+int fl_bpf_lookup_ingress(struct fl_bpf *b, uint64_t netns_cookie, uint16_t port,
+                          const struct sockaddr *caller, uint32_t *target_id)
+{
+    (void)b, (void)netns_cookie, (void)port, (void)caller, (void)target_id;
+    return -EOPNOTSUPP;
+}
+
+int fl_bpf_probe_sock_destroy(char *why, size_t len)
+{
+    snprintf(why, len, "this faultline was built without BPF support (FL_BPF=OFF)");
+    return 0;
+}
+
+int fl_bpf_reset_available(const struct fl_bpf *b)
+{
+    (void)b;
+    return 0;
+}
+
+int fl_bpf_reset(struct fl_bpf *b, const struct fl_bpf_reset *r, fl_bpf_reset_cb cb, void *arg)
+{
+    (void)b, (void)r, (void)cb, (void)arg;
     return -EOPNOTSUPP;
 }
 

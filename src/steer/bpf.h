@@ -53,6 +53,8 @@ struct fl_bpf_stats {
     uint64_t msg_pass;      /* sk_msg messages left to TCP */
     uint64_t socks_added;   /* sockets paired in the SOCKHASH */
     uint64_t msg_no_peer;   /* connections that fell back to TCP: peer not paired in time */
+    uint64_t ingress;       /* connections sk_lookup handed to a proxy listener */
+    uint64_t ingress_fail_open; /* matched an ingress target, no listener took it: direct */
 };
 
 /* Checks everything transparent mode needs, in order: root, kernel BTF, a
@@ -119,6 +121,80 @@ void fl_bpf_set_enabled(struct fl_bpf *b, int on);
 /* sk_msg acceleration for connections established from now on (--no-sockmap).
  * Turning it off also stops it on live connections, for good. */
 void fl_bpf_set_sockmap(struct fl_bpf *b, int on);
+
+/* ---- ingress (bpf/ingress.bpf.c) ----
+ *
+ * sk_lookup cannot tell which netns it runs in, so each netns with ingress
+ * targets gets an instance of its own (a bpf_link on that netns, never
+ * pinned), and the proxy's listeners there go into a SOCKHASH for it to hand
+ * connections to. */
+
+/* Attaches an sk_lookup instance to the netns behind netns_fd (cookie
+ * netns_cookie) that hands matching connections to the listeners lfd4
+ * (127.0.0.1, AF_INET) and lfd6 ([::1], AF_INET6; -1: none). The daemon's
+ * own connections from inside that netns are let through. Attaching a netns
+ * twice is a no-op. Returns 0 or a negative errno (nothing left attached). */
+int fl_bpf_ingress_attach(struct fl_bpf *b, uint64_t netns_cookie, int netns_fd, int lfd4,
+                          int lfd6) FL_WUR;
+
+/* Detaches the netns's instance at once and forgets its listeners. No-op
+ * when not attached. */
+void fl_bpf_ingress_detach(struct fl_bpf *b, uint64_t netns_cookie);
+
+/* Netns with an sk_lookup instance attached. */
+unsigned fl_bpf_ingress_netns(const struct fl_bpf *b);
+
+/* Selects the connections arriving in netns netns_cookie at port (host
+ * order) from callers in addr/prefix (family AF_INET or AF_INET6; prefix 0
+ * for every caller). The longest matching caller prefix decides the target.
+ * Returns 0 or a negative errno. */
+int fl_bpf_add_ingress(struct fl_bpf *b, uint64_t netns_cookie, uint16_t port, int family,
+                       const void *addr, int prefix, uint32_t target_id) FL_WUR;
+int fl_bpf_remove_ingress(struct fl_bpf *b, uint64_t netns_cookie, uint16_t port, int family,
+                          const void *addr, int prefix) FL_WUR;
+
+/* The target an ingress connection from caller to port in netns_cookie was
+ * steered for (the kernel's own decision, looked up again). Returns 0 or
+ * -ENOENT. Any thread. */
+int fl_bpf_lookup_ingress(struct fl_bpf *b, uint64_t netns_cookie, uint16_t port,
+                          const struct sockaddr *caller, uint32_t *target_id) FL_WUR;
+
+/* ---- existing: reset (bpf/reset.bpf.c) ---- */
+
+/* Whether this kernel can destroy established sockets (the bpf_sock_destroy
+ * kfunc, Linux 6.5). Needs no root: reads the kernel's BTF. Returns 1, or 0
+ * with one sentence in why. FL_TEST_HIDE_SOCK_DESTROY=1 in the environment
+ * makes it answer 0 (for tests of the refusal). */
+int fl_bpf_probe_sock_destroy(char *why, size_t len);
+
+/* 1 when fl_bpf_reset() can run (the probe passed and the iterator loaded). */
+int fl_bpf_reset_available(const struct fl_bpf *b);
+
+#define FL_BPF_RESET_MAX 64 /* selectors one run takes */
+
+struct fl_bpf_reset {
+    int ingress;           /* 1: connections to port from sel; 0: connections to sel */
+    uint64_t cgid;         /* the pod's cgroup: only its sockets (and below) */
+    uint64_t netns_cookie; /* its netns */
+    int netns_fd;
+    size_t n_sel;
+    struct {
+        int family; /* AF_INET or AF_INET6 */
+        uint8_t addr[16];
+        int prefix;
+        uint16_t port; /* host order; egress: 0 = any; ingress: the pods' port */
+    } sel[FL_BPF_RESET_MAX];
+};
+
+/* Called for each destroyed connection with its remote end and local port. */
+typedef void (*fl_bpf_reset_cb)(void *arg, const struct sockaddr *peer, uint16_t local_port);
+
+/* Destroys the established connections r selects inside its netns (the
+ * calling thread joins the netns for a moment; blocking but short: call
+ * off the event loop). Serialised internally; any thread. Returns how many
+ * were destroyed, or a negative errno. */
+int fl_bpf_reset(struct fl_bpf *b, const struct fl_bpf_reset *r, fl_bpf_reset_cb cb,
+                 void *arg) FL_WUR;
 
 /* Sums the per-CPU counters. Returns 0 or a negative errno. */
 int fl_bpf_stats(struct fl_bpf *b, struct fl_bpf_stats *st) FL_WUR;

@@ -26,6 +26,8 @@ struct pod {
     char *name; /* "namespace/name" of a Kubernetes pod, or NULL */
     uint64_t cgid;
     uint64_t ns_ino; /* 0: no process in it yet, so no netns known */
+    int attached;    /* the egress hooks are on its cgroup */
+    int failed;      /* attaching them failed */
     int seen;
 };
 
@@ -351,6 +353,8 @@ static void pod_release(struct fl_pods *pods, struct pod *pd, const char *why)
         }
     if (fl_bpf_detach_cgroup(pods->bpf, pd->path) == 0)
         fl_info("released pod %s (%s): hooks detached", pd->path, why);
+    else
+        fl_info("released pod %s (%s)", pd->path, why);
     atomic_fetch_sub(&pods->n_pods, 1);
     free(pd->path);
     free(pd->name);
@@ -374,8 +378,9 @@ static void entry_remove(struct fl_pods *pods, size_t i)
     pods->entries[i] = pods->entries[--pods->n_entries];
 }
 
-static void entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_target_spec *ts,
-                          const struct fl_kube_dest *d, uint32_t id, const char *path)
+/* Returns 1 when the entry is new or now belongs to target id, else 0. */
+static int entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_target_spec *ts,
+                         const struct fl_kube_dest *d, uint32_t id, const char *path)
 {
     struct entry *e = NULL;
     int r;
@@ -386,16 +391,16 @@ static void entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_t
             break;
         }
     if (e && e->seen)
-        return; /* an earlier target of the policy owns the same selection */
+        return 0; /* an earlier target of the policy owns the same selection */
     if (e && e->id == id) {
         e->seen = 1;
-        return;
+        return 0;
     }
     if (!e && pods->n_entries == pods->cap_entries) {
         size_t cap = pods->cap_entries ? pods->cap_entries * 2 : 16;
         struct entry *n = realloc(pods->entries, cap * sizeof(*n));
         if (!n)
-            return;
+            return 0;
         pods->entries = n;
         pods->cap_entries = cap;
     }
@@ -403,7 +408,7 @@ static void entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_t
                           id);
     if (r < 0) {
         fl_warn("target '%s': cannot select pod %s: %s", ts->name, path, strerror(-r));
-        return;
+        return 0;
     }
     if (!e) {
         e = &pods->entries[pods->n_entries++];
@@ -413,6 +418,7 @@ static void entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_t
     }
     e->id = id;
     e->seen = 1;
+    return 1;
 }
 
 /* Tells the owner of the netns records which netns the enrolled pods are in. */
@@ -481,7 +487,9 @@ static void list_selected(struct fl_pods *pods, struct scan *s)
         l->pod = strdup(h->pod);
         l->cgroup = strdup(h->path);
         l->target = p->targets[h->target].name;
-        l->state = !pd ? FL_POD_FAILED : h->ns_ino ? FL_POD_STEERED : FL_POD_WAITING_NETNS;
+        l->state = !pd || pd->failed ? FL_POD_FAILED
+                   : h->ns_ino      ? FL_POD_STEERED
+                                    : FL_POD_WAITING_NETNS;
         l->ns_ino = h->ns_ino;
     }
     pods->n_listed = n;
@@ -516,9 +524,14 @@ static void reconcile(struct fl_pods *pods, struct scan *s)
     const struct fl_policy *p = s->p;
     struct pod *pd, *next;
     struct fl_kube_dest *dests = calloc(MAX_DESTS, sizeof(*dests));
+    size_t cap_ing = s->n_hits, n_ing = 0;
+    struct fl_pods_ingress *ing = calloc(cap_ing + 1, sizeof(*ing));
 
-    if (!dests)
+    if (!dests || !ing) {
+        free(dests);
+        free(ing);
         return;
+    }
 
     for (size_t i = 0; i < s->n_ns; i++)
         pods->ops.netns_found(pods->ops.arg, &s->ns[i]);
@@ -538,16 +551,9 @@ static void reconcile(struct fl_pods *pods, struct scan *s)
             pd = NULL;
         }
         if (!pd) {
-            int e = fl_bpf_attach_cgroup(pods->bpf, h->path);
-            if (e < 0) {
-                fl_warn("target '%s': cannot attach to pod cgroup %s: %s", ts->name, h->path,
-                        strerror(-e));
-                continue;
-            }
             pd = calloc(1, sizeof(*pd));
             if (!pd || !(pd->path = strdup(h->path))) {
                 free(pd);
-                (void)!fl_bpf_detach_cgroup(pods->bpf, h->path);
                 continue;
             }
             pd->cgid = h->cgid;
@@ -558,15 +564,44 @@ static void reconcile(struct fl_pods *pods, struct scan *s)
                     h->pod ? " at " : "", h->pod ? h->path : "", ts->name,
                     h->ns_ino ? "" : " (no process yet; its netns is looked for every second)");
         }
+        /* Egress needs the connect hooks on the pod's cgroup; ingress works
+         * on its netns (ops.ingress). */
+        if (!ts->ingress && !pd->attached) {
+            int e = fl_bpf_attach_cgroup(pods->bpf, h->path);
+            if (e < 0) {
+                if (!pd->failed)
+                    fl_warn("target '%s': cannot attach to pod cgroup %s: %s", ts->name, h->path,
+                            strerror(-e));
+                pd->failed = 1;
+            } else {
+                pd->attached = 1;
+                pd->failed = 0;
+            }
+        }
         pd->seen = 1;
         pd->ns_ino = h->ns_ino;
         if (h->pod && (!pd->name || strcmp(pd->name, h->pod) != 0)) {
             free(pd->name);
             pd->name = strdup(h->pod);
         }
+        if (ts->ingress) {
+            if (h->ns_ino && n_ing < cap_ing) /* a netns to work on */
+                ing[n_ing++] = (struct fl_pods_ingress){h->ns_ino, h->cgid, ts->port, ts->from,
+                                                       (uint32_t)h->target + 1, ts->existing_reset,
+                                                       h->pod ? h->pod : h->path};
+            continue;
+        }
+        if (!pd->attached)
+            continue;
         size_t nd = target_dests(ts, s->view, dests);
+        int fresh = 0;
         for (size_t k = 0; k < nd; k++)
-            entry_program(pods, h->cgid, ts, &dests[k], (uint32_t)h->target + 1, h->path);
+            fresh |= entry_program(pods, h->cgid, ts, &dests[k], (uint32_t)h->target + 1, h->path);
+        if (fresh && ts->existing_reset && h->ns_ino && pods->ops.egress_reset) {
+            struct fl_pods_reset r = {h->cgid, h->ns_ino, (uint32_t)h->target + 1,
+                                      h->pod ? h->pod : h->path, dests, nd};
+            pods->ops.egress_reset(pods->ops.arg, &r);
+        }
     }
     free(dests);
     for (size_t i = 0; i < pods->n_entries;) {
@@ -581,6 +616,9 @@ static void reconcile(struct fl_pods *pods, struct scan *s)
             pod_release(pods, pd, "no longer selected or gone");
     }
     report_netns(pods);
+    if (pods->ops.ingress)
+        pods->ops.ingress(pods->ops.arg, ing, n_ing);
+    free(ing);
     if (p)
         list_selected(pods, s);
     quick_retry(pods, s);

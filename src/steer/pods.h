@@ -6,7 +6,9 @@
  * listeners inside each netns seen for the first time. Reconciling, on the
  * loop's thread, attaches the BPF hooks to newly selected pod cgroups,
  * programs the (pod, destination, port) -> target entries, and releases the
- * pods and entries no longer selected. The netns records (listeners and what
+ * pods and entries no longer selected. Ingress targets attach no cgroup
+ * hooks: their selections go to the owner (ops.ingress), which programs the
+ * pods' netns. The netns records (listeners and what
  * is accepted on them) belong to the caller, which the scan consults and
  * tells through struct fl_pods_ops. One scan is in flight at a time.
  *
@@ -36,6 +38,29 @@ struct fl_pods_netns {
     int err;         /* the listeners could not be opened: negative errno */
 };
 
+/* An ingress target's selection of one pod: connections arriving in its
+ * netns at port from callers in from (family 0: every caller). */
+struct fl_pods_ingress {
+    uint64_t ns_ino;
+    uint64_t cgid;
+    uint16_t port;
+    struct fl_cidr from;
+    uint32_t target_id; /* index + 1 in the policy */
+    int reset;          /* existing: reset */
+    const char *pod;    /* "namespace/name" or the cgroup path (valid during the call) */
+};
+
+/* An egress target with existing: reset began selecting a pod (or its
+ * destinations changed): its established connections to dests are to go. */
+struct fl_pods_reset {
+    uint64_t cgid;
+    uint64_t ns_ino;
+    uint32_t target_id;
+    const char *pod;
+    const struct fl_kube_dest *dests;
+    size_t n_dests;
+};
+
 struct fl_pods_ops {
     /* Fills inos (room for cap) with the netns that already have a record and
      * need no listeners opened; returns how many. */
@@ -46,6 +71,10 @@ struct fl_pods_ops {
     /* After a reconcile: the netns of the enrolled pods (one entry per pod,
      * repeats allowed); a record not among them has no selected pod left. */
     void (*netns_in_use)(void *arg, const uint64_t *inos, size_t n);
+    /* After a reconcile: every ingress selection (the whole set). */
+    void (*ingress)(void *arg, const struct fl_pods_ingress *v, size_t n);
+    /* During a reconcile, after the pod's redirect entries are in place. */
+    void (*egress_reset)(void *arg, const struct fl_pods_reset *r);
     void *arg;
 };
 

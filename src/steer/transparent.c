@@ -44,6 +44,17 @@ struct tp_ns;
 struct tp_lsn {
     uv_tcp_t tcp;
     struct tp_ns *ns;
+    int family; /* AF_INET (127.0.0.1) or AF_INET6 ([::1]) */
+};
+
+/* One ingress entry as programmed in the kernel: (netns, port, callers) ->
+ * target. */
+struct tp_ing {
+    uint64_t ns_ino, cookie, cgid;
+    uint16_t port;
+    struct fl_cidr from; /* family set: a target without `from` is two entries */
+    uint32_t id;
+    int seen;
 };
 
 struct tp_route {
@@ -63,6 +74,7 @@ struct tp_ns {
     int n_l;
     int closing;
     int pending_closes;
+    int ingress; /* the sk_lookup program is attached to it */
     unsigned users; /* enrolled pods in it (recounted after each reconcile) */
     uint64_t retry_at; /* no listener (port taken): loop time to try again; 0: listening */
     unsigned failures; /* attempts that found the port taken, in a row */
@@ -96,6 +108,15 @@ static struct {
     atomic_ullong accepted, no_orig, fail_open_events;
     atomic_uint n_netns;
     atomic_int enabled, sockmap;
+    /* ingress and existing: reset */
+    struct tp_ing *ing;
+    size_t n_ing, cap_ing;
+    atomic_ullong ingress_accepted, existing_reset;
+    atomic_uint ingress_netns;
+    atomic_int resets_running; /* reset jobs on the thread pool */
+    unsigned generation;       /* start count: a reset job of an earlier start is dropped */
+    fl_transparent_reset_cb on_reset;
+    void *on_reset_arg;
 } tp;
 
 static socklen_t sa_len(const struct sockaddr *sa)
@@ -149,10 +170,57 @@ static void pod_source(struct tp_ns *ns, const struct sockaddr *dst, struct sock
 
 /* Fills h's destination, scope and netns from the connect hook's record of
  * the client's original destination. Runs on worker 0, which owns tp. */
+/* Both ends in place: the proxy's upstream goes from inside the pod's netns. */
+static int tp_finish(struct fl_conn_handoff *h, struct tp_ns *ns)
+{
+    h->upstream_netns = fcntl(ns->fd, F_DUPFD_CLOEXEC, 0);
+    if (h->upstream_netns < 0)
+        return -errno;
+    h->upstream_socket = fl_netns_socket_here;
+    h->ops = &fl_http1_ops;
+    const char *pod = fl_pods_name_of_netns(tp.pods, ns->ino);
+    if (pod && !(h->pod = strdup(pod)))
+        return -ENOMEM;
+    return 0;
+}
+
+/* An sk_lookup hand-over: the accepted socket's local end is what the caller
+ * dialled (the pod's address and served port), its peer the real caller. */
+static int tp_resolve_ingress(struct fl_conn_handoff *h, struct tp_ns *ns,
+                              const struct sockaddr_storage *local)
+{
+    uint32_t id = 0;
+    uint16_t port = ntohs(local->ss_family == AF_INET6
+                              ? ((const struct sockaddr_in6 *)local)->sin6_port
+                              : ((const struct sockaddr_in *)local)->sin_port);
+    int e;
+
+    /* The kernel's decision, looked up again. A target removed meanwhile
+     * leaves the connection to the rules without `on:`. */
+    if (fl_bpf_lookup_ingress(tp.bpf, ns->cookie, port, (struct sockaddr *)&h->src, &id) < 0)
+        id = 0;
+    int known = tp.policy && id >= 1 && id <= tp.policy->n_targets;
+    h->scope = strdup(known ? tp.policy->targets[id - 1].name : "");
+    if (!h->scope)
+        return -ENOMEM;
+    memcpy(&h->dst, local, sa_len((const struct sockaddr *)local));
+    if ((e = tp_finish(h, ns)) < 0)
+        return e;
+    atomic_fetch_add_explicit(&tp.ingress_accepted, 1, memory_order_relaxed);
+    return 0;
+}
+
 static int tp_resolve(struct fl_conn_handoff *h, struct tp_ns *ns)
 {
     struct fl_bpf_orig o;
+    struct sockaddr_storage local;
+    socklen_t llen = sizeof(local);
     char a[64];
+
+    if (getsockname(h->fd, (struct sockaddr *)&local, &llen) == 0 &&
+        ntohs(local.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&local)->sin6_port
+                                          : ((struct sockaddr_in *)&local)->sin_port) != tp.port)
+        return tp_resolve_ingress(h, ns, &local);
     int e = fl_bpf_lookup_orig_dst(tp.bpf, ns->cookie, (struct sockaddr *)&h->src, &o);
 
     if (e < 0) {
@@ -178,14 +246,8 @@ static int tp_resolve(struct fl_conn_handoff *h, struct tp_ns *ns)
         e != -ENOENT)
         fl_debug("connection from %s: cannot turn sk_msg off: %s",
                  fl_addr_str((struct sockaddr *)&h->src, a, sizeof(a)), strerror(-e));
-    h->upstream_netns = fcntl(ns->fd, F_DUPFD_CLOEXEC, 0);
-    if (h->upstream_netns < 0)
-        return -errno;
-    h->upstream_socket = fl_netns_socket_here;
-    h->ops = &fl_http1_ops;
-    const char *pod = fl_pods_name_of_netns(tp.pods, ns->ino);
-    if (pod && !(h->pod = strdup(pod)))
-        return -ENOMEM;
+    if ((e = tp_finish(h, ns)) < 0)
+        return e;
     pod_source(ns, (struct sockaddr *)&h->dst, &h->src);
     atomic_fetch_add_explicit(&tp.accepted, 1, memory_order_relaxed);
     return 0;
@@ -243,11 +305,38 @@ static void ns_close_listeners(struct tp_ns *ns)
     ns->n_l = 0;
 }
 
+static void ing_remove(size_t i)
+{
+    struct tp_ing *g = &tp.ing[i];
+    if (fl_bpf_remove_ingress(tp.bpf, g->cookie, g->port, g->from.family, g->from.addr,
+                              g->from.prefix) < 0)
+        fl_debug("removing an ingress entry of netns %llu: already gone",
+                 (unsigned long long)g->cookie);
+    tp.ing[i] = tp.ing[--tp.n_ing];
+}
+
+/* Takes the netns's ingress away at once: entries, then the program. */
+static void ns_ingress_off(struct tp_ns *ns, const char *why)
+{
+    for (size_t i = 0; i < tp.n_ing;)
+        if (tp.ing[i].ns_ino == ns->ino)
+            ing_remove(i);
+        else
+            i++;
+    if (!ns->ingress)
+        return;
+    fl_bpf_ingress_detach(tp.bpf, ns->cookie);
+    ns->ingress = 0;
+    atomic_fetch_sub(&tp.ingress_netns, 1);
+    fl_info("netns %llu: ingress detached (%s)", (unsigned long long)ns->cookie, why);
+}
+
 /* Unlinks ns and closes its listeners; the record goes with the last one. */
 static void ns_close(struct tp_ns *ns, const char *why)
 {
     struct tp_ns **pp;
 
+    ns_ingress_off(ns, why ? why : "its listeners close");
     for (pp = &tp.nss; *pp; pp = &(*pp)->next)
         if (*pp == ns) {
             *pp = ns->next;
@@ -304,6 +393,7 @@ static void ns_add(struct fl_pods_netns *sn, unsigned failures)
         }
         l->ns = ns;
         l->tcp.data = l;
+        l->family = i ? AF_INET6 : AF_INET;
         ns->n_l++;
         if ((e = uv_tcp_open(&l->tcp, fd)) < 0) {
             close(fd);
@@ -381,10 +471,259 @@ static void pods_netns_in_use(void *arg, const uint64_t *inos, size_t n)
     }
 }
 
+/* ---- existing: reset ---- */
+
+#define RESET_SHOWN 8 /* connections named in the log per job */
+
+struct reset_job {
+    uv_work_t req;
+    unsigned generation;
+    struct fl_bpf_reset r;
+    char *target, *pod;
+    int count;
+    char shown[RESET_SHOWN][64];
+};
+
+static void reset_each(void *arg, const struct sockaddr *peer, uint16_t lport)
+{
+    struct reset_job *j = arg;
+    (void)lport;
+    if (j->count < RESET_SHOWN)
+        fl_addr_str(peer, j->shown[j->count], sizeof(j->shown[0]));
+    j->count++;
+}
+
+static void reset_work(uv_work_t *req)
+{
+    struct reset_job *j = req->data;
+    int n = fl_bpf_reset(tp.bpf, &j->r, reset_each, j);
+    if (n < 0)
+        j->count = n;
+    atomic_fetch_sub(&tp.resets_running, 1);
+}
+
+static void reset_done(uv_work_t *req, int status)
+{
+    struct reset_job *j = req->data;
+    (void)status;
+    if (j->generation == tp.generation && tp.started) {
+        if (j->count < 0) {
+            fl_warn("target '%s': existing: reset of pod %s failed: %s; its established "
+                    "connections stay direct until they reconnect",
+                    j->target, j->pod, strerror(-j->count));
+        } else if (j->count == 0) {
+            fl_debug("target '%s': existing: reset found no established connection of pod %s",
+                     j->target, j->pod);
+        } else {
+            char list[RESET_SHOWN * 66] = "";
+            size_t o = 0;
+            for (int i = 0; i < j->count && i < RESET_SHOWN; i++)
+                o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s", i ? ", " : "",
+                                      j->shown[i]);
+            atomic_fetch_add(&tp.existing_reset, (unsigned long long)j->count);
+            fl_info("target '%s': existing: reset destroyed %d established connection%s of pod "
+                    "%s (peers %s%s); they reconnect through the proxy",
+                    j->target, j->count, j->count == 1 ? "" : "s", j->pod, list,
+                    j->count > RESET_SHOWN ? ", ..." : "");
+            if (tp.on_reset)
+                tp.on_reset(j->target, j->pod, (unsigned)j->count, tp.on_reset_arg);
+        }
+    }
+    close(j->r.netns_fd);
+    free(j->target);
+    free(j->pod);
+    free(j);
+}
+
+/* Queues a reset in the netns with inode ino; r's selectors are set. */
+static void reset_queue(uint64_t ino, uint32_t target_id, const char *pod, struct reset_job *j)
+{
+    struct tp_ns *ns = ns_find(ino);
+    const char *tn = tp.policy && target_id >= 1 && target_id <= tp.policy->n_targets
+                         ? tp.policy->targets[target_id - 1].name
+                         : "";
+    if (!ns || !ns->n_l || !fl_bpf_reset_available(tp.bpf)) {
+        /* No listener there: a reset would only reconnect them direct. */
+        if (ns && !ns->n_l)
+            fl_warn("target '%s': existing: reset of pod %s skipped: no proxy listener in its "
+                    "netns yet",
+                    tn, pod);
+        free(j);
+        return;
+    }
+    j->req.data = j;
+    j->generation = tp.generation;
+    j->r.netns_cookie = ns->cookie;
+    j->r.netns_fd = fcntl(ns->fd, F_DUPFD_CLOEXEC, 0);
+    j->target = strdup(tn);
+    j->pod = strdup(pod);
+    if (j->r.netns_fd < 0 || !j->target || !j->pod) {
+        if (j->r.netns_fd >= 0)
+            close(j->r.netns_fd);
+        free(j->target);
+        free(j->pod);
+        free(j);
+        return;
+    }
+    atomic_fetch_add(&tp.resets_running, 1);
+    if (uv_queue_work(tp.w->loop, &j->req, reset_work, reset_done) < 0) {
+        atomic_fetch_sub(&tp.resets_running, 1);
+        close(j->r.netns_fd);
+        free(j->target);
+        free(j->pod);
+        free(j);
+    }
+}
+
+static void pods_egress_reset(void *arg, const struct fl_pods_reset *pr)
+{
+    (void)arg;
+    /* In chunks of FL_BPF_RESET_MAX destinations (a Service can have more). */
+    for (size_t off = 0; off < pr->n_dests; off += FL_BPF_RESET_MAX) {
+        struct reset_job *j = calloc(1, sizeof(*j));
+        if (!j)
+            return;
+        j->r.cgid = pr->cgid;
+        for (size_t k = off; k < pr->n_dests && j->r.n_sel < FL_BPF_RESET_MAX; k++) {
+            const struct fl_kube_dest *d = &pr->dests[k];
+            size_t i = j->r.n_sel++;
+            j->r.sel[i].family = d->addr.family;
+            memcpy(j->r.sel[i].addr, d->addr.addr, 16);
+            j->r.sel[i].prefix = d->addr.prefix;
+            j->r.sel[i].port = d->port;
+        }
+        reset_queue(pr->ns_ino, pr->target_id, pr->pod, j);
+    }
+}
+
+/* ---- ingress ---- */
+
+static int ing_same(const struct tp_ing *g, uint64_t ino, uint16_t port, const struct fl_cidr *c)
+{
+    return g->ns_ino == ino && g->port == port && g->from.family == c->family &&
+           g->from.prefix == c->prefix && memcmp(g->from.addr, c->addr, 16) == 0;
+}
+
+static void ing_reset(const struct fl_pods_ingress *v, const struct fl_cidr *from)
+{
+    struct reset_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return;
+    j->r.ingress = 1;
+    j->r.cgid = v->cgid;
+    j->r.n_sel = 1;
+    j->r.sel[0].family = from->family;
+    memcpy(j->r.sel[0].addr, from->addr, 16);
+    j->r.sel[0].prefix = from->prefix;
+    j->r.sel[0].port = v->port;
+    reset_queue(v->ns_ino, v->target_id, v->pod, j);
+}
+
+/* Programs one (netns, port, callers) entry; returns 1 when it is new or
+ * changed hands. */
+static int ing_program(struct tp_ns *ns, const struct fl_pods_ingress *v, const struct fl_cidr *c)
+{
+    struct tp_ing *g = NULL;
+    for (size_t i = 0; i < tp.n_ing; i++)
+        if (ing_same(&tp.ing[i], ns->ino, v->port, c)) {
+            g = &tp.ing[i];
+            break;
+        }
+    if (g && g->seen)
+        return 0; /* an earlier target owns the same selection */
+    if (g && g->id == v->target_id) {
+        g->seen = 1;
+        return 0;
+    }
+    if (!g && tp.n_ing == tp.cap_ing) {
+        size_t cap = tp.cap_ing ? tp.cap_ing * 2 : 16;
+        struct tp_ing *n = realloc(tp.ing, cap * sizeof(*n));
+        if (!n)
+            return 0;
+        tp.ing = n;
+        tp.cap_ing = cap;
+    }
+    int e = fl_bpf_add_ingress(tp.bpf, ns->cookie, v->port, c->family, c->addr, c->prefix,
+                               v->target_id);
+    if (e < 0) {
+        fl_warn("ingress: cannot select port %u of pod %s: %s", v->port, v->pod, strerror(-e));
+        return 0;
+    }
+    if (!g) {
+        g = &tp.ing[tp.n_ing++];
+        *g = (struct tp_ing){.ns_ino = ns->ino, .cookie = ns->cookie, .port = v->port, .from = *c};
+    }
+    g->id = v->target_id;
+    g->cgid = v->cgid;
+    g->seen = 1;
+    return 1;
+}
+
+static int ns_ingress_on(struct tp_ns *ns)
+{
+    int fds[2] = {-1, -1};
+    if (ns->ingress)
+        return 0;
+    if (!ns->n_l)
+        return -ENOTCONN; /* no listener (port taken): its connections go direct */
+    for (int i = 0; i < ns->n_l; i++) {
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *)&ns->l[i].tcp, &fd) == 0)
+            fds[ns->l[i].family == AF_INET6] = fd;
+    }
+    int e = fl_bpf_ingress_attach(tp.bpf, ns->cookie, ns->fd, fds[0], fds[1]);
+    if (e < 0) {
+        fl_warn("netns %llu: cannot attach the ingress program: %s; connections to its pods "
+                "go direct",
+                (unsigned long long)ns->cookie, strerror(-e));
+        return e;
+    }
+    ns->ingress = 1;
+    atomic_fetch_add(&tp.ingress_netns, 1);
+    fl_info("netns %llu: ingress attached (sk_lookup to the proxy on port %u)",
+            (unsigned long long)ns->cookie, tp.port);
+    return 0;
+}
+
+static void pods_ingress(void *arg, const struct fl_pods_ingress *v, size_t n)
+{
+    (void)arg;
+    for (size_t i = 0; i < tp.n_ing; i++)
+        tp.ing[i].seen = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct tp_ns *ns = ns_find(v[i].ns_ino);
+        if (!ns || ns_ingress_on(ns) < 0)
+            continue;
+        struct fl_cidr any4 = {.family = AF_INET}, any6 = {.family = AF_INET6};
+        const struct fl_cidr *cs[2] = {&v[i].from, NULL};
+        if (!v[i].from.family) {
+            cs[0] = &any4;
+            cs[1] = &any6;
+        }
+        for (int k = 0; k < 2 && cs[k]; k++)
+            if (ing_program(ns, &v[i], cs[k]) && v[i].reset)
+                ing_reset(&v[i], cs[k]);
+    }
+    for (size_t i = 0; i < tp.n_ing;)
+        if (!tp.ing[i].seen)
+            ing_remove(i);
+        else
+            i++;
+    for (struct tp_ns *ns = tp.nss; ns; ns = ns->next) {
+        int used = 0;
+        for (size_t i = 0; i < tp.n_ing && !used; i++)
+            used = tp.ing[i].ns_ino == ns->ino;
+        if (ns->ingress && !used)
+            ns_ingress_off(ns, "no ingress target selects its pods");
+    }
+}
+
 static const struct fl_pods_ops pods_ops = {
     .known_netns = pods_known_netns,
     .netns_found = pods_netns_found,
     .netns_in_use = pods_netns_in_use,
+    .ingress = pods_ingress,
+    .egress_reset = pods_egress_reset,
 };
 
 static void scan_timer_cb(uv_timer_t *t)
@@ -588,10 +927,21 @@ int fl_transparent_start(struct fl_worker *w, const struct fl_policy *p, const s
         *requirement = 1;
         goto fail_cg;
     }
+    if ((e = fl_transparent_check_reset(p, tp.bpf, err, errlen)) < 0)
+        goto fail_bpf;
+    tp.on_reset = o->on_reset;
+    tp.on_reset_arg = o->on_reset_arg;
+    tp.generation++;
     if ((e = fl_pods_new(&tp.pods, w->loop, tp.bpf, tp.cg, tp.port, &pods_ops)) < 0 ||
         (e = set_policy(p)) < 0) {
         snprintf(err, errlen, "out of memory");
         goto fail_bpf;
+    }
+    {
+        char why[256];
+        if (!fl_bpf_reset_available(tp.bpf) && fl_bpf_probe_sock_destroy(why, sizeof(why)))
+            fl_warn("existing: reset is not available: the kernel has bpf_sock_destroy but the "
+                    "TCP iterator did not load (see above)");
     }
     atomic_store(&tp.enabled, 1);
     atomic_store(&tp.sockmap, !o->no_sockmap);
@@ -620,13 +970,43 @@ int fl_transparent_start(struct fl_worker *w, const struct fl_policy *p, const s
     return 0;
 
 fail_bpf:
-    fl_pods_free(tp.pods);
+    if (tp.pods)
+        fl_pods_free(tp.pods);
     tp.pods = NULL;
     fl_bpf_close(tp.bpf);
     tp.bpf = NULL;
 fail_cg:
     leave_own_cgroup();
     return e;
+}
+
+int fl_transparent_check_reset(const struct fl_policy *p, struct fl_bpf *b, char *err,
+                               size_t errlen)
+{
+    char why[256] = "";
+    int ok = -1; /* not asked yet */
+
+    for (size_t i = 0; i < p->n_targets; i++) {
+        const struct fl_target_spec *t = &p->targets[i];
+        if (!t->existing_reset)
+            continue;
+        if (ok < 0) {
+            ok = fl_bpf_probe_sock_destroy(why, sizeof(why));
+            if (ok && b && !fl_bpf_reset_available(b)) {
+                ok = 0;
+                snprintf(why, sizeof(why), "its TCP iterator could not be loaded (the daemon's "
+                                           "log at startup says why)");
+            }
+        }
+        if (ok)
+            return 0;
+        snprintf(err, errlen,
+                 "%s:%d:%d: spec.targets[%zu].existing: reset is not available on this host: %s; "
+                 "use existing: keep (the default)",
+                 p->file ? p->file : "policy", t->line, t->col, i, why);
+        return -ENOTSUP;
+    }
+    return 0;
 }
 
 int fl_transparent_check(const struct fl_policy *p, char *err, size_t errlen)
@@ -646,7 +1026,7 @@ int fl_transparent_check(const struct fl_policy *p, char *err, size_t errlen)
                  tp.port, port);
         return -EINVAL;
     }
-    return 0;
+    return fl_transparent_check_reset(p, tp.bpf, err, errlen);
 }
 
 int fl_transparent_apply(const struct fl_policy *p, char *err, size_t errlen)
@@ -732,6 +1112,12 @@ void fl_transparent_stats(struct fl_transparent_stats *st)
     st->fail_open_events = atomic_load(&tp.fail_open_events);
     st->pods = fl_pods_count(tp.pods);
     st->netns = atomic_load(&tp.n_netns);
+    st->ingress = bs.ingress;
+    st->ingress_no_listener = bs.ingress_fail_open;
+    st->ingress_accepted = atomic_load(&tp.ingress_accepted);
+    st->ingress_netns = atomic_load(&tp.ingress_netns);
+    st->existing_reset = atomic_load(&tp.existing_reset);
+    st->sock_destroy = fl_bpf_reset_available(tp.bpf);
 }
 
 void fl_transparent_stop(void)
@@ -751,16 +1137,25 @@ void fl_transparent_stop(void)
     fl_transparent_stats(&st);
     fl_info("transparent mode: %llu connections redirected, %llu proxied, %llu without an "
             "original destination, %llu sent direct for want of a listener, %llu sk_msg "
-            "redirects, %llu fail-open events",
+            "redirects, %llu fail-open events; ingress: %llu handed over, %llu proxied; "
+            "existing: reset destroyed %llu",
             (unsigned long long)st.redirected, (unsigned long long)st.accepted,
             (unsigned long long)st.no_orig, (unsigned long long)st.no_listener,
-            (unsigned long long)st.msg_redirects, (unsigned long long)st.fail_open_events);
+            (unsigned long long)st.msg_redirects, (unsigned long long)st.fail_open_events,
+            (unsigned long long)st.ingress, (unsigned long long)st.ingress_accepted,
+            (unsigned long long)st.existing_reset);
     fl_bpf_set_enabled(tp.bpf, 0);
     tp.draining = 1;
     uv_close((uv_handle_t *)&tp.scan_timer, NULL);
     uv_close((uv_handle_t *)&tp.hb_timer, NULL);
     while (tp.nss)
         ns_close(tp.nss, NULL);
+    /* Reset jobs use the BPF object from the thread pool; they are short. */
+    for (int i = 0; atomic_load(&tp.resets_running) > 0 && i < 5000; i++)
+        usleep(1000);
+    free(tp.ing);
+    tp.ing = NULL;
+    tp.n_ing = tp.cap_ing = 0;
     /* The links go with the object: every hook detaches here. */
     fl_bpf_close(tp.bpf);
     tp.bpf = NULL;

@@ -10,6 +10,14 @@
  * with the original destination as the upstream and the target name as the
  * scope. A watchdog thread turns redirection off while the event loop stalls.
  *
+ * Ingress targets attach an sk_lookup program to each selected pod's netns
+ * that hands the connections arriving at the target's port to the same
+ * listeners; the proxy connects to the address the caller dialled from inside
+ * the netns, so the server sees the pod's own address as the client. With
+ * existing: reset, the connections a target finds established when it starts
+ * selecting are destroyed (bpf_sock_destroy), so they come back through the
+ * proxy.
+ *
  * sk_msg acceleration of the app<->proxy hop is on by default (--no-sockmap
  * turns it off). Caveat: with a SOCKHASH ingress redirect, a blocking read()
  * in an application that writes the same socket from another thread can
@@ -39,9 +47,16 @@ struct fl_worker;
 #define FL_TRANSPARENT_HEARTBEAT_MS 100 /* the loop proves it turns this often */
 #define FL_TRANSPARENT_STALL_MS 1000    /* heartbeat older than this: fail open */
 
+/* existing: reset destroyed n established connections of pod (its name, or
+ * its cgroup path) for target. Main loop's thread. */
+typedef void (*fl_transparent_reset_cb)(const char *target, const char *pod, unsigned n,
+                                        void *arg);
+
 struct fl_transparent_opts {
     int no_sockmap; /* 1: never accelerate app<->proxy bytes with sk_msg */
     int verbose;    /* forward libbpf debug output */
+    fl_transparent_reset_cb on_reset; /* NULL: none */
+    void *on_reset_arg;
 };
 
 struct fl_transparent_stats {
@@ -57,6 +72,12 @@ struct fl_transparent_stats {
     uint64_t fail_open_events; /* times the watchdog turned redirection off */
     unsigned pods;             /* pod cgroups enrolled */
     unsigned netns;            /* distinct pod netns with a listener */
+    uint64_t ingress;          /* connections sk_lookup handed to a proxy listener */
+    uint64_t ingress_accepted; /* of those, taken by the proxy */
+    uint64_t ingress_no_listener; /* matched an ingress target, no listener took it: direct */
+    unsigned ingress_netns;    /* netns with the sk_lookup program attached */
+    uint64_t existing_reset;   /* established connections destroyed (existing: reset) */
+    int sock_destroy;          /* existing: reset is available on this kernel */
 };
 
 /* Checks that this host can run transparent mode (root, BTF, cgroup v2, the
@@ -88,6 +109,14 @@ int fl_transparent_apply(const struct fl_policy *p, char *err, size_t errlen) FL
  * running: before fl_transparent_start() every policy with targets is refused. Returns
  * 0 or a negative errno with err set. */
 int fl_transparent_check(const struct fl_policy *p, char *err, size_t errlen) FL_WUR;
+
+/* Refuses (-ENOTSUP, err as "file:line:col: ...") a policy with a target
+ * saying existing: reset when this host cannot destroy sockets: the kernel
+ * lacks the bpf_sock_destroy kfunc, or (with b, a loaded BPF object) its
+ * iterator did not load. b may be NULL (faultline validate). */
+struct fl_bpf;
+int fl_transparent_check_reset(const struct fl_policy *p, struct fl_bpf *b, char *err,
+                               size_t errlen) FL_WUR;
 
 /* The Kubernetes view from now on (label selectors, Services): the pods are
  * looked for again at once. No-op when not started. */
