@@ -1202,7 +1202,9 @@ static void target_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_
     case 4:
         if (get_uint(x, v, path, 65535, &n) == 0) {
             if (n == 0)
-                err_at(x, v, "%s: give the port the pods serve on (1-65535)", path);
+                err_at(x, v, "%s: port 0 is not usable; give the port the pods serve on "
+                             "(1-65535)",
+                       path);
             t->port = (uint16_t)n;
         }
         break;

@@ -933,3 +933,54 @@ TEST(policy_regex_cost_bounded)
                                                      "{reset: {}}}\n");
     fl_policy_unref(p);
 }
+
+/* ---- ingress targets, existing ---- */
+
+TEST(policy_ingress_targets)
+{
+    struct fl_policy *p = unit_load(
+        UNIT_K8S_HEAD "    - name: in\n"
+                      "      direction: ingress\n"
+                      "      pods: {selector: {matchLabels: {app: orders}, namespace: shop}}\n"
+                      "      port: 8080\n"
+                      "      from: {cidr: 10.0.0.0/8}\n"
+                      "      existing: reset\n"
+                      "    - name: in6\n"
+                      "      direction: ingress\n"
+                      "      pods: {cgroup: /sys/fs/cgroup/orders}\n"
+                      "      port: 9090\n"
+                      "      from: {ip: \"fd77::5\"}\n"
+                      "    - name: out\n"
+                      "      direction: egress\n"
+                      "      pods: {cgroup: /sys/fs/cgroup/web}\n"
+                      "      destination: {cidr: 10.0.0.0/24, port: 80}\n"
+                      "      existing: keep\n");
+    ASSERT_UEQ(p->n_targets, 3);
+    const struct fl_target_spec *t = p->targets;
+    ASSERT_EQ(t[0].ingress, 1);
+    ASSERT_EQ(t[0].port, 8080);
+    ASSERT_EQ(t[0].from.family, AF_INET);
+    ASSERT_EQ(t[0].from.prefix, 8);
+    ASSERT_EQ(t[0].from.addr[0], 10);
+    ASSERT_EQ(t[0].existing_reset, 1);
+    ASSERT_EQ(t[0].dst.family, 0);
+    ASSERT_EQ(t[1].ingress, 1);
+    ASSERT_EQ(t[1].from.family, AF_INET6);
+    ASSERT_EQ(t[1].from.prefix, 128);
+    ASSERT_EQ(t[1].existing_reset, 0);
+    ASSERT_EQ(t[2].ingress, 0);
+    ASSERT_EQ(t[2].existing_reset, 0);
+    ASSERT_EQ(t[2].port, 80);
+    /* direction, from and existing take part in equality */
+    ASSERT_EQ(fl_policy_target_equal(&t[0], &t[0]), 1);
+    struct fl_target_spec c = t[1];
+    c.existing_reset = 1;
+    ASSERT_EQ(fl_policy_target_equal(&t[1], &c), 0);
+    c = t[1];
+    c.from.prefix = 64;
+    ASSERT_EQ(fl_policy_target_equal(&t[1], &c), 0);
+    c = t[2];
+    c.ingress = 1;
+    ASSERT_EQ(fl_policy_target_equal(&t[2], &c), 0);
+    fl_policy_unref(p);
+}
