@@ -1501,6 +1501,17 @@ static void check_names(struct ctx *x, struct fl_policy *p)
                         "names must be unique",
                         i, t->name, j);
     }
+    /* An ingress port that is the proxy's own would hand the proxy's
+     * listener its own connections. */
+    for (size_t i = 0; i < p->n_targets; i++) {
+        const struct fl_target_spec *t = &p->targets[i];
+        unsigned pp = p->proxy_port ? p->proxy_port : 15001;
+        if (t->ingress && t->port == pp)
+            err_pos(x, t->line, t->col,
+                    "spec.targets[%zu].port: %u is the proxy's own port in the pods "
+                    "(spec.proxy_port); set spec.proxy_port to a port the pods do not use",
+                    i, pp);
+    }
     for (size_t i = 0; i < p->n_rules; i++) {
         const struct fl_rule *r = &p->rules[i];
         for (size_t j = 0; j < i; j++)
