@@ -790,6 +790,33 @@ static void method_not_allowed(struct fl_admin_http_req *c, const char *allow)
 }
 
 /* The admin_http handler: one complete request, by endpoint. */
+/* Probes for a DaemonSet, on the admin socket and the metrics port. The
+ * admin API runs on the main loop, which is also the proxy's first loop and
+ * the one that accepts transparent connections: an answer at all is its
+ * heartbeat. /healthz (liveness) is 200 whenever it answers; its body says
+ * how the API watch fares, which never fails liveness (a node cut off from
+ * the API server must keep running). /readyz (readiness) is 503 until the
+ * watch has listed the pods, and while it is failing. */
+static void get_health(struct fl_admin_http_req *c, int ready)
+{
+    struct fl_transparent_stats tp;
+    fl_transparent_stats(&tp);
+    json_t *k = fl_kubernetes_status_json();
+    json_t *kerr = k ? json_object_get(k, "error") : NULL;
+    int synced = !k || json_is_true(json_object_get(k, "pods_synced"));
+    int failing = kerr && !json_is_null(kerr);
+    int ok = !ready || (synced && !failing);
+    json_t *o = json_pack("{s:s,s:b}", "status", ok ? "ok" : "unavailable", "loop", 1);
+    if (tp.active)
+        json_object_set_new(o, "redirecting", json_boolean(tp.enabled));
+    if (k) {
+        json_object_set_new(o, "kubernetes", json_pack("{s:b,s:O}", "pods_synced", synced, "error",
+                                                       kerr ? kerr : json_null()));
+        json_decref(k);
+    }
+    fl_admin_http_json(c, ok ? 200 : 503, o);
+}
+
 static void dispatch(struct fl_admin_http_req *c)
 {
     const char *m = fl_admin_http_method(c);
@@ -804,8 +831,15 @@ static void dispatch(struct fl_admin_http_req *c)
             get_metrics(c);
         return;
     }
+    if (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0) {
+        if (!get)
+            method_not_allowed(c, "GET");
+        else
+            get_health(c, path[1] == 'r');
+        return;
+    }
     if (fl_admin_http_metrics_only(c)) {
-        fl_admin_http_error(c, 404, "only /metrics is served on this port");
+        fl_admin_http_error(c, 404, "only /metrics, /healthz and /readyz are served on this port");
         return;
     }
     if (strcmp(path, "/v1/status") == 0) {

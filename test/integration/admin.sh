@@ -368,6 +368,9 @@ check "  ... counters survive applies (aborts injected: $inj_before before them,
 rc 0 "--metrics-listen serves /metrics over TCP" curl -sf "http://127.0.0.1:$METRICS/metrics"
 check "  ... with the same metrics" grep -q "^faultline_requests_total [0-9]" "$T/out"
 rc 22 "--metrics-listen serves nothing else (404)" curl -sf "http://127.0.0.1:$METRICS/v1/status"
+rc 0 "--metrics-listen serves /healthz (liveness)" curl -sf "http://127.0.0.1:$METRICS/healthz"
+check "  ... which says the loop answers" grep -q '"status":"ok","loop":true' "$T/out"
+rc 0 "  ... and /readyz (ready: no API watch to wait for)" curl -sf "http://127.0.0.1:$METRICS/readyz"
 rc 0 "the HTTP API answers unknown paths with 404 JSON" sh -c "curl -s --unix-socket '$SOCK' -w '%{http_code}' http://x/v2/nope | grep -q '404$'"
 
 # ---- several workers: fault lines from worker threads reach the stream ----

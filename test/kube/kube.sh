@@ -228,6 +228,8 @@ out=$("$BIN" run -f "$TMP/policy.yaml" --admin "$TMP/x.sock" 2>&1); rc=$?
     ok "a selector target without --kubernetes: exit 2, says to add it" || bad "no --kubernetes: rc $rc" "$out"
 
 start_daemon --kubeconfig "$KAPI_KUBECONFIG" --kube-watch-timeout 5s || exit 1
+code_r=$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$TMP/admin.sock" http://x/readyz)
+[ "$code_r" = 200 ] && ok "/readyz: 200 once the pods are listed" || bad "/readyz after start: $code_r"
 
 # ---- selection ----
 ms=$(wait_state shop/checkout-a steered 5) && ok "shop/checkout-a (Burstable, cgroupfs) steered (${ms} ms after start)" ||
@@ -352,6 +354,11 @@ e=$(status_json | jq -r '.kubernetes.error // ""')
 [ "$bad_probes" = 0 ] && [ "$probes" -ge 10 ] && ok "the API server answers 500 for 10 s: $probes requests through the proxy all answered as before" ||
     bad "during 500s: $bad_probes of $probes probes wrong"
 grep -q "HTTP 500" <<<"$e" && ok "  ... status says what fails: $e" || bad "status error during 500s: $e"
+code_h=$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$TMP/admin.sock" http://x/healthz)
+code_r=$(curl -s -o "$TMP/readyz" -w '%{http_code}' --unix-socket "$TMP/admin.sock" http://x/readyz)
+[ "$code_h" = 200 ] && [ "$code_r" = 503 ] && grep -q 'HTTP 500' "$TMP/readyz" &&
+    ok "  ... /healthz stays 200 (liveness), /readyz is 503 and says why" ||
+    bad "probes during 500s: healthz $code_h readyz $code_r" "$(cat "$TMP/readyz")"
 kapi_ctl unfail
 # After 10 s of failures the backoff (jittered, doubling to 30 s) may wait up
 # to 30 s before the next try.
