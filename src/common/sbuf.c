@@ -35,9 +35,21 @@ void fl_sbuf_printf(struct fl_sbuf *b, const char *fmt, ...)
     va_end(ap);
     if (n < 0)
         return;
-    if ((size_t)n >= sizeof(tmp))
-        n = sizeof(tmp) - 1;
-    fl_sbuf_add(b, tmp, (size_t)n);
+    if ((size_t)n < sizeof(tmp)) {
+        fl_sbuf_add(b, tmp, (size_t)n);
+        return;
+    }
+    /* Longer than the stack buffer: format again into the heap, never cut. */
+    char *big = malloc((size_t)n + 1);
+    if (!big) {
+        b->oom = 1;
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    fl_sbuf_add(b, big, (size_t)n);
+    free(big);
 }
 
 void fl_sbuf_free(struct fl_sbuf *b)

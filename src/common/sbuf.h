@@ -14,7 +14,7 @@ struct fl_sbuf {
 };
 
 void fl_sbuf_add(struct fl_sbuf *b, const char *s, size_t n);
-/* At most 1 KiB per call; longer output is cut. */
+/* Appends the formatted text, whatever its length (a failed allocation sets oom). */
 void fl_sbuf_printf(struct fl_sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Frees the text. Accepts a zeroed buffer. */
 void fl_sbuf_free(struct fl_sbuf *b);
