@@ -13,7 +13,7 @@
 #   netns N ---- 10.77.64.2 | fd77:64::2   <->  10.77.64.1 | fd77:64::1   pod S
 #
 # usage: test/bpf/ingress.sh [path/to/faultline]
-#   FL_INGRESS_PHASES=direct,ingress,existing,nokfunc,failopen   the phases to run (default: all)
+#   FL_INGRESS_PHASES=direct,ingress,existing,nokfunc,watchdog,failopen   the phases to run (default: all)
 set -u
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -732,9 +732,43 @@ c=$(cget host4 -o /dev/null -w '%{http_code}' "http://10.77.61.2:$P/abort/nk2")
 stop_daemon
 }
 
-# FL_INGRESS_PHASES=direct,ingress,existing,nokfunc,failopen (default: all, in this order)
-for ph in direct ingress existing nokfunc failopen; do
-    [[ ",${FL_INGRESS_PHASES:-direct,ingress,existing,nokfunc,failopen}," == *",$ph,"* ]] && "phase_$ph"
+# =====================================================================
+# 5. The watchdog covers ingress: a stalled event loop (its stderr a pipe
+#    that stops being read while SIGHUP reloads make it log) sends new
+#    connections to the server directly, and steering comes back after
+# =====================================================================
+phase_watchdog() {
+local out piper
+mkfifo "$TMP/err.fifo"
+: >"$TMP/wd.log"
+python3 "$TP" pipe "$TMP/err.fifo" "$TMP/wd.log" & piper=$!; disown $piper
+PIDS+=($piper)
+"$BIN" run -f "$TMP/main.yaml" --fault-log "$TMP/faults.log" --admin "$TMP/admin.sock" \
+    2>"$TMP/err.fifo" >/dev/null &
+DPID=$!
+DPIDS+=($DPID)
+for _ in $(seq 100); do grep -q ' ready ' "$TMP/wd.log" && break; sleep 0.05; done
+c=$(cget host4 -o /dev/null -w '%{http_code}' "http://10.77.61.2:$P/abort/before-stall")
+[ "$c" = 503 ] && ok "watchdog: ingress faults before the stall" || bad "before the stall: $c"
+kill -USR1 $piper
+for _ in $(seq 60); do kill -HUP "$DPID"; sleep 0.03; done
+sleep 1.6
+out=$(cget host4 -i -m 3 "http://10.77.61.2:$P/abort/during-stall")
+grep -q '^HTTP/1.[01] 200' <<<"$out" &&
+    ok "watchdog: with the loop stalled, a new ingress connection reaches the server directly" ||
+    bad "during the stall" "$(head -3 <<<"$out")"
+kill -USR2 $piper
+for _ in $(seq 50); do grep -q 'redirection is back on' "$TMP/wd.log" && break; sleep 0.1; done
+sleep 0.3
+c=$(cget host4 -o /dev/null -w '%{http_code}' "http://10.77.61.2:$P/abort/after-stall")
+[ "$c" = 503 ] && ok "watchdog: ingress steered again once the loop turns" || bad "after the stall: $c"
+stop_daemon
+cat "$TMP/wd.log" >>"$SAVED_LOG"
+}
+
+# FL_INGRESS_PHASES=direct,ingress,existing,nokfunc,watchdog,failopen (default: all, in this order)
+for ph in direct ingress existing nokfunc watchdog failopen; do
+    [[ ",${FL_INGRESS_PHASES:-direct,ingress,existing,nokfunc,watchdog,failopen}," == *",$ph,"* ]] && "phase_$ph"
 done
 
 # Sanitizer reports in any daemon's log (the ASan tree)
