@@ -246,7 +246,7 @@ static void halt_file_seen(int exists)
     if (exists != admin.halt_file_on) {
         admin.halt_file_on = exists;
         /* Resumes only the halt the file caused; a later halt by other means latches. */
-        fl_runtime_hold_halt(exists, reason, "remove that file to resume");
+        fl_runtime_hold_halt(FL_HALT_FILE, exists, reason, "remove that file to resume");
     }
 }
 

@@ -9,6 +9,7 @@
 #include "config.h"
 #include "faultlog.h"
 #include "log.h"
+#include "runtime.h"
 #include "transparent.h"
 #include "watch.h"
 
@@ -18,6 +19,11 @@ static struct {
     char node[256];
     unsigned timeout_s;
     struct fl_kube_watch *watch;
+    char ns[256]; /* the daemon's namespace: where the halt ConfigMap lives */
+    /* The cluster halt as last known. */
+    int halt_known, halted;
+    char halt_reason[512];
+    uint64_t halt_seq; /* the view it was read from */
 } kube;
 
 int fl_kubernetes_prepare(const struct fl_kubernetes_opts *o, char *err, size_t errlen)
@@ -40,15 +46,47 @@ int fl_kubernetes_prepare(const struct fl_kubernetes_opts *o, char *err, size_t 
         return e;
     }
     snprintf(kube.node, sizeof(kube.node), "%s", node);
+    const char *ns = getenv("POD_NAMESPACE");
+    snprintf(kube.ns, sizeof(kube.ns), "%s", ns && *ns ? ns : "faultline-system");
     snprintf(fl_faultlog_node, sizeof(fl_faultlog_node), "%s", node);
     kube.timeout_s = o->watch_timeout_s;
     kube.enabled = 1;
     return 0;
 }
 
+/* The cluster halt follows the ConfigMap: halted while it exists. Until it
+ * has been listed, and while the API server cannot be reached, the last
+ * known state stays (a view keeps what was last seen). */
+static void follow_halt(const struct fl_kube_view *v)
+{
+    if (!v->halt_synced)
+        return;
+    const char *why = v->halt_reason && *v->halt_reason ? v->halt_reason : "no reason given";
+    int changed = !kube.halt_known || kube.halted != v->halted ||
+                  (v->halted && strcmp(kube.halt_reason, why) != 0);
+    kube.halt_known = 1;
+    kube.halted = v->halted;
+    snprintf(kube.halt_reason, sizeof(kube.halt_reason), "%s", v->halted ? why : "");
+    if (!changed)
+        return;
+    char reason[700], todo[400];
+    snprintf(reason, sizeof(reason), "cluster halt (ConfigMap %s/%s): %s", kube.ns,
+             FL_KUBE_HALT_NAME, kube.halt_reason);
+    snprintf(todo, sizeof(todo), "delete ConfigMap %s/%s to resume every node ('kubectl "
+             "faultline resume')", kube.ns, FL_KUBE_HALT_NAME);
+    if (v->halted) {
+        fl_runtime_hold_halt(FL_HALT_CLUSTER, 1, reason, todo);
+    } else {
+        fl_info("kubernetes: ConfigMap %s/%s is gone: the cluster halt ends", kube.ns,
+                FL_KUBE_HALT_NAME);
+        fl_runtime_hold_halt(FL_HALT_CLUSTER, 0, "", "");
+    }
+}
+
 static void on_view(struct fl_kube_view *v, void *arg)
 {
     (void)arg;
+    follow_halt(v);
     fl_transparent_set_view(v);
     fl_kube_view_unref(v);
 }
@@ -59,14 +97,16 @@ int fl_kubernetes_start(uv_loop_t *loop, char *err, size_t errlen)
         return 0;
     struct fl_kube_watch_opts wo = {.cfg = &kube.cfg,
                                     .node = kube.node,
+                                    .halt_namespace = kube.ns,
                                     .watch_timeout_s = kube.timeout_s,
                                     .loop = loop,
                                     .on_view = on_view};
     int e = fl_kube_watch_start(&kube.watch, &wo, err, errlen);
     if (e < 0)
         return e;
-    fl_info("kubernetes: watching the pods of node %s through %s (%s)", kube.node,
-            kube.cfg.server, kube.cfg.source);
+    fl_info("kubernetes: watching the pods of node %s and the cluster halt (ConfigMap %s/%s) "
+            "through %s (%s)",
+            kube.node, kube.ns, FL_KUBE_HALT_NAME, kube.cfg.server, kube.cfg.source);
     return 0;
 }
 
@@ -133,11 +173,18 @@ json_t *fl_kubernetes_status_json(void)
         json_array_append_new(pods, json_pack("{s:s,s:s?,s:s,s:s}", "pod", tp[i].pod, "cgroup",
                                               tp[i].cgroup, "target", tp[i].target, "state",
                                               tp[i].state));
-    return json_pack("{s:s,s:s,s:s,s:b,s:s?,s:I,s:I,s:I,s:o}", "node", kube.node, "server",
+    /* "current": false while the API server cannot be reached: the state is
+     * the last one known, kept until it answers again. */
+    json_t *halt = json_pack("{s:s,s:b,s:b,s:s?,s:b}", "configmap", FL_KUBE_HALT_NAME, "known",
+                             kube.halt_known, "halted", kube.halt_known && kube.halted, "reason",
+                             kube.halt_known && kube.halted ? kube.halt_reason : NULL, "current",
+                             kube.halt_known && !st.failing);
+    json_object_set_new(halt, "namespace", json_string(kube.ns));
+    return json_pack("{s:s,s:s,s:s,s:b,s:s?,s:I,s:I,s:I,s:o,s:o}", "node", kube.node, "server",
                      kube.cfg.server, "credentials", kube.cfg.source, "pods_synced",
                      st.pods_synced, "error", st.failing ? st.error : NULL, "events",
                      (json_int_t)st.events, "relists", (json_int_t)st.relists, "errors",
-                     (json_int_t)st.errors, "pods", pods);
+                     (json_int_t)st.errors, "pods", pods, "cluster_halt", halt);
 }
 
 void fl_kubernetes_stop(void)

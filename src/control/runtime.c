@@ -25,8 +25,10 @@ static struct {
     int n_snaps;
     unsigned long long gen_counter;
     char halt_reason[RT_REASON_MAX];
-    char hold_reason[RT_REASON_MAX]; /* a halt source holds: "" when none */
-    char hold_todo[RT_REASON_MAX];
+    struct {
+        char reason[RT_REASON_MAX]; /* "" while this source does not hold */
+        char todo[RT_REASON_MAX];
+    } holds[FL_HALT_SOURCES];
     struct {
         fl_event_cb cb;
         void *arg;
@@ -184,9 +186,22 @@ static void halt_as(const char *reason, const char *what_to_do)
     fl_runtime_emit(&ev);
 }
 
+/* The first source that holds, or NULL. */
+static const char *holding(const char **todo)
+{
+    for (int i = 0; i < FL_HALT_SOURCES; i++)
+        if (runtime.holds[i].reason[0]) {
+            if (todo)
+                *todo = runtime.holds[i].todo;
+            return runtime.holds[i].reason;
+        }
+    return NULL;
+}
+
 void fl_runtime_halt(const char *reason)
 {
-    halt_as(reason, runtime.hold_reason[0] ? runtime.hold_todo : "resume with 'faultctl resume'");
+    const char *todo = NULL;
+    halt_as(reason, holding(&todo) ? todo : "resume with 'faultctl resume'");
 }
 
 static void resume_now(void)
@@ -199,8 +214,9 @@ static void resume_now(void)
 
 int fl_runtime_resume(char *err, size_t errlen)
 {
-    if (runtime.hold_reason[0]) {
-        snprintf(err, errlen, "halted by %s; %s", runtime.hold_reason, runtime.hold_todo);
+    const char *todo = NULL, *by = holding(&todo);
+    if (by) {
+        snprintf(err, errlen, "halted by %s; %s", by, todo);
         return -EBUSY;
     }
     if (fl_runtime_halted())
@@ -208,17 +224,31 @@ int fl_runtime_resume(char *err, size_t errlen)
     return 0;
 }
 
-void fl_runtime_hold_halt(int on, const char *reason, const char *what_to_do)
+void fl_runtime_hold_halt(enum fl_halt_source src, int on, const char *reason,
+                          const char *what_to_do)
 {
+    if ((int)src < 0 || src >= FL_HALT_SOURCES)
+        return;
     if (on) {
-        snprintf(runtime.hold_reason, sizeof(runtime.hold_reason), "%s", reason);
-        snprintf(runtime.hold_todo, sizeof(runtime.hold_todo), "%s", what_to_do);
+        /* Held already for the same reason: nothing new to say. */
+        if (fl_runtime_halted() && strcmp(runtime.holds[src].reason, reason) == 0)
+            return;
+        snprintf(runtime.holds[src].reason, sizeof(runtime.holds[src].reason), "%s", reason);
+        snprintf(runtime.holds[src].todo, sizeof(runtime.holds[src].todo), "%s", what_to_do);
         halt_as(reason, what_to_do);
         return;
     }
-    int mine = fl_runtime_halted() && strcmp(runtime.halt_reason, runtime.hold_reason) == 0;
-    runtime.hold_reason[0] = 0;
-    if (mine)
+    if (!runtime.holds[src].reason[0])
+        return;
+    int mine = fl_runtime_halted() && strcmp(runtime.halt_reason, runtime.holds[src].reason) == 0;
+    runtime.holds[src].reason[0] = 0;
+    if (!mine)
+        return;
+    /* Another source still holds: the halt stays, with its reason. */
+    const char *todo = NULL, *other = holding(&todo);
+    if (other)
+        halt_as(other, todo);
+    else
         resume_now();
 }
 

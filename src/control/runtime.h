@@ -118,10 +118,19 @@ void fl_runtime_carry_counters(struct fl_policy *p);
  * (fl_runtime_hold_halt) resuming is refused: -EBUSY, err says what to do. */
 void fl_runtime_halt(const char *reason);
 int fl_runtime_resume(char *err, size_t errlen) FL_WUR;
-/* A halt source that is on or off, not a command: the HALT file while it
- * exists. On: halts with reason, and latches until off. Off: resumes if the
- * halt in force is the one it made. what_to_do ends refusals of resume. */
-void fl_runtime_hold_halt(int on, const char *reason, const char *what_to_do);
+/* Halt sources: states, not commands. */
+enum fl_halt_source {
+    FL_HALT_FILE,    /* the HALT file, while it exists */
+    FL_HALT_CLUSTER, /* the faultline-halt ConfigMap, while it exists */
+    FL_HALT_SOURCES
+};
+/* A halt source is on or off. On: halts with reason, and resuming is refused
+ * until it is off. Off: resumes if the halt in force is the one it made and
+ * no other source holds (else the halt stays, with that source's reason).
+ * what_to_do ends refusals of resume. Turning a source on again with the same
+ * reason does nothing. */
+void fl_runtime_hold_halt(enum fl_halt_source src, int on, const char *reason,
+                          const char *what_to_do);
 int fl_runtime_halted(void);
 /* The reason of the halt in force ("" when not halted). */
 const char *fl_runtime_halt_reason(void);

@@ -210,6 +210,7 @@ void fl_kube_view_unref(struct fl_kube_view *v)
         fl_kube_service_fini(&v->svcs[i]);
     free(v->svcs);
     free(v->node);
+    free(v->halt_reason);
     free(v);
 }
 

@@ -60,7 +60,14 @@ struct fl_kube_view {
     struct fl_kube_service *svcs;
     size_t n_svcs;
     int pods_synced; /* the Pods of the node have been listed at least once */
+    /* The cluster halt: the ConfigMap FL_KUBE_HALT_NAME in the daemon's namespace. */
+    int halt_watched; /* it is watched */
+    int halt_synced;  /* listed at least once: halted is known */
+    int halted;       /* it exists (as last seen) */
+    char *halt_reason; /* its data.reason ("" without one), or NULL */
 };
+
+#define FL_KUBE_HALT_NAME "faultline-halt"
 
 /* A destination a Service target resolves to: an address (cluster IP or
  * endpoint) and the port connections to it use. */

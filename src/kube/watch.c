@@ -30,7 +30,7 @@
 #define VIEW_MIN_MS 100 /* views of a burst of events are this far apart at least */
 #define BODY_MAX (64u << 20)
 
-enum kind { K_PODS, K_SVC, K_EPS };
+enum kind { K_PODS, K_SVC, K_EPS, K_HALT };
 enum state { S_WAIT, S_LIST, S_WATCH };
 
 struct informer {
@@ -118,7 +118,10 @@ static void set_error(struct fl_kube_watch *w, struct informer *in, const char *
     snprintf(w->st.error, sizeof(w->st.error), "%s", msg);
     pthread_mutex_unlock(&w->mu);
     if (!again)
-        fl_warn("kubernetes: %s: %s", in->what, msg);
+        fl_warn("kubernetes: %s: %s%s", in->what, msg,
+                in->kind == K_HALT ? "; the last known cluster halt state stays in force "
+                                     "until the API server answers ('faultctl status' shows it)"
+                                   : "");
 }
 
 static void set_ok(struct fl_kube_watch *w, struct informer *in)
@@ -168,6 +171,13 @@ static struct informer *informer_new(struct fl_kube_watch *w, enum kind kind, co
         snprintf(buf, sizeof(buf), "Service %s/%s", ns, name);
         in->what = strdup(buf);
         snprintf(buf, sizeof(buf), "/api/v1/namespaces/%s/services", ns);
+        in->path = strdup(buf);
+        snprintf(sel, sizeof(sel), "metadata.name=%s", name);
+        break;
+    case K_HALT:
+        snprintf(buf, sizeof(buf), "ConfigMap %s/%s (the cluster halt)", ns, name);
+        in->what = strdup(buf);
+        snprintf(buf, sizeof(buf), "/api/v1/namespaces/%s/configmaps", ns);
         in->path = strdup(buf);
         snprintf(sel, sizeof(sel), "metadata.name=%s", name);
         break;
@@ -672,6 +682,18 @@ static struct fl_kube_view *build_view(struct fl_kube_watch *w)
         }
     }
     qsort(v->pods, v->n_pods, sizeof(*v->pods), cmp_pod);
+    struct informer *halt = find(w, K_HALT, NULL);
+    if (halt) {
+        v->halt_watched = 1;
+        v->halt_synced = halt->synced;
+        json_object_foreach(halt->store, k, o)
+        {
+            json_t *r = json_object_get(json_object_get(o, "data"), "reason");
+            v->halted = 1;
+            free(v->halt_reason);
+            v->halt_reason = strdup(json_is_string(r) ? json_string_value(r) : "");
+        }
+    }
     for (struct informer *in = w->list; in; in = in->next) {
         if (in->kind != K_SVC || in->removed)
             continue;
@@ -731,7 +753,7 @@ static void apply_wanted(struct fl_kube_watch *w)
     }
     w->want_changed = 0;
     for (struct informer *in = w->list; in; in = in->next) {
-        if (in->kind == K_PODS)
+        if (in->kind == K_PODS || in->kind == K_HALT)
             continue;
         int keep = 0;
         for (size_t i = 0; i < w->n_want && !keep; i++)
@@ -894,7 +916,8 @@ int fl_kube_watch_start(struct fl_kube_watch **out, const struct fl_kube_watch_o
     snprintf(w->st.server, sizeof(w->st.server), "%s", c->server);
     snprintf(w->st.source, sizeof(w->st.source), "%s", c->source ? c->source : "");
     w->multi = curl_multi_init();
-    if (!w->cfg.server || !w->node || !w->multi || !informer_new(w, K_PODS, NULL, NULL)) {
+    if (!w->cfg.server || !w->node || !w->multi || !informer_new(w, K_PODS, NULL, NULL) ||
+        (o->halt_namespace && !informer_new(w, K_HALT, o->halt_namespace, FL_KUBE_HALT_NAME))) {
         snprintf(err, errlen, "out of memory starting the Kubernetes watch");
         goto fail;
     }

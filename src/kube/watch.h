@@ -3,7 +3,8 @@
  *
  * One thread runs every watch on a libcurl multi handle: the Pods on this
  * node (fieldSelector spec.nodeName), and for each Service a target names,
- * that Service (fieldSelector metadata.name) and its EndpointSlices
+ * the cluster halt ConfigMap in the daemon's namespace (fieldSelector
+ * metadata.name), that Service (fieldSelector metadata.name) and its EndpointSlices
  * (labelSelector kubernetes.io/service-name). Each is listed in pages
  * (limit, continue), then watched from the list's resourceVersion with
  * bookmarks and a server-side timeout, and watched again from the last
@@ -32,6 +33,7 @@ struct fl_kube_watch;
 struct fl_kube_watch_opts {
     const struct fl_kube_config *cfg; /* copied */
     const char *node;                 /* this node's name */
+    const char *halt_namespace;       /* watch the ConfigMap FL_KUBE_HALT_NAME there; NULL: no */
     unsigned watch_timeout_s;         /* the watches' timeoutSeconds; 0: 300 */
     uv_loop_t *loop;
     /* On the loop's thread: the newest view (a reference the callee owns). */

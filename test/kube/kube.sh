@@ -195,6 +195,7 @@ spec:
 EOF
 
 NDAEMON=0
+export POD_NAMESPACE=faultline-system # the cluster halt ConfigMap lives there
 start_daemon() { # ARGS...
     : >"$TMP/faults.log"
     NDAEMON=$((NDAEMON + 1))
@@ -228,7 +229,11 @@ out=$("$BIN" run -f "$TMP/policy.yaml" --admin "$TMP/x.sock" 2>&1); rc=$?
     ok "a selector target without --kubernetes: exit 2, says to add it" || bad "no --kubernetes: rc $rc" "$out"
 
 start_daemon --kubeconfig "$KAPI_KUBECONFIG" --kube-watch-timeout 5s || exit 1
-code_r=$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$TMP/admin.sock" http://x/readyz)
+for _ in $(seq 40); do
+    code_r=$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$TMP/admin.sock" http://x/readyz)
+    [ "$code_r" = 200 ] && break
+    sleep 0.05
+done
 [ "$code_r" = 200 ] && ok "/readyz: 200 once the pods are listed" || bad "/readyz after start: $code_r"
 
 # ---- selection ----
@@ -311,6 +316,54 @@ ms_ok "$ms" 1500 && ok "  ... and the old one is no longer steered" || bad "old 
 
 # ---- the API server misbehaves; faultline keeps its state and recovers ----
 probe() { curl_in "$CGB/ctr1" b "http://10.77.200.10:$SVCPORT/abort/probe"; }
+
+# ---- the cluster halt: ConfigMap faultline-halt in the daemon's namespace ----
+HALT_CM=/api/v1/namespaces/faultline-system/configmaps
+wait_probe() { # CODE SECS: prints the ms until probe() answers CODE, or "never"
+    local t0 c i
+    t0=$(date +%s%N)
+    for ((i = 0; i < $2 * 20; i++)); do
+        c=$(probe)
+        [ "$c" = "$1" ] && { echo $((($(date +%s%N) - t0) / 1000000)); return 0; }
+        sleep 0.05
+    done
+    echo "never (last $c)"
+    return 1
+}
+[ "$(probe)" = 503 ] || bad "before the cluster halt: probe not faulted"
+kapi POST /api/v1/namespaces '{"metadata":{"name":"faultline-system"}}' >/dev/null
+out=$(kapi POST "$HALT_CM" '{"metadata":{"name":"faultline-halt"},"data":{"reason":"game day over"}}')
+jq -e '.metadata.name == "faultline-halt"' <<<"$out" >/dev/null || bad "creating the ConfigMap" "$out"
+ms=$(wait_probe 200 5)
+ms_ok "$ms" 1000 && ok "ConfigMap faultline-halt created: every fault stops within ${ms} ms" || bad "cluster halt: $ms"
+s=$(status_json)
+[ "$(jq -r .halted <<<"$s")" = true ] && jq -r .halt_reason <<<"$s" | grep -q 'ConfigMap faultline-system/faultline-halt.*game day over' &&
+    [ "$(jq -r .kubernetes.cluster_halt.halted <<<"$s")" = true ] &&
+    ok "  ... status: halted, with the ConfigMap and its data.reason" || bad "halt status" "$(jq '{halted,halt_reason,k:.kubernetes.cluster_halt}' <<<"$s")"
+out=$("$CTL" --admin "$TMP/admin.sock" resume 2>&1) && bad "faultctl resume during a cluster halt succeeded" "$out" ||
+    { grep -q 'delete ConfigMap faultline-system/faultline-halt' <<<"$out" &&
+        ok "  ... faultctl resume is refused and says to delete the ConfigMap" || bad "resume refusal" "$out"; }
+kapi DELETE "$HALT_CM/faultline-halt" >/dev/null
+ms=$(wait_probe 503 5)
+ms_ok "$ms" 1000 && ok "ConfigMap deleted: faults resume within ${ms} ms" || bad "cluster resume: $ms"
+# Cut off from the API server while halted: the halt stays, and it says so.
+kapi POST "$HALT_CM" '{"metadata":{"name":"faultline-halt"},"data":{"reason":"again"}}' >/dev/null
+ms=$(wait_probe 200 5) || bad "second cluster halt: $ms"
+kapi_ctl fail "path=$HALT_CM&status=503&count=100000&method=GET"
+kapi_ctl cut
+sleep 3
+kapi DELETE "$HALT_CM/faultline-halt" >/dev/null # unseen: the watch fails
+c=$(probe)
+s=$(status_json)
+[ "$c" = 200 ] && [ "$(jq -r .kubernetes.cluster_halt.current <<<"$s")" = false ] &&
+    [ "$(jq -r .kubernetes.cluster_halt.halted <<<"$s")" = true ] &&
+    grep -q 'the last known cluster halt state stays in force' "$TMP/daemon.log" &&
+    ok "the API server fails: the last known halt stays, status says it is not current, the log says so" ||
+    bad "halt while the API fails: probe $c" "$(jq -c .kubernetes.cluster_halt <<<"$s"; grep -i halt "$TMP/daemon.log" | tail -3)"
+kapi_ctl unfail
+ms=$(wait_probe 503 35)
+[[ "$ms" =~ ^[0-9]+$ ]] && ok "  ... it answers again: the deletion is seen, faults resume (${ms} ms)" || bad "after the API returns: $ms"
+
 relabel_check() { # APP [SECS]: relabelling web-d must still be followed
     local v=$1
     kapi PATCH /api/v1/namespaces/shop/pods/web-d "{\"metadata\":{\"labels\":{\"app\":\"$v\"}}}" >/dev/null
@@ -323,7 +376,7 @@ ms=$(relabel_check web) && ok "  ... and a label change after it is followed (${
 kapi_ctl cut
 ms=$(relabel_check checkout) && ok "a watch cut mid-stream: the next change is followed (${ms} ms)" || bad "after cut: $ms"
 # The next watch of each resource goes silent: no event, no bookmark, never ends.
-kapi_ctl silence count=3
+kapi_ctl silence count=4
 kapi_ctl cut
 sleep 1
 kapi PATCH /api/v1/namespaces/shop/pods/web-d '{"metadata":{"labels":{"app":"web"}}}' >/dev/null
