@@ -28,6 +28,11 @@
 
 struct ctx {
     const char *file;
+    /* A FaultPolicy resource (metadata.namespace given): no listeners, its
+     * selectors' namespace is its own. */
+    int resource;
+    const char *res_ns;
+    int no_positions; /* from the API: errors name the path in the spec, not line:col */
     yaml_document_t *doc;
     struct fl_policy_errors *errs;
     size_t n_errors; /* counted even past MAX_ERRORS or when a message cannot be stored */
@@ -49,7 +54,8 @@ static void add_error(struct fl_policy_errors *errs, const char *msg)
 static void verr_pos(struct ctx *x, size_t line, size_t col, const char *fmt, va_list ap)
 {
     char msg[1024];
-    int k = snprintf(msg, sizeof(msg), "%s:%zu:%zu: ", x->file, line, col);
+    int k = x->no_positions ? snprintf(msg, sizeof(msg), "%s: ", x->file)
+                            : snprintf(msg, sizeof(msg), "%s:%zu:%zu: ", x->file, line, col);
     if (k < 0 || (size_t)k >= sizeof(msg))
         k = 0;
     vsnprintf(msg + k, sizeof(msg) - (size_t)k, fmt, ap);
@@ -1095,7 +1101,15 @@ static void pods_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
             return;
         struct sel_walk w = {t->selector, 0};
         walk_map(x, v, path, selector_keys, selector_pair, &w);
-        if (!has_key(x, v, "namespace"))
+        if (x->resource) {
+            yaml_node_t *nk = map_key(x, v, "namespace");
+            if (nk)
+                err_at(x, nk, "%s.namespace: not allowed in a FaultPolicy resource: it selects "
+                              "pods in its own namespace (%s); create the resource there",
+                       path, x->res_ns);
+            else
+                t->selector->ns = strdup(x->res_ns);
+        } else if (!has_key(x, v, "namespace"))
             err_at(x, v, "%s: give 'namespace' (in a file the pods' namespace must be named; a "
                          "FaultPolicy resource uses its own)",
                    path);
@@ -1277,6 +1291,10 @@ static void target_done(struct ctx *x, yaml_node_t *it, struct fl_target_spec *t
     }
     if (!t->svc_name || t->svc_ns)
         return;
+    if (x->resource) { /* a bare Service is in the resource's namespace */
+        t->svc_ns = strdup(x->res_ns);
+        return;
+    }
     if (t->selector) {
         /* Without a namespace the selector has been reported already. */
         if (t->selector->ns)
@@ -1326,6 +1344,12 @@ static void spec_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
         }
         break;
     case 4:
+        if (x->resource) {
+            err_at(x, k, "%s: not allowed in a FaultPolicy resource; explicit listeners belong "
+                         "in a policy file given to the daemon with -f",
+                   path);
+            break;
+        }
         if (!expect_seq(x, v, path))
             break;
         p->listeners = calloc(SEQ_ITEMS(v) + 1, sizeof(*p->listeners));
@@ -1388,19 +1412,46 @@ static void spec_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
 }
 
 static const char *const meta_keys[] = {"name", "labels", "annotations", NULL};
+/* A resource as the API server returns it; what faultline does not use is
+ * taken as it comes. */
+static const char *const meta_keys_resource[] = {
+    "name",          "labels",           "annotations",       "namespace",
+    "generation",    "creationTimestamp", "uid",              "resourceVersion",
+    "managedFields", "finalizers",        "ownerReferences",  "deletionTimestamp",
+    "generateName",  "selfLink",          "deletionGracePeriodSeconds", NULL};
 
 static void meta_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
                       const char *path)
 {
     struct fl_policy *p = obj;
+    const char *s;
+    uint64_t n;
     (void)k;
-    if (key == 0)
-        p->name = name_of(x, v, path);
-    else
-        expect_map(x, v, path); /* kept for Kubernetes-style files; not used */
+    switch (key) {
+    case 0: p->name = name_of(x, v, path); break;
+    case 1:
+    case 2: expect_map(x, v, path); break; /* kept for Kubernetes-style files; not used */
+    case 3:
+        if ((s = expect_str(x, v, path))) {
+            if (!dns_label(s, strlen(s), 0))
+                err_at(x, v, "%s: '%s' is not a namespace name", path, s);
+            else
+                p->ns = strdup(s);
+        }
+        break;
+    case 4:
+        if (get_uint(x, v, path, UINT64_MAX, &n) == 0)
+            p->generation = n;
+        break;
+    case 5:
+        if ((s = expect_str(x, v, path)))
+            p->created = strdup(s);
+        break;
+    default: break; /* the API server's own bookkeeping */
+    }
 }
 
-static const char *const top_keys[] = {"apiVersion", "kind", "metadata", "spec", NULL};
+static const char *const top_keys[] = {"apiVersion", "kind", "metadata", "spec", "status", NULL};
 
 static void top_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
                      const char *path)
@@ -1411,8 +1462,11 @@ static void top_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_nod
     (void)path;
     switch (key) {
     case 0:
-        if ((s = expect_str(x, v, "apiVersion")) && strcmp(s, "faultline/v1") != 0)
-            err_at(x, v, "apiVersion: \"%s\" is not supported; use faultline/v1", s);
+        if ((s = expect_str(x, v, "apiVersion")) && strcmp(s, "faultline.dev/v1") != 0 &&
+            strcmp(s, "faultline/v1") != 0)
+            err_at(x, v, "apiVersion: \"%s\" is not supported; use faultline.dev/v1 (files may "
+                         "also say faultline/v1)",
+                   s);
         break;
     case 1:
         if ((s = expect_str(x, v, "kind")) && strcmp(s, "FaultPolicy") != 0)
@@ -1420,7 +1474,7 @@ static void top_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_nod
         break;
     case 2:
         if (expect_map(x, v, "metadata")) {
-            walk_map(x, v, "metadata", meta_keys, meta_pair, p);
+            walk_map(x, v, "metadata", x->resource ? meta_keys_resource : meta_keys, meta_pair, p);
             static const char *const req[] = {"name", NULL};
             require_keys(x, v, "metadata", req);
         }
@@ -1429,6 +1483,10 @@ static void top_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_nod
         if (expect_map(x, v, "spec"))
             walk_map(x, v, "spec", spec_keys, spec_pair, p);
         break;
+    case 4:
+        if (!x->resource)
+            err_at(x, k, "status: only a FaultPolicy resource (with metadata.namespace) has one");
+        break; /* the daemons write it; nothing to load */
     }
 }
 
@@ -1528,6 +1586,8 @@ static void policy_free(struct fl_policy *p)
 {
     if (!p)
         return;
+    free(p->ns);
+    free(p->created);
     fl_rule_index_free(p->index);
     for (size_t i = 0; i < p->n_rules; i++) {
         struct fl_rule *r = &p->rules[i];
@@ -1596,12 +1656,12 @@ static void check_single_document(struct ctx *x, yaml_parser_t *parser)
     yaml_document_delete(&next);
 }
 
-int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_policy **out,
-                       struct fl_policy_errors *errs)
+static int load(const char *name, const char *buf, size_t len, struct fl_policy **out,
+                struct fl_policy_errors *errs, int from_api)
 {
     yaml_parser_t parser;
     yaml_document_t doc;
-    struct ctx x = {.file = name, .doc = &doc, .errs = errs};
+    struct ctx x = {.file = name, .doc = &doc, .errs = errs, .no_positions = from_api};
     struct fl_policy *p;
     char msg[1024];
 
@@ -1631,6 +1691,13 @@ int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_
     if (!root) {
         err_pos(&x, 1, 1, "the file is empty; a policy starts with 'apiVersion: faultline/v1'");
     } else if (expect_map(&x, root, "policy")) {
+        /* metadata.namespace makes it a resource, whatever the order of keys. */
+        yaml_node_t *nsn = map_get(&x, map_get(&x, root, "metadata"), "namespace");
+        x.res_ns = nsn ? scalar(nsn) : NULL;
+        x.resource = x.res_ns != NULL;
+        if (from_api && !x.resource)
+            err_pos(&x, 1, 1, "metadata.namespace: missing; a FaultPolicy resource lives in a "
+                              "namespace");
         walk_map(&x, root, "policy", top_keys, top_pair, p);
         static const char *const req[] = {"apiVersion", "kind", "metadata", "spec", NULL};
         require_keys(&x, root, "policy", req);
@@ -1648,7 +1715,8 @@ int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
     if (x.n_errors) {
-        sort_errors(errs, name);
+        if (!from_api)
+            sort_errors(errs, name);
         policy_free(p);
         return -EINVAL;
     }
@@ -1661,6 +1729,18 @@ int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_
 }
 
 #define MAX_POLICY_BYTES (16u << 20)
+
+int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_policy **out,
+                       struct fl_policy_errors *errs)
+{
+    return load(name, buf, len, out, errs, 0);
+}
+
+int fl_policy_load_resource(const char *name, const char *json, size_t len,
+                            struct fl_policy **out, struct fl_policy_errors *errs)
+{
+    return load(name, json, len, out, errs, 1);
+}
 
 int fl_policy_load(const char *path, struct fl_policy **out, struct fl_policy_errors *errs)
 {

@@ -163,6 +163,11 @@ struct fl_policy {
     struct fl_rule_index *index; /* built by fl_rule_index_build (rule_index.h) */
     char *file; /* path it was loaded from, or "<admin>" */
     char *name; /* metadata.name */
+    /* A FaultPolicy resource: its namespace (NULL for a file policy), its
+     * metadata.generation and creationTimestamp (as given, or NULL). */
+    char *ns;
+    uint64_t generation;
+    char *created;
     int has_seed;
     uint64_t seed;
     uint64_t ttl_ms;
@@ -191,6 +196,15 @@ int fl_policy_load(const char *path, struct fl_policy **out, struct fl_policy_er
 /* Same, from a buffer; name is used as the file name in messages. */
 int fl_policy_load_buf(const char *name, const char *buf, size_t len, struct fl_policy **out,
                        struct fl_policy_errors *errs) FL_WUR;
+
+/* A FaultPolicy resource as the API server returns it (JSON, which is YAML),
+ * with metadata.namespace: listeners are refused, label selectors pick pods
+ * in that namespace (naming another is an error), a bare Service is in it.
+ * Messages are "name: path.in.spec: text" (no line:col: the API's JSON has
+ * no lines worth naming). A file with metadata.namespace is loaded by
+ * fl_policy_load() with the same rules, and line:col. */
+int fl_policy_load_resource(const char *name, const char *json, size_t len,
+                            struct fl_policy **out, struct fl_policy_errors *errs) FL_WUR;
 
 void fl_policy_errors_free(struct fl_policy_errors *errs);
 

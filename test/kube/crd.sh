@@ -73,22 +73,18 @@ PY
 }
 
 # ---------------------------------------------------------------------------
-# loader_check RESOURCE: the loader's half of a case. Prints the loader's
-# errors; 0 if it takes the resource, 1 if it refuses it.
-#
-# FOR NOW this is the file loader on the resource's file form (convert
-# resource), `faultline validate -f`; LOADER_FORM says so, and the cases whose
-# verdict is "resource" are skipped while it is "file". When the daemon's
-# resource loader can be run on its own (for example `faultline validate -f`
-# taking a FaultPolicy resource as the API server stores it, or a
-# --resource flag), make this function run it on the resource itself and set
-# LOADER_FORM=resource.
-LOADER_FORM='file'
+# loader_check RESOURCE: the loader's half of a case, on the resource as the
+# API server would store it: read the way kubectl reads YAML (1.1: a bare
+# `on` is true), sent as JSON, then `faultline validate -f` on that JSON
+# (metadata.namespace makes the loader take it as a resource: no listeners,
+# selectors in its own namespace). Prints the loader's errors; 0 if it takes
+# the resource, 1 if it refuses it.
+LOADER_FORM='resource'
 loader_check() {
-    local res=$1 pol
-    pol=$TMP/policy-$(basename "$res")
-    convert resource "$res" "$pol" || return 2
-    "$FL" validate -f "$pol" 2>&1
+    local js=$TMP/loader-$(basename "$1" .yaml).json
+    python3 -c 'import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), open(sys.argv[2], "w"), default=str)' \
+        "$1" "$js" || return 2
+    "$FL" validate -f "$js" 2>&1
 }
 # ---------------------------------------------------------------------------
 

@@ -984,3 +984,55 @@ TEST(policy_ingress_targets)
     ASSERT_EQ(fl_policy_target_equal(&t[2], &c), 0);
     fl_policy_unref(p);
 }
+
+/* ---- a FaultPolicy resource, as the API server returns it ---- */
+
+TEST(policy_resource_from_the_api)
+{
+    static const char ok_json[] =
+        "{\"apiVersion\":\"faultline.dev/v1\",\"kind\":\"FaultPolicy\",\"metadata\":{\"name\":"
+        "\"chaos\",\"namespace\":\"shop\",\"uid\":\"u-1\",\"resourceVersion\":\"42\","
+        "\"generation\":3,\"creationTimestamp\":\"2026-12-02T10:00:00Z\",\"managedFields\":[]},"
+        "\"spec\":{\"targets\":[{\"name\":\"t\",\"pods\":{\"selector\":{\"matchLabels\":{\"app\":"
+        "\"web\"}}},\"destination\":{\"service\":\"orders\",\"port\":80}}],\"rules\":[{\"name\":"
+        "\"r\",\"fault\":{\"abort\":{\"status\":503,\"percent\":12.5}}}]},\"status\":{}}";
+    struct fl_policy *p = NULL;
+    struct fl_policy_errors errs = {0};
+    ASSERT_EQ(fl_policy_load_resource("shop/chaos", ok_json, strlen(ok_json), &p, &errs), 0);
+    ASSERT_STR_EQ(p->ns, "shop");
+    ASSERT_UEQ(p->generation, 3);
+    ASSERT_STR_EQ(p->created, "2026-12-02T10:00:00Z");
+    ASSERT_STR_EQ(p->targets[0].selector->ns, "shop"); /* its own namespace */
+    ASSERT_STR_EQ(p->targets[0].svc_ns, "shop");
+    fl_policy_unref(p);
+
+    static const char bad_json[] =
+        "{\"apiVersion\":\"faultline.dev/v1\",\"kind\":\"FaultPolicy\",\"metadata\":{\"name\":"
+        "\"chaos\",\"namespace\":\"shop\"},\"spec\":{\"listeners\":[],\"targets\":[{\"name\":"
+        "\"t\",\"pods\":{\"selector\":{\"namespace\":\"other\"}},\"destination\":{\"cidr\":"
+        "\"10.0.0.0/8\"}}],\"rules\":[{\"name\":\"r\",\"fault\":{\"abort\":{\"status\":700}}}]}}";
+    ASSERT_EQ(fl_policy_load_resource("shop/chaos", bad_json, strlen(bad_json), &p, &errs),
+              -EINVAL);
+    ASSERT_NULL(p);
+    static const char *const want[] = {
+        "shop/chaos: spec.listeners: not allowed in a FaultPolicy resource; explicit listeners "
+        "belong in a policy file given to the daemon with -f",
+        "shop/chaos: spec.targets[0].pods.selector.namespace: not allowed in a FaultPolicy "
+        "resource: it selects pods in its own namespace (shop); create the resource there",
+    };
+    if (errs.n < 3)
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(stderr, "# %s\n", errs.msgs[i]);
+    ASSERT_UEQ(errs.n, 3);
+    ASSERT_STR_EQ(errs.msgs[0], want[0]);
+    ASSERT_STR_EQ(errs.msgs[1], want[1]);
+    ASSERT_NOT_NULL(strstr(errs.msgs[2], "shop/chaos: spec.rules[0].fault.abort.status: "));
+    fl_policy_errors_free(&errs);
+
+    /* From the API a resource without a namespace is refused. */
+    static const char no_ns[] = "{\"apiVersion\":\"faultline.dev/v1\",\"kind\":\"FaultPolicy\","
+                                "\"metadata\":{\"name\":\"x\"},\"spec\":{\"targets\":[]}}";
+    ASSERT_EQ(fl_policy_load_resource("x", no_ns, strlen(no_ns), &p, &errs), -EINVAL);
+    ASSERT_NOT_NULL(strstr(errs.msgs[0], "x: metadata.namespace: missing"));
+    fl_policy_errors_free(&errs);
+}
