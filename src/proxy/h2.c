@@ -77,6 +77,8 @@ struct h2_stream {
     struct h2_fifo req, resp;
     struct fl_decision d;
     struct fl_policy *policy; /* keeps d.rule alive while held */
+    char *dline;              /* a delay's fault line, waiting for the status the client gets */
+    size_t dline_len;
     uint64_t due; /* held: fl_worker_deadline() of the delay */
     uint64_t up_since; /* loop time the request went upstream; 0: answered or not sent */
 };
@@ -109,6 +111,19 @@ struct h2 {
     int up_err;
     unsigned depth; /* > 0 while inside nghttp2 or our output flush */
 };
+
+#define DLINE_TAIL 32 /* room after a deferred fault line for ,"status":N} */
+
+static void dline_emit(struct fl_conn *c, struct h2_stream *st, int status)
+{
+    if (!st->dline)
+        return;
+    fl_faultlog_emit_formatted(&c->w->log, st->dline, st->dline_len, st->dline_len + DLINE_TAIL,
+                               status);
+    free(st->dline);
+    st->dline = NULL;
+}
+
 
 static void pump(struct fl_conn *c);
 static void arm_hold(struct fl_conn *c);
@@ -410,6 +425,7 @@ static void stream_maybe_free(struct fl_conn *c, struct h2_stream *st)
         fl_chunk_unref(st->trailers[i]);
         fl_chunk_unref(st->lent[i]);
     }
+    dline_emit(c, st, 0); /* no answer reached the client */
     fl_policy_unref(st->policy);
     for (int i = 0; i < 2; i++)
         if (h->hdr_st[i] == st)
@@ -575,6 +591,7 @@ static int answer(struct fl_conn *c, struct h2_stream *st, int status, int grpc_
     st->synthetic = 1;
     st->resp_eos = 1;
     st->resp_started = 1;
+    dline_emit(c, st, grpc_status >= 0 ? 200 : status);
     if (grpc_status >= 0) {
         snprintf(gbuf, sizeof(gbuf), "%d", grpc_status);
         nv[n++] = (nghttp2_nv)NV(":status", "200", 3);
@@ -847,6 +864,36 @@ static void log_fault(struct fl_conn *c, struct h2_stream *st, enum fl_fault_kin
     fl_faultlog_emit(&c->w->log, &ev);
 }
 
+/* A delay's line waits for the status the client gets (its status field),
+ * as HTTP/1.1's does: the upstream's, faultline's own 502/504, or the
+ * abort's; 0 when the stream ends without an answer. */
+static void dline_defer(struct fl_conn *c, struct h2_stream *st, const struct fl_request *rq)
+{
+    const struct fl_rule *r = st->d.rule;
+    struct fl_fault_event ev = {
+        .policy = st->policy->name,
+        .rule = r->name,
+        .kind = FL_FAULT_DELAY,
+        .delay_ms = st->d.delay_ms,
+        .grpc_status = -1,
+        .req = rq,
+        .src = (const struct sockaddr *)&c->src,
+        .dst = (const struct sockaddr *)&c->dst,
+        .pod = c->pod,
+        .conn = c->id,
+    };
+    char line[FL_FAULTLOG_LINE_MAX];
+    size_t n = fl_faultlog_format(&ev, line, sizeof(line));
+    free(st->dline);
+    st->dline = malloc(n + DLINE_TAIL);
+    if (!st->dline) {
+        fl_faultlog_emit(&c->w->log, &ev);
+        return;
+    }
+    memcpy(st->dline, line, n);
+    st->dline_len = n;
+}
+
 static void do_abort(struct fl_conn *c, struct h2_stream *st)
 {
     const struct fl_rule *r = st->d.rule;
@@ -949,7 +996,7 @@ static void request_ready(struct fl_conn *c, struct h2_stream *st)
         return;
     }
     if (st->d.delay)
-        log_fault(c, st, FL_FAULT_DELAY, &rq);
+        dline_defer(c, st, &rq);
     if (st->d.abort)
         log_fault(c, st, FL_FAULT_ABORT, &rq);
     if (st->d.delay) {
@@ -1193,6 +1240,10 @@ static void upstream_headers(struct fl_conn *c, struct h2_stream *st, const nght
         st->resp_started = 1;
         st->up_since = 0;
         st->resp_eos = eos;
+        if (status->valuelen == 3)
+            dline_emit(c, st,
+                       (status->value[0] - '0') * 100 + (status->value[1] - '0') * 10 +
+                           (status->value[2] - '0'));
         hdrs_lend(st, FL_CLIENT, &st->hdrs[FL_UPSTREAM]);
         int lent = !st->hdrs[FL_UPSTREAM];
         nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_cb};

@@ -204,6 +204,7 @@ sleep 0.3
 flog_ok() {
   grep -q '"rule":"unary-down","fault":"abort","grpc_status":8,"proto":"grpc","method":"POST","path":"/faultline.test.Echo/Unary"' "$tmp/faults.log" &&
     grep -q '"rule":"unary-slow","fault":"delay","delay_ms":300,"proto":"grpc"' "$tmp/faults.log" &&
+    grep -q '"rule":"unary-slow","fault":"delay","delay_ms":300,"proto":"grpc".*,"status":200}$' "$tmp/faults.log" &&
     grep -q '"rule":"unary-reset","fault":"reset","proto":"grpc"' "$tmp/faults.log" &&
     grep -q '"rule":"h2-503","fault":"abort","status":503,"proto":"h2","method":"GET","path":"/status-abort/1"' "$tmp/faults.log" || {
     head -5 "$tmp/faults.log"; return 1; }
@@ -211,7 +212,7 @@ flog_ok() {
   local want; want=$(node -e 'const j=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8").split("\n").find(l=>l.startsWith("{\"n\"")) || "{}"); console.log((j.counts||{})["14"]||-1)' "$tmp/pct.json")
   [ "$(grep -c '"rule":"unary-flaky"' "$tmp/faults.log")" = "$want" ]
 }
-check "fault log: grpc lines with path and grpc_status, h2 lines with status" flog_ok
+check "fault log: grpc lines with path and grpc_status, h2 lines with status, delays with the status the client got" flog_ok
 
 # 10. The daemon survived all of it.
 daemon_ok() {
