@@ -13,7 +13,7 @@
 #   netns N ---- 10.77.64.2 | fd77:64::2   <->  10.77.64.1 | fd77:64::1   pod S
 #
 # usage: test/bpf/ingress.sh [path/to/faultline]
-#   FL_INGRESS_PHASES=direct,ingress,existing,nokfunc,watchdog,failopen   the phases to run (default: all)
+#   FL_INGRESS_PHASES=direct,ingress,existing,failopen,nokfunc,watchdog   the phases to run (default: all)
 set -u
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -706,6 +706,7 @@ for p in "${DPIDS[@]}"; do rmdir "$CG2/faultline-daemon-$p" 2>/dev/null; done # 
 # =====================================================================
 phase_nokfunc() {
 local out rc
+[ -n "$DPID" ] && stop_daemon # an earlier phase's
 out=$(FL_TEST_HIDE_SOCK_DESTROY=1 "$BIN" validate -f "$TMP/reset.yaml" 2>&1); rc=$?
 [ $rc = 1 ] && grep -qE "reset\.yaml:[0-9]+:[0-9]+: spec\.targets\[[0-9]+\]\.existing: reset is not available on this host: this kernel lacks the bpf_sock_destroy kfunc" <<<"$out" &&
     ok "no kfunc: faultline validate refuses existing: reset with file:line:col and the reason" ||
@@ -739,6 +740,7 @@ stop_daemon
 # =====================================================================
 phase_watchdog() {
 local out piper
+[ -n "$DPID" ] && stop_daemon # an earlier phase's
 mkfifo "$TMP/err.fifo"
 : >"$TMP/wd.log"
 python3 "$TP" pipe "$TMP/err.fifo" "$TMP/wd.log" & piper=$!; disown $piper
@@ -766,9 +768,9 @@ stop_daemon
 cat "$TMP/wd.log" >>"$SAVED_LOG"
 }
 
-# FL_INGRESS_PHASES=direct,ingress,existing,nokfunc,watchdog,failopen (default: all, in this order)
-for ph in direct ingress existing nokfunc watchdog failopen; do
-    [[ ",${FL_INGRESS_PHASES:-direct,ingress,existing,nokfunc,watchdog,failopen}," == *",$ph,"* ]] && "phase_$ph"
+# FL_INGRESS_PHASES=direct,ingress,existing,failopen,nokfunc,watchdog (default: all, in this order)
+for ph in direct ingress existing failopen nokfunc watchdog; do
+    [[ ",${FL_INGRESS_PHASES:-direct,ingress,existing,failopen,nokfunc,watchdog}," == *",$ph,"* ]] && "phase_$ph"
 done
 
 # Sanitizer reports in any daemon's log (the ASan tree)
