@@ -19,6 +19,7 @@ TMP=$(mktemp -d /tmp/fl-kube-test.XXXXXX)
 PPORT=18810 # the proxy port in each pod netns
 SVCPORT=18880 # the Service port (cluster IPs)
 EPPORT=18881  # the endpoints' port (targetPort)
+INPORT=18882  # a server inside pod checkout-b: the ingress target's port
 PASS=0 FAIL=0
 PIDS=()
 DPID=
@@ -173,6 +174,7 @@ bg python3 "$PEER" server "10.77.200.10:$SVCPORT" "[fd77:200::10]:$SVCPORT" "10.
     "[fd77:11::1]:$EPPORT" \
     "10.77.12.1:$EPPORT" "10.77.11.1:$SVCPORT"
 for _ in $(seq 50); do grep -q READY "$TMP/bg.log" && break; sleep 0.1; done
+bg in_pod "$CGB/ctr1" b python3 "$PEER" server "10.77.12.2:$INPORT" "[fd77:12::2]:$INPORT"
 
 cat >"$TMP/policy.yaml" <<EOF
 apiVersion: faultline/v1
@@ -188,6 +190,10 @@ spec:
           matchExpressions: [{key: canary, operator: DoesNotExist}]
           namespace: shop
       destination: {service: orders, port: $SVCPORT}
+    - name: checkout-in
+      direction: ingress
+      pods: {selector: {matchLabels: {app: checkout, tier: web}, namespace: shop}}
+      port: $INPORT
   rules:
     - name: orders-503
       match: {path: {prefix: /abort}}
@@ -272,6 +278,20 @@ sleep 0.3
 l=$(grep '"path":"/abort/a"' "$TMP/faults.log")
 check "the fault line names namespace, pod and node" "$l" '"namespace":"shop"' '"pod":"checkout-a"' '"node":"n1"' \
     '"dst":"10\.77\.200\.10:'"$SVCPORT"'"' '"src":"10\.77\.11\.2:'
+# An ingress target by labels: the connections arriving at checkout-b's port.
+# (The server in the pod binds its address, and Python's HTTPServer looks its
+# name up first, which waits for a DNS server the pod cannot reach.)
+for _ in $(seq 150); do ip netns exec "${T}b" ss -ltn | grep -q ":$INPORT " && break; sleep 0.1; done
+c4=$(curl -sS -m 5 -o /dev/null -w '%{http_code}' "http://10.77.12.2:$INPORT/abort/in4" 2>&1)
+c6=$(curl -sS -m 5 -o /dev/null -w '%{http_code}' "http://[fd77:12::2]:$INPORT/abort/in6" 2>&1)
+cp=$(curl -sS -m 5 -o /dev/null -w '%{http_code}' "http://10.77.12.2:$INPORT/peer" 2>&1)
+[ "$c4" = 503 ] && [ "$c6" = 503 ] && [ "$cp" = 200 ] &&
+    ok "ingress target by labels: the host's requests to checkout-b's port are faulted (v4, v6), others pass" ||
+    bad "ingress by labels: v4 $c4 v6 $c6 pass $cp" "$(grep -iE "ingress|upstream" "$TMP/daemon.log" | tail -6)"
+sleep 0.3
+l=$(grep '"path":"/abort/in4"' "$TMP/faults.log")
+check "  ... its fault line names the pod served and the real caller" "$l" '"namespace":"shop"' \
+    '"pod":"checkout-b"' '"node":"n1"' '"dst":"10\.77\.12\.2:'"$INPORT"'"' '"src":"10\.77\.12\.1:'
 
 # ---- changes followed: labels, a new pod, endpoints ----
 kapi PATCH /api/v1/namespaces/shop/pods/web-d '{"metadata":{"labels":{"app":"checkout"}}}' >/dev/null
