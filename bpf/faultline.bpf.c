@@ -415,7 +415,6 @@ static __always_inline void on_passive_established(struct bpf_sock_ops *skops)
 static __always_inline void on_connect(struct bpf_sock_ops *skops)
 {
     struct fl_sock_key sk = {};
-    struct fl_conn_key ck = {};
     struct bpf_sock *s = skops->sk;
     __u64 cookie;
 
@@ -424,9 +423,8 @@ static __always_inline void on_connect(struct bpf_sock_ops *skops)
     sockops_key(skops, &sk);
     if (!bpf_map_lookup_elem(&fl_ingress_ns, &sk.netns))
         return;
-    conn_key_local(&sk, &ck);
     cookie = bpf_get_socket_cookie(skops);
-    if (bpf_map_update_elem(&fl_own, &ck, &cookie, BPF_ANY) == 0)
+    if (bpf_map_update_elem(&fl_own, &sk, &cookie, BPF_ANY) == 0)
         bpf_sock_ops_cb_flags_set(skops,
                                   skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
@@ -448,9 +446,9 @@ static __always_inline void on_close(struct bpf_sock_ops *skops)
     if (o && o->cookie == cookie)
         bpf_map_delete_elem(&fl_conns, &ck);
     bpf_map_delete_elem(&fl_orig_by_cookie, &cookie);
-    __u64 *own = bpf_map_lookup_elem(&fl_own, &ck);
+    __u64 *own = bpf_map_lookup_elem(&fl_own, &sk);
     if (own && *own == cookie)
-        bpf_map_delete_elem(&fl_own, &ck);
+        bpf_map_delete_elem(&fl_own, &sk);
 }
 
 SEC("sockops")

@@ -25,10 +25,10 @@ SEC("sk_lookup")
 int fl_ingress_lookup(struct bpf_sk_lookup *ctx)
 {
     struct fl_ingress_key k = {};
-    struct fl_conn_key own = {};
+    struct fl_sock_key own = {}; /* as the proxy's upstream socket would see it */
     struct fl_lsn_key lk = {};
     __u32 zero = 0, *on;
-    __u32 *a = (__u32 *)k.addr, *o = (__u32 *)own.addr;
+    __u32 *a = (__u32 *)k.addr, *o = (__u32 *)own.laddr, *d = (__u32 *)own.raddr;
     struct bpf_sock *sk;
     long err;
 
@@ -44,6 +44,8 @@ int fl_ingress_lookup(struct bpf_sk_lookup *ctx)
         a[0] = ctx->remote_ip4;
         o[2] = bpf_htonl(0xffff);
         o[3] = ctx->remote_ip4;
+        d[2] = bpf_htonl(0xffff);
+        d[3] = l4;
         lk.family = FL_AF_INET;
     } else if (ctx->family == FL_AF_INET6) {
         if (ctx->local_ip6[0] == 0 && ctx->local_ip6[1] == 0 && ctx->local_ip6[2] == 0 &&
@@ -54,6 +56,10 @@ int fl_ingress_lookup(struct bpf_sk_lookup *ctx)
         a[1] = o[1] = ctx->remote_ip6[1];
         a[2] = o[2] = ctx->remote_ip6[2];
         a[3] = o[3] = ctx->remote_ip6[3];
+        d[0] = ctx->local_ip6[0];
+        d[1] = ctx->local_ip6[1];
+        d[2] = ctx->local_ip6[2];
+        d[3] = ctx->local_ip6[3];
         lk.family = FL_AF_INET6;
     } else {
         return SK_PASS;
@@ -65,7 +71,8 @@ int fl_ingress_lookup(struct bpf_sk_lookup *ctx)
         return SK_PASS;
     /* The proxy's own connection to the server. */
     own.netns = fl_ns;
-    own.port = bpf_ntohs(ctx->remote_port);
+    own.lport = bpf_ntohs(ctx->remote_port);
+    own.rport = (__u16)ctx->local_port;
     if (bpf_map_lookup_elem(&fl_own, &own))
         return SK_PASS;
     lk.netns = fl_ns;
@@ -74,7 +81,8 @@ int fl_ingress_lookup(struct bpf_sk_lookup *ctx)
         fl_stat_inc(FL_STAT_INGRESS_FAIL_OPEN);
         return SK_PASS;
     }
-    err = bpf_sk_assign(ctx, sk, 0);
+    /* Never a reuseport sibling: only the proxy's own listener. */
+    err = bpf_sk_assign(ctx, sk, BPF_SK_LOOKUP_F_NO_REUSEPORT);
     bpf_sk_release(sk);
     fl_stat_inc(err ? FL_STAT_INGRESS_FAIL_OPEN : FL_STAT_INGRESS);
     return SK_PASS;

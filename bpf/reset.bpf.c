@@ -69,8 +69,8 @@ int fl_reset_iter(struct bpf_iter__tcp *ctx)
 {
     struct sock_common *skc = ctx->sk_common;
     struct fl_reset_cfg *cfg;
-    struct fl_conn_key own = {};
-    __u32 zero = 0, ra[4] = {};
+    struct fl_sock_key own = {};
+    __u32 zero = 0, la[4] = {}, ra[4] = {};
     struct tcp_sock *tp;
     struct sock *sk;
     __u16 lport, rport;
@@ -92,6 +92,7 @@ int fl_reset_iter(struct bpf_iter__tcp *ctx)
     rport = bpf_ntohs(skc->skc_dport);
     if (skc->skc_family == FL_AF_INET) {
         fam = FL_AF_INET;
+        la[0] = skc->skc_rcv_saddr;
         ra[0] = skc->skc_daddr;
     } else if (skc->skc_family == FL_AF_INET6) {
         __u32 r2 = skc->skc_v6_daddr.in6_u.u6_addr32[2];
@@ -99,28 +100,39 @@ int fl_reset_iter(struct bpf_iter__tcp *ctx)
         if (skc->skc_v6_daddr.in6_u.u6_addr32[0] == 0 &&
             skc->skc_v6_daddr.in6_u.u6_addr32[1] == 0 && r2 == bpf_htonl(0xffff)) {
             fam = FL_AF_INET; /* an IPv4 peer of a dual-stack socket */
+            la[0] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[3];
             ra[0] = skc->skc_v6_daddr.in6_u.u6_addr32[3];
         } else {
             fam = FL_AF_INET6;
-            for (int i = 0; i < 4; i++)
+            for (int i = 0; i < 4; i++) {
+                la[i] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[i];
                 ra[i] = skc->skc_v6_daddr.in6_u.u6_addr32[i];
+            }
         }
     } else {
         return 0;
     }
     if (cfg->mode == FL_RESET_INGRESS) {
-        /* The server's end of the proxy's own connection. */
-        __u32 *o = (__u32 *)own.addr;
+        /* Loopback inside the pod: ingress never takes it, so a reset would
+         * only disrupt it. */
+        if (fam == FL_AF_INET ? (bpf_ntohl(la[0]) >> 24) == 127
+                              : (la[0] == 0 && la[1] == 0 && la[2] == 0 && la[3] == bpf_htonl(1)))
+            return 0;
+        /* The server's end of the proxy's own connection: the proxy's
+         * socket has this one's ends the other way round. */
+        __u32 *o = (__u32 *)own.laddr, *d = (__u32 *)own.raddr;
         own.netns = cfg->netns;
-        own.port = rport;
+        own.lport = rport;
+        own.rport = lport;
         if (fam == FL_AF_INET) {
-            o[2] = bpf_htonl(0xffff);
+            o[2] = d[2] = bpf_htonl(0xffff);
             o[3] = ra[0];
+            d[3] = la[0];
         } else {
-            o[0] = ra[0];
-            o[1] = ra[1];
-            o[2] = ra[2];
-            o[3] = ra[3];
+            for (int i = 0; i < 4; i++) {
+                o[i] = ra[i];
+                d[i] = la[i];
+            }
         }
         if (bpf_map_lookup_elem(&fl_own, &own))
             return 0;

@@ -49,13 +49,15 @@ struct {
     __type(value, __u32);
 } fl_ingress_ns SEC(".maps");
 
-/* The proxy's own upstream connections inside those netns, by their local
- * end (value: socket cookie): sk_lookup lets them through to the server,
- * and existing: reset never touches the server's end of them. */
+/* The proxy's own upstream connections inside those netns, by their four
+ * ends as the proxy's socket sees them (local: the proxy, remote: the
+ * server; value: socket cookie): sk_lookup lets them through to the server,
+ * and existing: reset never touches the server's end of them. The whole
+ * tuple, because an ephemeral port is reused toward other destinations. */
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, FL_MAX_CONNS);
-    __type(key, struct fl_conn_key);
+    __type(key, struct fl_sock_key);
     __type(value, __u64);
 } fl_own SEC(".maps");
 

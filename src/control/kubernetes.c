@@ -23,7 +23,7 @@ static struct {
     /* The cluster halt as last known. */
     int halt_known, halted;
     char halt_reason[512];
-    uint64_t halt_seq; /* the view it was read from */
+    int halt_pending; /* held halted until the ConfigMap has been listed once */
 } kube;
 
 int fl_kubernetes_prepare(const struct fl_kubernetes_opts *o, char *err, size_t errlen)
@@ -61,7 +61,10 @@ static void follow_halt(const struct fl_kube_view *v)
 {
     if (!v->halt_synced)
         return;
-    const char *why = v->halt_reason && *v->halt_reason ? v->halt_reason : "no reason given";
+    /* Compared and shown as kept: at most 200 bytes of the reason. */
+    char why[201];
+    snprintf(why, sizeof(why), "%s",
+             v->halt_reason && *v->halt_reason ? v->halt_reason : "no reason given");
     int changed = !kube.halt_known || kube.halted != v->halted ||
                   (v->halted && strcmp(kube.halt_reason, why) != 0);
     kube.halt_known = 1;
@@ -72,13 +75,22 @@ static void follow_halt(const struct fl_kube_view *v)
     char reason[700], todo[400];
     snprintf(reason, sizeof(reason), "cluster halt (ConfigMap %s/%s): %s", kube.ns,
              FL_KUBE_HALT_NAME, kube.halt_reason);
-    snprintf(todo, sizeof(todo), "delete ConfigMap %s/%s to resume every node ('kubectl "
-             "faultline resume')", kube.ns, FL_KUBE_HALT_NAME);
+    snprintf(todo, sizeof(todo), "delete ConfigMap %s/%s to resume every node (kubectl -n %s "
+             "delete configmap %s)", kube.ns, FL_KUBE_HALT_NAME, kube.ns, FL_KUBE_HALT_NAME);
+    int was_pending = kube.halt_pending;
+    kube.halt_pending = 0;
     if (v->halted) {
+        /* Off first: a source held again with a new reason replaces it. */
+        if (was_pending)
+            fl_runtime_hold_halt(FL_HALT_CLUSTER, 0, "", "");
         fl_runtime_hold_halt(FL_HALT_CLUSTER, 1, reason, todo);
     } else {
-        fl_info("kubernetes: ConfigMap %s/%s is gone: the cluster halt ends", kube.ns,
-                FL_KUBE_HALT_NAME);
+        if (was_pending)
+            fl_info("kubernetes: no ConfigMap %s/%s: no cluster halt", kube.ns,
+                    FL_KUBE_HALT_NAME);
+        else
+            fl_info("kubernetes: ConfigMap %s/%s is gone: the cluster halt ends", kube.ns,
+                    FL_KUBE_HALT_NAME);
         fl_runtime_hold_halt(FL_HALT_CLUSTER, 0, "", "");
     }
 }
@@ -104,6 +116,15 @@ int fl_kubernetes_start(uv_loop_t *loop, char *err, size_t errlen)
     int e = fl_kube_watch_start(&kube.watch, &wo, err, errlen);
     if (e < 0)
         return e;
+    /* A node (re)started during a cluster halt must not inject before it
+     * knows: halted until the ConfigMap has been listed. */
+    char reason[400], todo[400];
+    snprintf(reason, sizeof(reason), "cluster halt state not known yet (ConfigMap %s/%s not "
+             "listed from the API server)", kube.ns, FL_KUBE_HALT_NAME);
+    snprintf(todo, sizeof(todo), "it lifts once the API server answers ('faultctl status' shows "
+             "the watch)");
+    kube.halt_pending = 1;
+    fl_runtime_hold_halt(FL_HALT_CLUSTER, 1, reason, todo);
     fl_info("kubernetes: watching the pods of node %s and the cluster halt (ConfigMap %s/%s) "
             "through %s (%s)",
             kube.node, kube.ns, FL_KUBE_HALT_NAME, kube.cfg.server, kube.cfg.source);

@@ -882,6 +882,15 @@ static int parse_cidr(const char *s, int is_ip, struct fl_cidr *c)
         return -EINVAL;
     }
     c->prefix = (int)prefix;
+    /* An IPv4-mapped IPv6 range is the IPv4 range: that is how IPv4 peers
+     * arrive, whatever the socket's family. */
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (c->family == AF_INET6 && c->prefix >= 96 && memcmp(c->addr, mapped, 12) == 0) {
+        memmove(c->addr, c->addr + 12, 4);
+        memset(c->addr + 4, 0, 12);
+        c->family = AF_INET;
+        c->prefix -= 96;
+    }
     return 0;
 }
 

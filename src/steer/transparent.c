@@ -75,6 +75,7 @@ struct tp_ns {
     int closing;
     int pending_closes;
     int ingress; /* the sk_lookup program is attached to it */
+    int warned_home;
     unsigned users; /* enrolled pods in it (recounted after each reconcile) */
     uint64_t retry_at; /* no listener (port taken): loop time to try again; 0: listening */
     unsigned failures; /* attempts that found the port taken, in a row */
@@ -113,7 +114,8 @@ static struct {
     size_t n_ing, cap_ing;
     atomic_ullong ingress_accepted, existing_reset;
     atomic_uint ingress_netns;
-    atomic_int resets_running; /* reset jobs on the thread pool */
+    atomic_int resets_running; /* reset jobs on the thread pool, not yet done */
+    struct reset_job *jobs;    /* queued or running; unlinked in reset_done */
     unsigned generation;       /* start count: a reset job of an earlier start is dropped */
     fl_transparent_reset_cb on_reset;
     void *on_reset_arg;
@@ -477,6 +479,8 @@ static void pods_netns_in_use(void *arg, const uint64_t *inos, size_t n)
 
 struct reset_job {
     uv_work_t req;
+    struct reset_job *prev, *next; /* queued or running jobs (tp.jobs) */
+    struct fl_bpf *bpf;
     unsigned generation;
     struct fl_bpf_reset r;
     char *target, *pod;
@@ -496,7 +500,7 @@ static void reset_each(void *arg, const struct sockaddr *peer, uint16_t lport)
 static void reset_work(uv_work_t *req)
 {
     struct reset_job *j = req->data;
-    int n = fl_bpf_reset(tp.bpf, &j->r, reset_each, j);
+    int n = fl_bpf_reset(j->bpf, &j->r, reset_each, j);
     if (n < 0)
         j->count = n;
     atomic_fetch_sub(&tp.resets_running, 1);
@@ -505,8 +509,13 @@ static void reset_work(uv_work_t *req)
 static void reset_done(uv_work_t *req, int status)
 {
     struct reset_job *j = req->data;
-    (void)status;
-    if (j->generation == tp.generation && tp.started) {
+    if (j->prev)
+        j->prev->next = j->next;
+    else if (tp.jobs == j)
+        tp.jobs = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    if (status != UV_ECANCELED && j->generation == tp.generation && tp.started) {
         if (j->count < 0) {
             fl_warn("target '%s': existing: reset of pod %s failed: %s; its established "
                     "connections stay direct until they reconnect",
@@ -565,8 +574,14 @@ static void reset_queue(uint64_t ino, uint32_t target_id, const char *pod, struc
         free(j);
         return;
     }
+    j->bpf = tp.bpf;
     atomic_fetch_add(&tp.resets_running, 1);
-    if (uv_queue_work(tp.w->loop, &j->req, reset_work, reset_done) < 0) {
+    if (uv_queue_work(tp.w->loop, &j->req, reset_work, reset_done) == 0) {
+        j->next = tp.jobs;
+        if (tp.jobs)
+            tp.jobs->prev = j;
+        tp.jobs = j;
+    } else {
         atomic_fetch_sub(&tp.resets_running, 1);
         close(j->r.netns_fd);
         free(j->target);
@@ -659,11 +674,28 @@ static int ing_program(struct tp_ns *ns, const struct fl_pods_ingress *v, const 
     return 1;
 }
 
+/* The daemon's own netns (a hostNetwork pod): ingress there would take the
+ * port on every address of the node, whoever serves it. */
+static int is_home_netns(uint64_t ino)
+{
+    struct stat st;
+    return stat("/proc/self/ns/net", &st) == 0 && (uint64_t)st.st_ino == ino;
+}
+
 static int ns_ingress_on(struct tp_ns *ns)
 {
     int fds[2] = {-1, -1};
     if (ns->ingress)
         return 0;
+    if (is_home_netns(ns->ino)) {
+        if (!ns->warned_home)
+            fl_warn("netns %llu is the node's own (a hostNetwork pod): ingress targets are not "
+                    "applied there, they would take the port for the whole node; select pods "
+                    "with a network namespace of their own",
+                    (unsigned long long)ns->cookie);
+        ns->warned_home = 1;
+        return -EPERM;
+    }
     if (!ns->n_l)
         return -ENOTCONN; /* no listener (port taken): its connections go direct */
     for (int i = 0; i < ns->n_l; i++) {
@@ -1150,8 +1182,12 @@ void fl_transparent_stop(void)
     uv_close((uv_handle_t *)&tp.hb_timer, NULL);
     while (tp.nss)
         ns_close(tp.nss, NULL);
-    /* Reset jobs use the BPF object from the thread pool; they are short. */
-    for (int i = 0; atomic_load(&tp.resets_running) > 0 && i < 5000; i++)
+    /* Reset jobs use the BPF object from the thread pool: the queued ones are
+     * cancelled, the running ones (short: one iterator walk) waited for. */
+    for (struct reset_job *j = tp.jobs; j; j = j->next)
+        if (uv_cancel((uv_req_t *)&j->req) == 0) /* never runs; reset_done frees it */
+            atomic_fetch_sub(&tp.resets_running, 1);
+    while (atomic_load(&tp.resets_running) > 0)
         usleep(1000);
     free(tp.ing);
     tp.ing = NULL;

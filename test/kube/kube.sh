@@ -456,6 +456,10 @@ try_bad() { # WHAT PATTERN KUBECONFIG
     [ "$n" = 1 ] && ok "$1: one message: $(grep -m1 "$2" "$TMP/daemon.log" | sed 's/.*warn: //' | cut -c1-160)" ||
         bad "$1: $n messages matching '$2'" "$(cat "$TMP/daemon.log")"
     [ "$(probe)" = 200 ] && ok "  ... and the daemon serves (nothing selected)" || bad "$1: probe"
+    s=$(status_json)
+    [ "$(jq -r .halted <<<"$s")" = true ] && jq -r .halt_reason <<<"$s" | grep -q 'cluster halt state not known yet' &&
+        ok "  ... and stays halted: the cluster halt state is not known yet" ||
+        bad "$1: not held halted" "$(jq -c '{halted,halt_reason}' <<<"$s")"
     stop_daemon
 }
 sed "s|tokenFile: .*|token: wrong-token|" "$KAPI_KUBECONFIG" >"$TMP/kc-badtoken"

@@ -950,13 +950,25 @@ TEST(policy_ingress_targets)
                       "      pods: {cgroup: /sys/fs/cgroup/orders}\n"
                       "      port: 9090\n"
                       "      from: {ip: \"fd77::5\"}\n"
+                      "    - name: mapped\n"
+                      "      direction: ingress\n"
+                      "      pods: {cgroup: /sys/fs/cgroup/orders}\n"
+                      "      port: 9091\n"
+                      "      from: {cidr: \"::ffff:10.1.0.0/112\"}\n"
                       "    - name: out\n"
                       "      direction: egress\n"
                       "      pods: {cgroup: /sys/fs/cgroup/web}\n"
                       "      destination: {cidr: 10.0.0.0/24, port: 80}\n"
                       "      existing: keep\n");
-    ASSERT_UEQ(p->n_targets, 3);
+    ASSERT_UEQ(p->n_targets, 4);
     const struct fl_target_spec *t = p->targets;
+    /* an IPv4-mapped range is the IPv4 range (IPv4 callers arrive as IPv4) */
+    ASSERT_EQ(t[2].from.family, AF_INET);
+    ASSERT_EQ(t[2].from.prefix, 16);
+    ASSERT_EQ(t[2].from.addr[0], 10);
+    ASSERT_EQ(t[2].from.addr[1], 1);
+    ASSERT_EQ(t[2].from.addr[4], 0);
+
     ASSERT_EQ(t[0].ingress, 1);
     ASSERT_EQ(t[0].port, 8080);
     ASSERT_EQ(t[0].from.family, AF_INET);
@@ -968,9 +980,9 @@ TEST(policy_ingress_targets)
     ASSERT_EQ(t[1].from.family, AF_INET6);
     ASSERT_EQ(t[1].from.prefix, 128);
     ASSERT_EQ(t[1].existing_reset, 0);
-    ASSERT_EQ(t[2].ingress, 0);
-    ASSERT_EQ(t[2].existing_reset, 0);
-    ASSERT_EQ(t[2].port, 80);
+    ASSERT_EQ(t[3].ingress, 0);
+    ASSERT_EQ(t[3].existing_reset, 0);
+    ASSERT_EQ(t[3].port, 80);
     /* direction, from and existing take part in equality */
     ASSERT_EQ(fl_policy_target_equal(&t[0], &t[0]), 1);
     struct fl_target_spec c = t[1];
@@ -979,9 +991,9 @@ TEST(policy_ingress_targets)
     c = t[1];
     c.from.prefix = 64;
     ASSERT_EQ(fl_policy_target_equal(&t[1], &c), 0);
-    c = t[2];
+    c = t[3];
     c.ingress = 1;
-    ASSERT_EQ(fl_policy_target_equal(&t[2], &c), 0);
+    ASSERT_EQ(fl_policy_target_equal(&t[3], &c), 0);
     fl_policy_unref(p);
 }
 
