@@ -262,6 +262,31 @@ void fl_faultlog_emit_formatted(struct fl_faultlog_buf *lb, char *line, size_t l
     fl_faultlog_emit_raw(lb, line, len);
 }
 
+#define HELD_TAIL 32 /* room after a held line for ,"status":N} */
+
+char *fl_faultlog_hold(struct fl_faultlog_buf *lb, const struct fl_fault_event *ev, size_t *len)
+{
+    char line[FL_FAULTLOG_LINE_MAX];
+    size_t n = fl_faultlog_format(ev, line, sizeof(line));
+    char *held = malloc(n + HELD_TAIL);
+    if (!held) {
+        fl_faultlog_emit_formatted(lb, line, n, sizeof(line), 0);
+        return NULL;
+    }
+    memcpy(held, line, n);
+    *len = n;
+    return held;
+}
+
+void fl_faultlog_release(struct fl_faultlog_buf *lb, char **line, size_t len, int status)
+{
+    if (!*line)
+        return;
+    fl_faultlog_emit_formatted(lb, *line, len, len + HELD_TAIL, status);
+    free(*line);
+    *line = NULL;
+}
+
 void fl_faultlog_emit(struct fl_faultlog_buf *lb, const struct fl_fault_event *ev)
 {
     char line[FL_FAULTLOG_LINE_MAX];

@@ -78,6 +78,14 @@ size_t fl_faultlog_format(const struct fl_fault_event *ev, char *line, size_t ca
 void fl_faultlog_emit_formatted(struct fl_faultlog_buf *lb, char *line, size_t len, size_t cap,
                                 int status);
 
+/* A fault line held until its status is known: the line formatted into a
+ * heap copy with room for the status, *len set. Out of memory, ev is
+ * written at once (without a status) and NULL returned. */
+char *fl_faultlog_hold(struct fl_faultlog_buf *lb, const struct fl_fault_event *ev, size_t *len);
+/* Writes a held line with status (0: none) and frees it; *line becomes NULL.
+ * No-op when *line is NULL. */
+void fl_faultlog_release(struct fl_faultlog_buf *lb, char **line, size_t len, int status);
+
 /* Queues an arbitrary pre-formatted JSON object line (events such as reloads). */
 void fl_faultlog_emit_raw(struct fl_faultlog_buf *lb, const char *json, size_t len);
 

@@ -112,16 +112,9 @@ struct h2 {
     unsigned depth; /* > 0 while inside nghttp2 or our output flush */
 };
 
-#define DLINE_TAIL 32 /* room after a deferred fault line for ,"status":N} */
-
 static void dline_emit(struct fl_conn *c, struct h2_stream *st, int status)
 {
-    if (!st->dline)
-        return;
-    fl_faultlog_emit_formatted(&c->w->log, st->dline, st->dline_len, st->dline_len + DLINE_TAIL,
-                               status);
-    free(st->dline);
-    st->dline = NULL;
+    fl_faultlog_release(&c->w->log, &st->dline, st->dline_len, status);
 }
 
 
@@ -838,8 +831,8 @@ static void upstream_gone(struct fl_conn *c, int err)
 
 /* ---- faults ---- */
 
-static void log_fault(struct fl_conn *c, struct h2_stream *st, enum fl_fault_kind kind,
-                      const struct fl_request *rq)
+static struct fl_fault_event fault_event(struct fl_conn *c, struct h2_stream *st,
+                                         enum fl_fault_kind kind, const struct fl_request *rq)
 {
     const struct fl_rule *r = st->d.rule;
     struct fl_fault_event ev = {
@@ -861,6 +854,13 @@ static void log_fault(struct fl_conn *c, struct h2_stream *st, enum fl_fault_kin
         else
             ev.status = fl_policy_rule_abort_status(r);
     }
+    return ev;
+}
+
+static void log_fault(struct fl_conn *c, struct h2_stream *st, enum fl_fault_kind kind,
+                      const struct fl_request *rq)
+{
+    struct fl_fault_event ev = fault_event(c, st, kind, rq);
     fl_faultlog_emit(&c->w->log, &ev);
 }
 
@@ -869,29 +869,9 @@ static void log_fault(struct fl_conn *c, struct h2_stream *st, enum fl_fault_kin
  * abort's; 0 when the stream ends without an answer. */
 static void dline_defer(struct fl_conn *c, struct h2_stream *st, const struct fl_request *rq)
 {
-    const struct fl_rule *r = st->d.rule;
-    struct fl_fault_event ev = {
-        .policy = st->policy->name,
-        .rule = r->name,
-        .kind = FL_FAULT_DELAY,
-        .delay_ms = st->d.delay_ms,
-        .grpc_status = -1,
-        .req = rq,
-        .src = (const struct sockaddr *)&c->src,
-        .dst = (const struct sockaddr *)&c->dst,
-        .pod = c->pod,
-        .conn = c->id,
-    };
-    char line[FL_FAULTLOG_LINE_MAX];
-    size_t n = fl_faultlog_format(&ev, line, sizeof(line));
+    struct fl_fault_event ev = fault_event(c, st, FL_FAULT_DELAY, rq);
     free(st->dline);
-    st->dline = malloc(n + DLINE_TAIL);
-    if (!st->dline) {
-        fl_faultlog_emit(&c->w->log, &ev);
-        return;
-    }
-    memcpy(st->dline, line, n);
-    st->dline_len = n;
+    st->dline = fl_faultlog_hold(&c->w->log, &ev, &st->dline_len);
 }
 
 static void do_abort(struct fl_conn *c, struct h2_stream *st)

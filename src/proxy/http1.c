@@ -43,7 +43,6 @@
 #define H1_MAX_HEAD FL_CHUNK_CAP /* request head limit (about 64 KiB): 431 above */
 #define H1_MAX_HDRS 100
 #define H1_LINGER_MS 2000
-#define LINE_TAIL 32 /* room after a deferred fault line for ,"status":N} */
 
 #define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -183,11 +182,7 @@ static struct h1_slot *slot_push(struct h1 *h)
  * none, the connection ended first). */
 static void emit_line(struct fl_conn *c, char **line, size_t len, int status)
 {
-    if (!*line)
-        return;
-    fl_faultlog_emit_formatted(&c->w->log, *line, len, len + LINE_TAIL, status);
-    free(*line);
-    *line = NULL;
+    fl_faultlog_release(&c->w->log, line, len, status);
 }
 
 static void slot_pop(struct h1 *h)
@@ -647,16 +642,8 @@ static void defer_delay_line(struct fl_conn *c, const struct fl_rule *r, uint64_
 {
     struct h1 *h = c->proto;
     struct fl_fault_event ev = fault_event(c, r, FL_FAULT_DELAY, delay_ms, 0, rq);
-    char line[FL_FAULTLOG_LINE_MAX];
-    size_t n = fl_faultlog_format(&ev, line, sizeof(line));
     free(h->held_line);
-    h->held_line = malloc(n + LINE_TAIL);
-    if (!h->held_line) {
-        fl_faultlog_emit(&c->w->log, &ev);
-        return;
-    }
-    memcpy(h->held_line, line, n);
-    h->held_line_len = n;
+    h->held_line = fl_faultlog_hold(&c->w->log, &ev, &h->held_line_len);
 }
 
 /* Sends the held head upstream and starts forwarding the body. */
