@@ -162,9 +162,9 @@ static int cmd_run(int argc, char **argv)
                         "--kubernetes\n");
         return 2;
     }
-    if (!o.policy_path || optind != argc) {
+    if ((!o.policy_path && !o.kubernetes) || optind != argc) {
         fprintf(stderr, "faultline run: give the policy file with -f FILE (see policies/ for "
-                        "examples)\n");
+                        "examples), or --kubernetes to run the cluster's FaultPolicies\n");
         return 2;
     }
     return fl_daemon_run(&o);

@@ -271,6 +271,45 @@ static void halt_timer_cb(uv_timer_t *t)
 
 /* ---- endpoints ---- */
 
+/* The policies of the set in force: the file's and each FaultPolicy. */
+static json_t *policies_json(const struct fl_policy *p)
+{
+    json_t *a = json_array();
+    if (!p || (!p->parts && !p->n_rules && !p->n_targets && !p->n_listeners))
+        return a; /* none: a Kubernetes daemon before any FaultPolicy */
+    struct fl_policy *const *parts = p->parts ? p->parts : (struct fl_policy *const *)&p;
+    size_t n = p->parts ? p->n_parts : 1;
+    for (size_t i = 0; i < n; i++) {
+        const struct fl_policy *q = parts[i];
+        unsigned long long inj = 0;
+        size_t nr = 0;
+        uint64_t deadline = 0;
+        for (size_t k = 0; k < p->n_rules; k++) {
+            const struct fl_rule *r = &p->rules[k];
+            if (r->part != q && !(p == q))
+                continue;
+            nr++;
+            deadline = r->deadline_ms;
+            for (int f = 0; f < FL_FAULT_KINDS; f++)
+                inj += atomic_load(&((struct fl_rule *)r)->live.injected[f]);
+        }
+        json_t *o = json_pack("{s:s,s:s,s:s?,s:s,s:I,s:I,s:I}", "id", q->id ? q->id : q->name,
+                              "name", q->name, "namespace", q->ns, "source",
+                              q->ns ? "kubernetes" : "file", "rules", (json_int_t)nr, "targets",
+                              (json_int_t)q->n_targets, "faults_injected", (json_int_t)inj);
+        if (q->ns) {
+            long long left = deadline ? (long long)deadline - (long long)uv_now(admin.loop) : -1;
+            json_object_set_new(o, "generation", json_integer((json_int_t)q->generation));
+            json_object_set_new(o, "ttl_remaining_s",
+                                left < 0 && deadline ? json_real(0)
+                                : deadline           ? json_real((double)left / 1000.0)
+                                                     : json_null());
+        }
+        json_array_append_new(a, o);
+    }
+    return a;
+}
+
 static json_t *status_json(void)
 {
     struct fl_policy *p = fl_runtime_policy();
@@ -308,6 +347,7 @@ static json_t *status_json(void)
         json_object_set_new(o, "generation", json_integer((json_int_t)fl_runtime_generation()));
         json_object_set_new(o, "rules", json_integer((json_int_t)p->n_rules));
         json_object_set_new(o, "listeners", fl_policy_json_listeners(p));
+        json_object_set_new(o, "policies", policies_json(p));
     }
     json_object_set_new(o, "faults_injected_total", json_integer((json_int_t)injected));
     if (ttl >= 0) {
@@ -350,9 +390,47 @@ static void get_rules(struct fl_admin_http_req *c)
 {
     struct fl_policy *p = fl_runtime_policy();
     json_t *a = json_array();
-    for (size_t i = 0; p && i < p->n_rules; i++)
-        json_array_append_new(a, fl_policy_json_rule(&p->rules[i]));
-    fl_admin_http_json(c, 200, json_pack("{s:s?,s:o}", "policy", p ? p->name : NULL, "rules", a));
+    char label[512];
+    for (size_t i = 0; p && i < p->n_rules; i++) {
+        json_t *r = fl_policy_json_rule(&p->rules[i]);
+        /* "label": how faultctl names it: POLICY/RULE with several policies. */
+        json_object_set_new(r, "label",
+                            json_string(fl_policy_rule_label(p, &p->rules[i], label, sizeof(label))));
+        json_array_append_new(a, r);
+    }
+    fl_admin_http_json(c, 200, json_pack("{s:s?,s:o,s:o}", "policy", p ? p->name : NULL,
+                                         "policies", policies_json(p), "rules", a));
+}
+
+/* A rule by name for the admin API: 404 when none, 409 when the name is
+ * ambiguous in the set. NULL when it answered. */
+static struct fl_rule *rule_or_answer(struct fl_admin_http_req *c, const char *name)
+{
+    struct fl_policy *p = fl_runtime_policy();
+    int amb = 0;
+    struct fl_rule *r = p ? fl_policy_find_rule2(p, name, &amb) : NULL;
+    if (r)
+        return r;
+    if (amb) {
+        char which[1024] = "";
+        size_t pos = 0;
+        const char *slash = strrchr(name, '/');
+        const char *rule = slash ? slash + 1 : name;
+        char label[512];
+        for (size_t i = 0; i < p->n_rules && pos < sizeof(which) - 1; i++)
+            if (strcmp(p->rules[i].name, rule) == 0)
+                pos += (size_t)snprintf(which + pos, sizeof(which) - pos, "%s%s", pos ? ", " : "",
+                                        fl_policy_rule_label(p, &p->rules[i], label,
+                                                             sizeof(label)));
+        fl_admin_http_error(c, 409,
+                            "'%s' names more than one rule (%s); name one as POLICY/RULE", name,
+                            which);
+        return NULL;
+    }
+    fl_admin_http_error(c, 404, "no rule named '%s'%s%s%s; 'faultctl rules' lists them", name,
+                        p && !p->parts ? " in policy '" : "", p && !p->parts ? p->name : "",
+                        p && !p->parts ? "'" : "");
+    return NULL;
 }
 
 /* Parses a percent (number 0-100, at most 4 decimals like the policy file) or
@@ -378,8 +456,7 @@ static int percent_value(json_t *v, uint32_t *ppm)
  * is validated before anything changes. */
 static void patch_rule(struct fl_admin_http_req *c, const char *name)
 {
-    struct fl_policy *p = fl_runtime_policy();
-    struct fl_rule *r = p ? fl_policy_find_rule(p, name) : NULL;
+    struct fl_rule *r = rule_or_answer(c, name);
     json_error_t jerr;
     json_t *in, *v;
     const char *key;
@@ -388,12 +465,8 @@ static void patch_rule(struct fl_admin_http_req *c, const char *name)
     uint64_t new_fixed = UINT64_MAX;
     int new_status = 0, has_fixed = 0, has_status = 0;
 
-    if (!r) {
-        fl_admin_http_error(c, 404,
-                            "no rule named '%s' in policy '%s'; 'faultctl rules' lists them", name,
-                            p ? p->name : "");
+    if (!r)
         return;
-    }
     size_t blen;
     const char *body = fl_admin_http_body(c, &blen);
     in = json_loadb(body, blen, 0, &jerr);
@@ -838,8 +911,13 @@ static void dispatch(struct fl_admin_http_req *c)
             get_health(c, path[1] == 'r');
         return;
     }
-    if (fl_admin_http_metrics_only(c)) {
-        fl_admin_http_error(c, 404, "only /metrics, /healthz and /readyz are served on this port");
+    /* The metrics port also serves the read-only views `kubectl faultline`
+     * gathers from every node: status and the event stream. */
+    if (fl_admin_http_metrics_only(c) &&
+        !(get && (strcmp(path, "/v1/status") == 0 || strcmp(path, "/v1/events") == 0))) {
+        fl_admin_http_error(c, 404, "only /metrics, /healthz, /readyz and GET /v1/status, "
+                                    "/v1/events are served on this port; the rest is on the "
+                                    "admin socket");
         return;
     }
     if (strcmp(path, "/v1/status") == 0) {
@@ -860,13 +938,9 @@ static void dispatch(struct fl_admin_http_req *c)
         } else if (strcmp(m, "PATCH") == 0) {
             patch_rule(c, name);
         } else if (get) {
-            struct fl_policy *p = fl_runtime_policy();
-            struct fl_rule *r = p ? fl_policy_find_rule(p, name) : NULL;
+            struct fl_rule *r = rule_or_answer(c, name);
             if (r)
                 fl_admin_http_json(c, 200, fl_policy_json_rule(r));
-            else
-                fl_admin_http_error(c, 404, "no rule named '%s'; 'faultctl rules' lists them",
-                                    name);
         } else {
             method_not_allowed(c, "GET, PATCH");
         }

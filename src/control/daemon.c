@@ -63,7 +63,8 @@ static void reload_after_cb(uv_work_t *req, int status)
         for (size_t i = 0; i < rw->errs.n; i++)
             fl_error("%s", rw->errs.msgs[i]);
         fl_error("reload of %s rejected (%zu error%s); the running policy '%s' stays in force",
-                 rw->path, rw->errs.n, rw->errs.n == 1 ? "" : "s", fl_runtime_policy()->name);
+                 rw->path, rw->errs.n, rw->errs.n == 1 ? "" : "s",
+                 fl_runtime_file_policy() ? fl_runtime_file_policy()->name : "(none)");
     } else if (fl_runtime_check(rw->p, err, sizeof(err)) < 0 ||
                reload_apply(rw->p, err, sizeof(err)) < 0) {
         fl_error("reload of %s rejected: %s; the running policy stays in force", rw->path, err);
@@ -83,6 +84,11 @@ static void reload(void)
 {
     if (lifecycle.reloading || lifecycle.draining)
         return;
+    if (!lifecycle.o->policy_path) {
+        fl_info("SIGHUP: no policy file to re-read (started without -f); FaultPolicies follow "
+                "the API server");
+        return;
+    }
     struct reload_work *rw = calloc(1, sizeof(*rw));
     if (!rw)
         return;
@@ -213,7 +219,13 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
     lifecycle.exit_code = 1;
     signal(SIGPIPE, SIG_IGN);
 
-    e = fl_policy_load(o->policy_path, &p, &errs);
+    /* --kubernetes without -f: the set starts empty, FaultPolicies fill it. */
+    e = o->policy_path ? fl_policy_load(o->policy_path, &p, &errs)
+                       : (p = fl_policy_empty("(none)")) ? 0 : -ENOMEM;
+    if (e < 0 && !o->policy_path) {
+        fprintf(stderr, "faultline: out of memory\n");
+        return 1;
+    }
     if (e < 0) {
         for (size_t i = 0; i < errs.n; i++)
             fprintf(stderr, "%s\n", errs.msgs[i]);
@@ -237,7 +249,7 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
         fl_policy_unref(p);
         return 1;
     }
-    if ((e = fl_runtime_check(p, err, sizeof(err))) < 0) {
+    if (o->policy_path && (e = fl_runtime_check(p, err, sizeof(err))) < 0) {
         fprintf(stderr, "faultline: %s: %s\n", o->policy_path, err);
         fl_policy_unref(p);
         fl_runtime_close();
@@ -294,7 +306,12 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
     uv_signal_init(lifecycle.loop, &lifecycle.sig_hup);
     uv_signal_init(lifecycle.loop, &lifecycle.sig_usr1);
     uv_signal_init(lifecycle.loop, &lifecycle.sig_usr2);
-    if (p->n_targets) {
+    if (!o->policy_path && (e = fl_transparent_probe(err, sizeof(err))) < 0) {
+        fprintf(stderr, "faultline: --kubernetes: %s\n", err);
+        lifecycle.exit_code = 2;
+        goto out;
+    }
+    if (p->n_targets || o->kubernetes) {
         struct fl_transparent_opts to = {.no_sockmap = o->no_sockmap,
                                          .verbose = fl_log_min_level == FL_LOG_DEBUG,
                                          .on_reset = on_existing_reset};
@@ -305,7 +322,8 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
             goto out;
         }
     }
-    if (fl_runtime_apply(p, err, sizeof(err)) < 0) {
+    if ((o->policy_path ? fl_runtime_apply(p, err, sizeof(err))
+                        : fl_runtime_set_resources(NULL, NULL, 0, err, sizeof(err))) < 0) {
         fprintf(stderr, "faultline: %s\n", err);
         goto out;
     }
@@ -313,15 +331,19 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
         fprintf(stderr, "faultline: %s\n", err);
         goto out;
     }
-    fl_kubernetes_policy(p);
+    fl_kubernetes_policy(fl_runtime_policy());
     int n = o->workers > 0 ? o->workers : 1;
     if (n > FL_WORKERS_MAX)
         n = FL_WORKERS_MAX;
-    if (fl_workers_spawn(n, p, err, sizeof(err)) < 0) {
+    if (fl_workers_spawn(n, fl_runtime_policy(), err, sizeof(err)) < 0) {
         fprintf(stderr, "faultline: %s\n", err);
         goto out;
     }
-    describe(p);
+    if (o->policy_path)
+        describe(p);
+    else
+        fl_info("no policy file: running the FaultPolicies of the cluster that select pods of "
+                "this node");
 
     uv_signal_start(&lifecycle.sig_term, signal_cb, SIGTERM);
     uv_signal_start(&lifecycle.sig_int, signal_cb, SIGINT);

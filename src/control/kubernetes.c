@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "faultpolicy.h"
 #include "faultlog.h"
 #include "log.h"
 #include "runtime.h"
@@ -99,7 +100,10 @@ static void on_view(struct fl_kube_view *v, void *arg)
 {
     (void)arg;
     follow_halt(v);
+    if (kube.halt_known)
+        fl_faultpolicies_halt(kube.halted, kube.halt_reason);
     fl_transparent_set_view(v);
+    fl_faultpolicies_view(v);
     fl_kube_view_unref(v);
 }
 
@@ -110,10 +114,16 @@ int fl_kubernetes_start(uv_loop_t *loop, char *err, size_t errlen)
     struct fl_kube_watch_opts wo = {.cfg = &kube.cfg,
                                     .node = kube.node,
                                     .halt_namespace = kube.ns,
+                                    .faultpolicies = 1,
                                     .watch_timeout_s = kube.timeout_s,
                                     .loop = loop,
                                     .on_view = on_view};
-    int e = fl_kube_watch_start(&kube.watch, &wo, err, errlen);
+    int e = fl_faultpolicies_start(loop, &kube.cfg, kube.node);
+    if (e < 0) {
+        snprintf(err, errlen, "out of memory");
+        return e;
+    }
+    e = fl_kube_watch_start(&kube.watch, &wo, err, errlen);
     if (e < 0)
         return e;
     /* A node (re)started during a cluster halt must not inject before it
@@ -125,8 +135,8 @@ int fl_kubernetes_start(uv_loop_t *loop, char *err, size_t errlen)
              "the watch)");
     kube.halt_pending = 1;
     fl_runtime_hold_halt(FL_HALT_CLUSTER, 1, reason, todo);
-    fl_info("kubernetes: watching the pods of node %s and the cluster halt (ConfigMap %s/%s) "
-            "through %s (%s)",
+    fl_info("kubernetes: watching the pods of node %s, the FaultPolicies and the cluster halt "
+            "(ConfigMap %s/%s) through %s (%s)",
             kube.node, kube.ns, FL_KUBE_HALT_NAME, kube.cfg.server, kube.cfg.source);
     return 0;
 }
@@ -201,15 +211,17 @@ json_t *fl_kubernetes_status_json(void)
                              kube.halt_known && kube.halted ? kube.halt_reason : NULL, "current",
                              kube.halt_known && !st.failing);
     json_object_set_new(halt, "namespace", json_string(kube.ns));
-    return json_pack("{s:s,s:s,s:s,s:b,s:s?,s:I,s:I,s:I,s:o,s:o}", "node", kube.node, "server",
+    return json_pack("{s:s,s:s,s:s,s:b,s:s?,s:I,s:I,s:I,s:o,s:o,s:o}", "node", kube.node, "server",
                      kube.cfg.server, "credentials", kube.cfg.source, "pods_synced",
                      st.pods_synced, "error", st.failing ? st.error : NULL, "events",
                      (json_int_t)st.events, "relists", (json_int_t)st.relists, "errors",
-                     (json_int_t)st.errors, "pods", pods, "cluster_halt", halt);
+                     (json_int_t)st.errors, "pods", pods, "cluster_halt", halt,
+                     "faultpolicies", fl_faultpolicies_json());
 }
 
 void fl_kubernetes_stop(void)
 {
+    fl_faultpolicies_stop();
     fl_kube_watch_stop(kube.watch);
     kube.watch = NULL;
     fl_kube_config_free(&kube.cfg);

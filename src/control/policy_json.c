@@ -120,6 +120,8 @@ json_t *fl_policy_json_rule(struct fl_rule *r)
     json_t *o = rule_spec_json(r);
     json_t *f = json_object_get(o, "fault"), *inj = json_object();
     json_object_set_new(o, "enabled", json_boolean(atomic_load(&r->live.enabled)));
+    if (r->policy_id)
+        json_object_set_new(o, "policy", json_string(r->policy_id));
     for (enum fl_fault_kind k = FL_FAULT_DELAY; k < FL_FAULT_KINDS; k++) {
         json_object_set_new(inj, fl_fault_kind_name(k),
                             json_integer((json_int_t)atomic_load(&r->live.injected[k])));

@@ -81,7 +81,24 @@ void fl_runtime_close(void);
  * the first apply. */
 struct fl_policy *fl_runtime_policy(void);
 
-/* The generation of the policy in force (1 for the first), 0 before any. */
+/* The file's policy (-f, SIGHUP, faultctl apply; borrowed), or NULL when
+ * only FaultPolicy resources run. fl_runtime_policy() is it composed with
+ * the resources (fl_policy_compose), or it itself when there are none. */
+struct fl_policy *fl_runtime_file_policy(void);
+
+/* Replaces the FaultPolicy resources in the set: ps[i] (oldest first)
+ * expires at deadlines[i] (monotonic ms, 0 = never; one in the past is held
+ * as expired and not applied). Composes them with the file's policy and
+ * applies the result as fl_runtime_apply does; nothing changes when that
+ * fails. At a deadline the policy is dropped from the set and
+ * FL_EVENT_EXPIRED names its id. Returns 0 or a negative errno. */
+int fl_runtime_set_resources(struct fl_policy *const *ps, const uint64_t *deadlines, size_t n,
+                             char *err, size_t errlen) FL_WUR;
+
+/* 1 when the resource p of the set has expired. */
+int fl_runtime_resource_expired(const struct fl_policy *p);
+
+/* The generation of the file's policy in force (1 for the first), 0 before any. */
 unsigned long long fl_runtime_generation(void);
 
 /* The held snapshots, oldest first: *n of them, valid until the next apply. */
@@ -101,7 +118,7 @@ struct fl_policy *fl_runtime_snapshot(unsigned long long gen);
  * (startup, SIGHUP, the admin API) asks before applying. */
 int fl_runtime_check(const struct fl_policy *p, char *err, size_t errlen) FL_WUR;
 
-/* Makes p the policy in force, atomically: transparent mode and worker 0's
+/* Makes p the file's policy, composed with the resources, atomically: transparent mode and worker 0's
  * listeners take it first and nothing changes when either refuses (err says
  * why); then every worker adopts it, the TTL restarts and p becomes the
  * newest generation (a held snapshot keeps its own). Takes a reference of its

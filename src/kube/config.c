@@ -303,3 +303,39 @@ void fl_kube_config_free(struct fl_kube_config *c)
     free(c->source);
     memset(c, 0, sizeof(*c));
 }
+
+static char *blob_dup(const char *p, size_t n)
+{
+    if (!p)
+        return NULL;
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, p, n);
+        d[n] = 0;
+    }
+    return d;
+}
+
+int fl_kube_config_dup(const struct fl_kube_config *in, struct fl_kube_config *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->server = blob_dup(in->server, in->server ? strlen(in->server) : 0);
+    out->ca_pem = blob_dup(in->ca_pem, in->ca_len);
+    out->ca_len = in->ca_len;
+    out->token = blob_dup(in->token, in->token ? strlen(in->token) : 0);
+    out->token_file = blob_dup(in->token_file, in->token_file ? strlen(in->token_file) : 0);
+    out->cert_pem = blob_dup(in->cert_pem, in->cert_len);
+    out->cert_len = in->cert_len;
+    out->key_pem = blob_dup(in->key_pem, in->key_len);
+    out->key_len = in->key_len;
+    out->ns = blob_dup(in->ns, in->ns ? strlen(in->ns) : 0);
+    out->source = blob_dup(in->source ? in->source : "", in->source ? strlen(in->source) : 0);
+    if (!out->server || !out->source || (in->ca_pem && !out->ca_pem) ||
+        (in->token && !out->token) || (in->token_file && !out->token_file) ||
+        (in->cert_pem && !out->cert_pem) || (in->key_pem && !out->key_pem) ||
+        (in->ns && !out->ns)) {
+        fl_kube_config_free(out);
+        return -ENOMEM;
+    }
+    return 0;
+}

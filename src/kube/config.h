@@ -45,4 +45,7 @@ int fl_kube_config_in_cluster(struct fl_kube_config *c, char *err, size_t errlen
 
 void fl_kube_config_free(struct fl_kube_config *c);
 
+/* A deep copy of in. Returns 0 or -ENOMEM (out is then empty). */
+int fl_kube_config_dup(const struct fl_kube_config *in, struct fl_kube_config *out) FL_WUR;
+
 #endif

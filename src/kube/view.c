@@ -209,9 +209,52 @@ void fl_kube_view_unref(struct fl_kube_view *v)
     for (size_t i = 0; i < v->n_svcs; i++)
         fl_kube_service_fini(&v->svcs[i]);
     free(v->svcs);
+    for (size_t i = 0; i < v->n_fps; i++)
+        fl_kube_fp_fini(&v->fps[i]);
+    free(v->fps);
     free(v->node);
     free(v->halt_reason);
     free(v);
+}
+
+int fl_kube_fp_from_json(json_t *o, struct fl_kube_fp *p)
+{
+    json_t *md = json_object_get(o, "metadata");
+    memset(p, 0, sizeof(*p));
+    p->ns = dup_str(md, "namespace");
+    p->name = dup_str(md, "name");
+    p->uid = dup_str(md, "uid");
+    p->rv = dup_str(md, "resourceVersion");
+    p->created = dup_str(md, "creationTimestamp");
+    json_t *g = json_object_get(md, "generation");
+    p->generation = json_is_integer(g) ? (uint64_t)json_integer_value(g) : 0;
+    p->json = json_dumps(o, JSON_COMPACT);
+    if (!p->ns)
+        p->ns = strdup("");
+    if (!p->name)
+        p->name = strdup("");
+    if (!p->uid)
+        p->uid = strdup("");
+    if (!p->rv)
+        p->rv = strdup("");
+    if (!p->created)
+        p->created = strdup("");
+    if (!p->ns || !p->name || !p->uid || !p->rv || !p->created || !p->json) {
+        fl_kube_fp_fini(p);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void fl_kube_fp_fini(struct fl_kube_fp *p)
+{
+    free(p->ns);
+    free(p->name);
+    free(p->uid);
+    free(p->rv);
+    free(p->created);
+    free(p->json);
+    memset(p, 0, sizeof(*p));
 }
 
 const struct fl_kube_service *fl_kube_view_service(const struct fl_kube_view *v, const char *ns,

@@ -65,9 +65,25 @@ struct fl_kube_view {
     int halt_synced;  /* listed at least once: halted is known */
     int halted;       /* it exists (as last seen) */
     char *halt_reason; /* its data.reason ("" without one), or NULL */
+    /* The FaultPolicies of every namespace, oldest first. */
+    int fps_watched, fps_synced;
+    struct fl_kube_fp *fps;
+    size_t n_fps;
 };
 
 #define FL_KUBE_HALT_NAME "faultline-halt"
+#define FL_KUBE_FP_GROUP "faultline.dev"
+#define FL_KUBE_FP_VERSION "v1"
+
+/* A FaultPolicy resource as last seen: what identifies it, and the whole
+ * object (compact JSON) for the loader and for its status. */
+struct fl_kube_fp {
+    char *ns, *name, *uid;
+    char *created; /* metadata.creationTimestamp ("" when absent) */
+    uint64_t generation;
+    char *rv;   /* metadata.resourceVersion */
+    char *json; /* the object */
+};
 
 /* A destination a Service target resolves to: an address (cluster IP or
  * endpoint) and the port connections to it use. */
@@ -96,5 +112,7 @@ void fl_kube_pod_fini(struct fl_kube_pod *p);
 int fl_kube_service_from_json(json_t *svc, json_t *const *slices, size_t n_slices,
                               struct fl_kube_service *s);
 void fl_kube_service_fini(struct fl_kube_service *s);
+int fl_kube_fp_from_json(json_t *o, struct fl_kube_fp *p);
+void fl_kube_fp_fini(struct fl_kube_fp *p);
 
 #endif

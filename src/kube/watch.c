@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client.h"
 #include "log.h"
 
 #define PAGE_LIMIT 500
@@ -30,7 +31,7 @@
 #define VIEW_MIN_MS 100 /* views of a burst of events are this far apart at least */
 #define BODY_MAX (64u << 20)
 
-enum kind { K_PODS, K_SVC, K_EPS, K_HALT };
+enum kind { K_PODS, K_SVC, K_EPS, K_HALT, K_FP };
 enum state { S_WAIT, S_LIST, S_WATCH };
 
 struct informer {
@@ -181,6 +182,11 @@ static struct informer *informer_new(struct fl_kube_watch *w, enum kind kind, co
         in->path = strdup(buf);
         snprintf(sel, sizeof(sel), "metadata.name=%s", name);
         break;
+    case K_FP:
+        in->what = strdup("FaultPolicies");
+        in->path = strdup("/apis/" FL_KUBE_FP_GROUP "/" FL_KUBE_FP_VERSION "/faultpolicies");
+        sel[0] = 0;
+        break;
     case K_EPS:
         snprintf(buf, sizeof(buf), "EndpointSlices of Service %s/%s", ns, name);
         in->what = strdup(buf);
@@ -190,8 +196,11 @@ static struct informer *informer_new(struct fl_kube_watch *w, enum kind kind, co
         break;
     }
     char *e = esc(sel);
-    snprintf(buf, sizeof(buf), "%s=%s", kind == K_EPS ? "labelSelector" : "fieldSelector",
-             e ? e : "");
+    if (kind == K_FP)
+        buf[0] = 0; /* every FaultPolicy of every namespace */
+    else
+        snprintf(buf, sizeof(buf), "%s=%s", kind == K_EPS ? "labelSelector" : "fieldSelector",
+                 e ? e : "");
     free(e);
     in->query = strdup(buf);
     if (ns) {
@@ -367,36 +376,9 @@ static size_t header_cb(char *p, size_t sz, size_t nm, void *arg)
     return n;
 }
 
-/* The bearer token, re-read from its file for every request so a rotated
- * token is used at once. */
-static int auth_header(struct fl_kube_watch *w, struct informer *in, char *buf, size_t len)
-{
-    if (w->cfg.token_file) {
-        FILE *f = fopen(w->cfg.token_file, "r");
-        char tok[8192];
-        size_t n = 0;
-        if (!f) {
-            set_error(w, in, "cannot read the token file %s: %s", w->cfg.token_file,
-                      strerror(errno));
-            return -1;
-        }
-        n = fread(tok, 1, sizeof(tok) - 1, f);
-        fclose(f);
-        tok[n] = 0;
-        tok[strcspn(tok, "\r\n")] = 0;
-        snprintf(buf, len, "Authorization: Bearer %s", tok);
-        return 1;
-    }
-    if (w->cfg.token) {
-        snprintf(buf, len, "Authorization: Bearer %s", w->cfg.token);
-        return 1;
-    }
-    return 0;
-}
-
 static void start_request(struct fl_kube_watch *w, struct informer *in)
 {
-    char url[4096], auth[8300];
+    char url[4096], why[512];
     int watching = in->rv && in->synced;
     char *e;
 
@@ -419,35 +401,17 @@ static void start_request(struct fl_kube_watch *w, struct informer *in)
         backoff(w, in);
         return;
     }
-    int a = auth_header(w, in, auth, sizeof(auth));
-    if (a < 0) {
+    in->hdrs = curl_slist_append(NULL, "Accept: application/json");
+    if (fl_kube_easy_setup(c, &w->cfg, &in->hdrs, why, sizeof(why)) < 0) {
+        set_error(w, in, "%s", why);
+        curl_slist_free_all(in->hdrs);
+        in->hdrs = NULL;
         curl_easy_cleanup(c);
         backoff(w, in);
         return;
     }
-    in->hdrs = curl_slist_append(NULL, "Accept: application/json");
-    if (a > 0)
-        in->hdrs = curl_slist_append(in->hdrs, auth);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, in->hdrs);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, "faultline/" FL_VERSION);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-    if (w->cfg.ca_pem) {
-        struct curl_blob ca = {w->cfg.ca_pem, w->cfg.ca_len, CURL_BLOB_COPY};
-        curl_easy_setopt(c, CURLOPT_CAINFO_BLOB, &ca);
-    }
-    if (w->cfg.cert_pem) {
-        struct curl_blob cert = {w->cfg.cert_pem, w->cfg.cert_len, CURL_BLOB_COPY};
-        struct curl_blob key = {w->cfg.key_pem, w->cfg.key_len, CURL_BLOB_COPY};
-        curl_easy_setopt(c, CURLOPT_SSLCERT_BLOB, &cert);
-        curl_easy_setopt(c, CURLOPT_SSLCERTTYPE, "PEM");
-        curl_easy_setopt(c, CURLOPT_SSLKEY_BLOB, &key);
-        curl_easy_setopt(c, CURLOPT_SSLKEYTYPE, "PEM");
-    }
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
     if (!watching)
         curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 60000L);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write_cb);
@@ -613,7 +577,14 @@ static void transfer_done(struct fl_kube_watch *w, struct informer *in, CURLcode
         const char *m = json_string_value(json_object_get(o, "message"));
         if (m)
             snprintf(msg, sizeof(msg), " (%s)", m);
-        set_error(w, in, "HTTP %ld from %s: %s%s", status, w->cfg.server, status_hint(status),
+        set_error(w, in, "HTTP %ld from %s: %s%s", status, w->cfg.server,
+                  in->kind == K_FP && status == 404
+                      ? "not found (404): the FaultPolicy CRD is not installed; kubectl apply "
+                        "-f examples/kubernetes/crd.yaml"
+                  : in->kind == K_FP && status == 403
+                      ? "forbidden (403): faultline's account needs get, list and watch on "
+                        "faultpolicies.faultline.dev (examples/kubernetes/rbac.yaml)"
+                      : status_hint(status),
                   msg);
         json_decref(o);
         end_transfer(w, in);
@@ -642,6 +613,17 @@ static int cmp_pod(const void *a, const void *b)
 {
     const struct fl_kube_pod *x = a, *y = b;
     int c = strcmp(x->ns, y->ns);
+    return c ? c : strcmp(x->name, y->name);
+}
+
+/* Oldest first (creationTimestamp, then namespace/name): the order the set
+ * composes them in, so the older policy wins an overlap. */
+static int cmp_fp(const void *a, const void *b)
+{
+    const struct fl_kube_fp *x = a, *y = b;
+    int c = strcmp(x->created, y->created);
+    if (!c)
+        c = strcmp(x->ns, y->ns);
     return c ? c : strcmp(x->name, y->name);
 }
 
@@ -693,6 +675,21 @@ static struct fl_kube_view *build_view(struct fl_kube_watch *w)
             free(v->halt_reason);
             v->halt_reason = strdup(json_is_string(r) ? json_string_value(r) : "");
         }
+    }
+    struct informer *fps = find(w, K_FP, NULL);
+    if (fps) {
+        v->fps_watched = 1;
+        v->fps_synced = fps->synced;
+        v->fps = calloc(json_object_size(fps->store) + 1, sizeof(*v->fps));
+        if (!v->fps)
+            goto oom;
+        json_object_foreach(fps->store, k, o)
+        {
+            if (fl_kube_fp_from_json(o, &v->fps[v->n_fps]) < 0)
+                goto oom;
+            v->n_fps++;
+        }
+        qsort(v->fps, v->n_fps, sizeof(*v->fps), cmp_fp);
     }
     for (struct informer *in = w->list; in; in = in->next) {
         if (in->kind != K_SVC || in->removed)
@@ -753,7 +750,7 @@ static void apply_wanted(struct fl_kube_watch *w)
     }
     w->want_changed = 0;
     for (struct informer *in = w->list; in; in = in->next) {
-        if (in->kind == K_PODS || in->kind == K_HALT)
+        if (in->kind == K_PODS || in->kind == K_HALT || in->kind == K_FP)
             continue;
         int keep = 0;
         for (size_t i = 0; i < w->n_want && !keep; i++)
@@ -875,18 +872,6 @@ static void global_init(void)
     curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-static char *dup_blob(const char *p, size_t n)
-{
-    if (!p)
-        return NULL;
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, p, n);
-        d[n] = 0;
-    }
-    return d;
-}
-
 int fl_kube_watch_start(struct fl_kube_watch **out, const struct fl_kube_watch_opts *o, char *err,
                         size_t errlen)
 {
@@ -896,16 +881,10 @@ int fl_kube_watch_start(struct fl_kube_watch **out, const struct fl_kube_watch_o
         return -ENOMEM;
     pthread_once(&once, global_init);
     const struct fl_kube_config *c = o->cfg;
-    w->cfg.server = strdup(c->server);
-    w->cfg.ca_pem = dup_blob(c->ca_pem, c->ca_len);
-    w->cfg.ca_len = c->ca_len;
-    w->cfg.token = c->token ? strdup(c->token) : NULL;
-    w->cfg.token_file = c->token_file ? strdup(c->token_file) : NULL;
-    w->cfg.cert_pem = dup_blob(c->cert_pem, c->cert_len);
-    w->cfg.cert_len = c->cert_len;
-    w->cfg.key_pem = dup_blob(c->key_pem, c->key_len);
-    w->cfg.key_len = c->key_len;
-    w->cfg.source = strdup(c->source ? c->source : "");
+    if (fl_kube_config_dup(c, &w->cfg) < 0) {
+        free(w);
+        return -ENOMEM;
+    }
     w->node = strdup(o->node);
     w->timeout_s = o->watch_timeout_s ? o->watch_timeout_s : 300;
     w->loop = o->loop;
@@ -917,7 +896,8 @@ int fl_kube_watch_start(struct fl_kube_watch **out, const struct fl_kube_watch_o
     snprintf(w->st.source, sizeof(w->st.source), "%s", c->source ? c->source : "");
     w->multi = curl_multi_init();
     if (!w->cfg.server || !w->node || !w->multi || !informer_new(w, K_PODS, NULL, NULL) ||
-        (o->halt_namespace && !informer_new(w, K_HALT, o->halt_namespace, FL_KUBE_HALT_NAME))) {
+        (o->halt_namespace && !informer_new(w, K_HALT, o->halt_namespace, FL_KUBE_HALT_NAME)) ||
+        (o->faultpolicies && !informer_new(w, K_FP, NULL, NULL))) {
         snprintf(err, errlen, "out of memory starting the Kubernetes watch");
         goto fail;
     }

@@ -34,6 +34,7 @@ struct fl_kube_watch_opts {
     const struct fl_kube_config *cfg; /* copied */
     const char *node;                 /* this node's name */
     const char *halt_namespace;       /* watch the ConfigMap FL_KUBE_HALT_NAME there; NULL: no */
+    int faultpolicies;                /* watch the FaultPolicies of every namespace */
     unsigned watch_timeout_s;         /* the watches' timeoutSeconds; 0: 300 */
     uv_loop_t *loop;
     /* On the loop's thread: the newest view (a reference the callee owns). */

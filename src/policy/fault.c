@@ -50,6 +50,8 @@ int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct f
         return 0;
 
     struct fl_rule *r = fl_rule_index_first(p, scope, req);
+    if (r && r->deadline_ms && now_ms >= r->deadline_ms)
+        return 0; /* its policy expired (a composed set); the next apply drops it */
     if (r) {
         atomic_fetch_add_explicit(&r->live.matched, 1, memory_order_relaxed);
         d->rule = r;

@@ -1591,10 +1591,38 @@ static void check_names(struct ctx *x, struct fl_policy *p)
     check_on(x, p);
 }
 
+static void composed_free(struct fl_policy *p)
+{
+    fl_rule_index_free(p->index);
+    for (size_t i = 0; i < p->n_rules; i++) {
+        for (size_t k = 0; k < p->rules[i].n_on; k++)
+            free(p->rules[i].on[k]);
+        free(p->rules[i].on);
+    }
+    free(p->rules);
+    for (size_t i = 0; i < p->n_targets; i++)
+        if (p->targets[i].part)
+            free(p->targets[i].name); /* a name of our own */
+    free(p->targets);
+    free(p->listeners);
+    for (size_t i = 0; i < p->n_parts; i++)
+        fl_policy_unref(p->parts[i]);
+    free(p->parts);
+    free(p->name);
+    free(p->id);
+    free(p->file);
+    free(p);
+}
+
 static void policy_free(struct fl_policy *p)
 {
     if (!p)
         return;
+    if (p->parts) {
+        composed_free(p);
+        return;
+    }
+    free(p->id);
     free(p->ns);
     free(p->created);
     fl_rule_index_free(p->index);
@@ -1665,6 +1693,26 @@ static void check_single_document(struct ctx *x, yaml_parser_t *parser)
     yaml_document_delete(&next);
 }
 
+/* Names the policy's id and tells its rules and targets whose they are. */
+static int set_owner(struct fl_policy *p)
+{
+    size_t n = strlen(p->name) + (p->ns ? strlen(p->ns) + 1 : 0) + 1;
+    if (!(p->id = malloc(n)))
+        return -ENOMEM;
+    if (p->ns)
+        snprintf(p->id, n, "%s/%s", p->ns, p->name);
+    else
+        snprintf(p->id, n, "%s", p->name);
+    for (size_t i = 0; i < p->n_rules; i++) {
+        p->rules[i].part = p;
+        p->rules[i].policy = p->name;
+        p->rules[i].policy_id = p->id;
+    }
+    for (size_t i = 0; i < p->n_targets; i++)
+        p->targets[i].part = p;
+    return 0;
+}
+
 static int load(const char *name, const char *buf, size_t len, struct fl_policy **out,
                 struct fl_policy_errors *errs, int from_api)
 {
@@ -1729,7 +1777,7 @@ static int load(const char *name, const char *buf, size_t len, struct fl_policy 
         policy_free(p);
         return -EINVAL;
     }
-    if (fl_rule_index_build(p) < 0) {
+    if (set_owner(p) < 0 || fl_rule_index_build(p) < 0) {
         policy_free(p);
         return -ENOMEM;
     }
@@ -1822,10 +1870,207 @@ int fl_policy_target_equal(const struct fl_target_spec *a, const struct fl_targe
 
 struct fl_rule *fl_policy_find_rule(const struct fl_policy *p, const char *name)
 {
-    for (size_t i = 0; i < p->n_rules; i++)
-        if (p->rules[i].name && strcmp(p->rules[i].name, name) == 0)
-            return &p->rules[i];
-    return NULL;
+    return fl_policy_find_rule2(p, name, NULL);
+}
+
+/* Does rule r's policy answer to pol (its id, or its name)? */
+static int policy_is(const struct fl_rule *r, const char *pol, size_t n)
+{
+    if (r->policy_id && strlen(r->policy_id) == n && memcmp(r->policy_id, pol, n) == 0)
+        return 1;
+    return r->policy && strlen(r->policy) == n && memcmp(r->policy, pol, n) == 0;
+}
+
+struct fl_rule *fl_policy_find_rule2(const struct fl_policy *p, const char *name, int *ambiguous)
+{
+    const char *slash = strrchr(name, '/');
+    const char *rule = slash ? slash + 1 : name;
+    struct fl_rule *found = NULL;
+    int n = 0;
+
+    if (ambiguous)
+        *ambiguous = 0;
+    for (size_t i = 0; i < p->n_rules; i++) {
+        struct fl_rule *r = &p->rules[i];
+        if (!r->name || strcmp(r->name, rule) != 0)
+            continue;
+        if (slash && !policy_is(r, name, (size_t)(slash - name)))
+            continue;
+        if (found && found->part == r->part)
+            continue; /* one policy holds a name once */
+        if (!found)
+            found = r;
+        n++;
+    }
+    if (n > 1) {
+        if (ambiguous)
+            *ambiguous = 1;
+        return NULL;
+    }
+    return found;
+}
+
+const char *fl_policy_rule_label(const struct fl_policy *p, const struct fl_rule *r, char *buf,
+                                 size_t len)
+{
+    if (p->n_parts <= 1 || !r->policy_id)
+        snprintf(buf, len, "%s", r->name);
+    else
+        snprintf(buf, len, "%s/%s", r->policy_id, r->name);
+    return buf;
+}
+
+struct fl_policy *fl_policy_empty(const char *name)
+{
+    struct fl_policy *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    atomic_init(&p->refs, 1);
+    p->file = strdup("<none>");
+    p->name = strdup(name);
+    p->ttl_ms = 0;
+    p->max_active_faults = FL_DEFAULT_MAX_ACTIVE_FAULTS;
+    p->proxy_port = FL_DEFAULT_PROXY_PORT;
+    if (!p->file || !p->name || set_owner(p) < 0 || fl_rule_index_build(p) < 0) {
+        policy_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+/* The name rule on-name nm of part q has in the composed set: the file's
+ * keep theirs. */
+static char *qualified(const struct fl_policy *q, const struct fl_policy *file, const char *nm)
+{
+    if (q == file || !q->id)
+        return strdup(nm);
+    size_t n = strlen(q->id) + strlen(nm) + 2;
+    char *s = malloc(n);
+    if (s)
+        snprintf(s, n, "%s/%s", q->id, nm);
+    return s;
+}
+
+static int compose_rule(struct fl_rule *r, const struct fl_rule *src, const struct fl_policy *q,
+                        const struct fl_policy *file, uint64_t deadline)
+{
+    memcpy(r, src, sizeof(*r));
+    r->deadline_ms = deadline;
+    atomic_init(&r->live.enabled, atomic_load(&src->live.enabled));
+    atomic_init(&r->live.delay_ppm, atomic_load(&src->live.delay_ppm));
+    atomic_init(&r->live.abort_ppm, atomic_load(&src->live.abort_ppm));
+    atomic_init(&r->live.reset_ppm, atomic_load(&src->live.reset_ppm));
+    atomic_init(&r->live.delay_fixed_ms, atomic_load(&src->live.delay_fixed_ms));
+    atomic_init(&r->live.abort_status, atomic_load(&src->live.abort_status));
+    atomic_init(&r->live.matched, atomic_load(&src->live.matched));
+    for (int k = 0; k < FL_FAULT_KINDS; k++)
+        atomic_init(&r->live.injected[k], atomic_load(&src->live.injected[k]));
+    /* `on` made explicit: everything of its own policy when it named nothing. */
+    size_t n = src->n_on ? src->n_on : q->n_listeners + q->n_targets;
+    r->on = calloc(n + 1, sizeof(*r->on));
+    r->n_on = 0;
+    if (!r->on)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        const char *nm = src->n_on                 ? src->on[i]
+                         : i < q->n_listeners      ? q->listeners[i].name
+                                                   : q->targets[i - q->n_listeners].name;
+        int is_listener = 0;
+        for (size_t k = 0; k < q->n_listeners; k++)
+            is_listener |= strcmp(q->listeners[k].name, nm) == 0;
+        if (!(r->on[r->n_on] = is_listener ? strdup(nm) : qualified(q, file, nm)))
+            return -ENOMEM;
+        r->n_on++;
+    }
+    if (r->n_on == 0) {
+        /* A policy of nothing: a name no scope has, so the rule never acts. */
+        if (!(r->on[0] = strdup("\x01none")))
+            return -ENOMEM;
+        r->n_on = 1;
+    }
+    return 0;
+}
+
+int fl_policy_compose(struct fl_policy *const *parts, const uint64_t *deadlines, size_t n,
+                      int has_file, struct fl_policy **out)
+{
+    const struct fl_policy *file = has_file && n ? parts[0] : NULL;
+    size_t nr = 0, nt = 0, nl = 0;
+
+    *out = NULL;
+    for (size_t i = 0; i < n; i++) {
+        nr += parts[i]->n_rules;
+        nt += parts[i]->n_targets;
+        nl += parts[i] == file ? parts[i]->n_listeners : 0;
+    }
+    if (n == 1 && file) {
+        *out = fl_policy_ref(parts[0]);
+        return 0;
+    }
+    struct fl_policy *p = calloc(1, sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    atomic_init(&p->refs, 1);
+    p->parts = calloc(n + 1, sizeof(*p->parts));
+    p->rules = calloc(nr + 1, sizeof(*p->rules));
+    p->targets = calloc(nt + 1, sizeof(*p->targets));
+    p->listeners = calloc(nl + 1, sizeof(*p->listeners));
+    p->name = strdup(file ? file->name : n == 1 ? parts[0]->name : "(set)");
+    p->id = strdup(file ? file->id : n == 1 ? parts[0]->id : "(set)");
+    p->file = strdup(file ? file->file : "<kubernetes>");
+    if (!p->parts || !p->rules || !p->targets || !p->listeners || !p->name || !p->id || !p->file)
+        goto nomem;
+    p->max_active_faults = file ? file->max_active_faults : FL_DEFAULT_MAX_ACTIVE_FAULTS;
+    p->proxy_port = FL_DEFAULT_PROXY_PORT;
+    if (file) {
+        p->has_seed = file->has_seed;
+        p->seed = file->seed;
+        p->proxy_port = file->proxy_port;
+    }
+    int port_set = file && file->n_targets;
+    for (size_t i = 0; i < n; i++) {
+        struct fl_policy *q = parts[i];
+        p->parts[p->n_parts++] = fl_policy_ref(q);
+        if (!file && q->max_active_faults < p->max_active_faults)
+            p->max_active_faults = q->max_active_faults;
+        if (!port_set && q->n_targets) {
+            p->proxy_port = q->proxy_port;
+            port_set = 1;
+        }
+        if (q == file)
+            for (size_t k = 0; k < q->n_listeners; k++)
+                p->listeners[p->n_listeners++] = q->listeners[k];
+        for (size_t k = 0; k < q->n_targets; k++) {
+            struct fl_target_spec *t = &p->targets[p->n_targets];
+            *t = q->targets[k];
+            if (!(t->name = qualified(q, file, q->targets[k].name))) {
+                t->part = NULL; /* nothing of ours to free */
+                goto nomem;
+            }
+            p->n_targets++;
+        }
+        for (size_t k = 0; k < q->n_rules; k++)
+            if (compose_rule(&p->rules[p->n_rules++], &q->rules[k], q, file,
+                             deadlines ? deadlines[i] : 0) < 0)
+                goto nomem;
+    }
+    if (fl_rule_index_build(p) < 0)
+        goto nomem;
+    *out = p;
+    return 0;
+nomem:
+    if (!p->parts) {
+        free(p->rules);
+        free(p->targets);
+        free(p->listeners);
+        free(p->name);
+        free(p->id);
+        free(p->file);
+        free(p);
+    } else {
+        composed_free(p);
+    }
+    return -ENOMEM;
 }
 
 int fl_policy_rule_abort_status(const struct fl_rule *r)

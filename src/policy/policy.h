@@ -117,6 +117,14 @@ struct fl_rule {
     struct fl_reset reset;
     struct fl_rule_live live;
     int line, col; /* where the rule starts, for messages */
+    /* The loaded policy the rule belongs to (not a reference: the policy, or
+     * a composed set holding it, outlives the rule), and its names. */
+    const struct fl_policy *part;
+    const char *policy;    /* its metadata.name: the fault log's "policy" */
+    const char *policy_id; /* "namespace/name" for a resource, else the name */
+    /* Monotonic ms at which the rule's policy expires, in a composed set;
+     * 0: the global deadline (fl_fault_global) governs. */
+    uint64_t deadline_ms;
 };
 
 struct fl_listener_spec {
@@ -154,6 +162,7 @@ struct fl_target_spec {
     struct fl_cidr from; /* ingress: callers from here only; family 0 = any caller */
     int existing_reset; /* existing: reset (else keep) */
     int line, col;
+    const struct fl_policy *part; /* the loaded policy it belongs to (as for rules) */
 };
 
 struct fl_rule_index;
@@ -168,6 +177,12 @@ struct fl_policy {
     char *ns;
     uint64_t generation;
     char *created;
+    char *id; /* "namespace/name" for a resource, else the name */
+    /* A composed set (fl_policy_compose): the policies it was made of, each
+     * with a reference. Its rules, targets and listeners are shallow copies
+     * of theirs; NULL/0 for a loaded policy. */
+    struct fl_policy **parts;
+    size_t n_parts;
     int has_seed;
     uint64_t seed;
     uint64_t ttl_ms;
@@ -225,8 +240,35 @@ atomic_uint *fl_policy_rule_live_ppm(struct fl_rule *r, enum fl_fault_kind k);
 /* Kind k's percent (ppm) in force: the live override, else the file's. */
 uint32_t fl_policy_rule_ppm(const struct fl_rule *r, enum fl_fault_kind k);
 
-/* Returns the rule named name, or NULL. */
+/* Returns the rule named name, or NULL. In a composed set name is RULE,
+ * POLICY/RULE or NAMESPACE/POLICY/RULE (POLICY is a policy's name or id);
+ * a bare RULE that more than one policy has, or a POLICY name two
+ * namespaces share, is ambiguous: NULL with *ambiguous set (ambiguous may
+ * be NULL). */
 struct fl_rule *fl_policy_find_rule(const struct fl_policy *p, const char *name);
+struct fl_rule *fl_policy_find_rule2(const struct fl_policy *p, const char *name, int *ambiguous);
+
+/* "POLICY/RULE" of r when p holds more than one policy, else its name:
+ * how faultctl, /v1/rules and events name it. Writes into buf. */
+const char *fl_policy_rule_label(const struct fl_policy *p, const struct fl_rule *r, char *buf,
+                                 size_t len);
+
+/* Composes one snapshot from n loaded policies, oldest first (an earlier
+ * policy's targets win where two select the same traffic). Each rule acts
+ * only on its own policy's listeners and targets: the others' targets are
+ * renamed "ID/target" (ID: namespace/name) and the rules' `on` lists say
+ * so explicitly. deadlines[i] (monotonic ms, 0 = none) is when parts[i]
+ * expires; it becomes its rules' deadline_ms. With has_file, parts[0] is
+ * the file's policy: it keeps its names and gives listeners, seed,
+ * proxy_port and max_active_faults (otherwise the defaults and the
+ * smallest limit). A file policy alone is returned as it is (a new
+ * reference). Returns 0 or -ENOMEM. */
+int fl_policy_compose(struct fl_policy *const *parts, const uint64_t *deadlines, size_t n,
+                      int has_file, struct fl_policy **out) FL_WUR;
+
+/* A policy with nothing in it, named name: what a Kubernetes daemon without
+ * -f runs until FaultPolicies arrive. */
+struct fl_policy *fl_policy_empty(const char *name);
 
 /* 1 when a target selects pods by labels or names a Service: the daemon
  * needs --kubernetes. */

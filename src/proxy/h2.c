@@ -836,7 +836,7 @@ static struct fl_fault_event fault_event(struct fl_conn *c, struct h2_stream *st
 {
     const struct fl_rule *r = st->d.rule;
     struct fl_fault_event ev = {
-        .policy = st->policy->name,
+        .policy = r->policy ? r->policy : st->policy->name,
         .rule = r->name,
         .kind = kind,
         .delay_ms = kind == FL_FAULT_DELAY ? st->d.delay_ms : 0,

@@ -615,7 +615,7 @@ static struct fl_fault_event fault_event(struct fl_conn *c, const struct fl_rule
                                          const struct fl_request *rq)
 {
     return (struct fl_fault_event){
-        .policy = c->policy->name,
+        .policy = r->policy ? r->policy : c->policy->name,
         .rule = r->name,
         .kind = kind,
         .delay_ms = delay_ms,

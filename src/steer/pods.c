@@ -35,12 +35,20 @@ struct pod {
 #define MAX_PARENTS 12 /* the kubelet's QoS parent directories, all layouts */
 
 /* One (pod, destination, port) -> target record in the kernel's policy map. */
+#define MAX_CONFLICTS 64
+
 struct entry {
     uint64_t cgid;
     struct fl_cidr dst;
     uint16_t port;
     uint32_t id;
     int seen;
+    const struct fl_policy *part; /* the policy of the target that owns it (this reconcile) */
+};
+
+/* A newer policy's target that overlaps an older one's on some pod. */
+struct conflict {
+    const struct fl_policy *newer, *older;
 };
 
 /* ---- scan: the part that runs on the thread pool ---- */
@@ -94,6 +102,8 @@ struct fl_pods {
     struct pod *list;
     struct entry *entries;
     size_t n_entries, cap_entries;
+    struct conflict conflicts[MAX_CONFLICTS];
+    size_t n_conflicts;
     size_t closing; /* handles still closing */
     uv_timer_t quick; /* a pod cgroup without a process yet: look again soon */
     unsigned quick_tries;
@@ -378,6 +388,32 @@ static void entry_remove(struct fl_pods *pods, size_t i)
     pods->entries[i] = pods->entries[--pods->n_entries];
 }
 
+/* Do e and d select some of the same connections (ports, addresses)? */
+static int entry_overlaps(const struct entry *e, const struct fl_kube_dest *d)
+{
+    if (e->port && d->port && e->port != d->port)
+        return 0;
+    if (e->dst.family != d->addr.family)
+        return 0;
+    int bits = e->dst.prefix < d->addr.prefix ? e->dst.prefix : d->addr.prefix;
+    for (int b = 0; b < bits; b++) {
+        int m = 0x80 >> (b % 8);
+        if ((e->dst.addr[b / 8] & m) != (d->addr.addr[b / 8] & m))
+            return 0;
+    }
+    return 1;
+}
+
+static void conflict_note(struct fl_pods *pods, const struct fl_policy *newer,
+                          const struct fl_policy *older)
+{
+    for (size_t i = 0; i < pods->n_conflicts; i++)
+        if (pods->conflicts[i].newer == newer && pods->conflicts[i].older == older)
+            return;
+    if (pods->n_conflicts < MAX_CONFLICTS)
+        pods->conflicts[pods->n_conflicts++] = (struct conflict){newer, older};
+}
+
 /* Returns 1 when the entry is new or now belongs to target id, else 0. */
 static int entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_target_spec *ts,
                          const struct fl_kube_dest *d, uint32_t id, const char *path)
@@ -385,6 +421,14 @@ static int entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_ta
     struct entry *e = NULL;
     int r;
 
+    for (size_t i = 0; i < pods->n_entries; i++) {
+        struct entry *o = &pods->entries[i];
+        if (o->seen && o->cgid == cgid && o->part != ts->part && entry_overlaps(o, d)) {
+            /* An older policy steers this already: it wins. */
+            conflict_note(pods, ts->part, o->part);
+            return 0;
+        }
+    }
     for (size_t i = 0; i < pods->n_entries; i++)
         if (entry_same(&pods->entries[i], cgid, d)) {
             e = &pods->entries[i];
@@ -394,6 +438,7 @@ static int entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_ta
         return 0; /* an earlier target of the policy owns the same selection */
     if (e && e->id == id) {
         e->seen = 1;
+        e->part = ts->part;
         return 0;
     }
     if (!e && pods->n_entries == pods->cap_entries) {
@@ -418,6 +463,7 @@ static int entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_ta
     }
     e->id = id;
     e->seen = 1;
+    e->part = ts->part;
     return 1;
 }
 
@@ -541,6 +587,7 @@ static void reconcile(struct fl_pods *pods, struct scan *s)
         pd->seen = 0;
     for (size_t i = 0; i < pods->n_entries; i++)
         pods->entries[i].seen = 0;
+    pods->n_conflicts = 0;
     for (size_t i = 0; p && i < s->n_hits; i++) {
         struct scan_hit *h = &s->hits[i];
         const struct fl_target_spec *ts = &p->targets[h->target];
@@ -850,4 +897,17 @@ const char *fl_pods_name_of_netns(const struct fl_pods *pods, uint64_t ino)
         if (pd->ns_ino == ino && pd->name)
             return pd->name;
     return NULL;
+}
+
+int fl_pods_conflict(const struct fl_pods *pods, const struct fl_policy *part, char *who,
+                     size_t len)
+{
+    for (size_t i = 0; pods && i < pods->n_conflicts; i++)
+        if (pods->conflicts[i].newer == part) {
+            const struct fl_policy *o = pods->conflicts[i].older;
+            snprintf(who, len, "%s %s", o->ns ? "FaultPolicy" : "the file policy",
+                     o->id ? o->id : o->name);
+            return 1;
+        }
+    return 0;
 }

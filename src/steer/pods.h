@@ -133,6 +133,12 @@ struct fl_pods_pod {
  * reconcile). */
 const struct fl_pods_pod *fl_pods_selected(const struct fl_pods *pods, size_t *n);
 
+/* 1 when a target of part lost to an older policy's overlapping target on
+ * some pod at the last reconcile (that policy is not steered there); who
+ * names the older policy. Loop thread. */
+int fl_pods_conflict(const struct fl_pods *pods, const struct fl_policy *part, char *who,
+                     size_t len);
+
 /* "namespace/name" of the enrolled Kubernetes pod in the netns with inode
  * ino, or NULL. Loop thread. */
 const char *fl_pods_name_of_netns(const struct fl_pods *pods, uint64_t ino);

@@ -1207,3 +1207,8 @@ void fl_transparent_stop(void)
     uv_mutex_destroy(&tp.wd_mu);
     uv_cond_destroy(&tp.wd_cond);
 }
+
+int fl_transparent_conflict(const struct fl_policy *part, char *who, size_t len)
+{
+    return tp.started && fl_pods_conflict(tp.pods, part, who, len);
+}

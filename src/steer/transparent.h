@@ -129,6 +129,10 @@ struct fl_transparent_pod {
     const char *pod, *cgroup, *target, *state; /* valid until the loop turns */
 };
 
+/* 1 when a target of part (a policy of the set) lost an overlap to an
+ * older policy on some pod; who names that policy. Main loop's thread. */
+int fl_transparent_conflict(const struct fl_policy *part, char *who, size_t len);
+
 /* Fills up to cap; returns how many there are. Main loop's thread. */
 size_t fl_transparent_pods(struct fl_transparent_pod *out, size_t cap);
 

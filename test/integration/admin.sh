@@ -367,7 +367,10 @@ inj=$(awk '/^faultline_faults_injected_total\{rule="aborts",fault="abort"\}/ {pr
 check "  ... counters survive applies (aborts injected: $inj_before before them, $inj now)" test "${inj:-0}" -gt "${inj_before:-0}" -a "${inj_before:-0}" -gt 0
 rc 0 "--metrics-listen serves /metrics over TCP" curl -sf "http://127.0.0.1:$METRICS/metrics"
 check "  ... with the same metrics" grep -q "^faultline_requests_total [0-9]" "$T/out"
-rc 22 "--metrics-listen serves nothing else (404)" curl -sf "http://127.0.0.1:$METRICS/v1/status"
+rc 22 "--metrics-listen serves nothing else (404)" curl -sf "http://127.0.0.1:$METRICS/v1/rules"
+rc 22 "  ... nor changes (PUT /v1/policy: 404)" curl -sf -X PUT --data-binary @/dev/null "http://127.0.0.1:$METRICS/v1/policy"
+rc 0 "  ... but the read-only status, for kubectl faultline" curl -sf "http://127.0.0.1:$METRICS/v1/status"
+check "  ... which is the daemon's" grep -q '"policy":"pol-' "$T/out"
 rc 0 "--metrics-listen serves /healthz (liveness)" curl -sf "http://127.0.0.1:$METRICS/healthz"
 check "  ... which says the loop answers" grep -q '"status":"ok","loop":true' "$T/out"
 rc 0 "  ... and /readyz (ready: no API watch to wait for)" curl -sf "http://127.0.0.1:$METRICS/readyz"

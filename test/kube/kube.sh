@@ -144,6 +144,8 @@ ms_ok() { [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -le "$2" ]; }
 # ---- the cluster: API server, namespaces, a Service, pods ----
 kapi_start "$TMP/api" || { say "test API server did not start"; exit 1; }
 for ns in shop other; do kapi POST /api/v1/namespaces "{\"metadata\":{\"name\":\"$ns\"}}" >/dev/null; done
+# The daemon watches FaultPolicies too: their CRD is part of an install.
+kapi_kubectl apply -f "$HERE/../../examples/kubernetes/crd.yaml" >/dev/null || { say "the CRD did not install"; exit 1; }
 kapi POST /api/v1/namespaces/shop/services \
     "{\"metadata\":{\"name\":\"orders\"},\"spec\":{\"clusterIP\":\"10.77.200.10\",\"clusterIPs\":[\"10.77.200.10\",\"fd77:200::10\"],\"ports\":[{\"name\":\"http\",\"port\":$SVCPORT,\"targetPort\":\"http\"}]}}" >/dev/null
 slice() { # ADDRESSES-JSON
