@@ -168,6 +168,12 @@ static const char *js(json_t *o, const char *key)
     return s ? s : "";
 }
 
+/* A rule's name as the daemon says to use it (POLICY/RULE in a set). */
+static const char *label(json_t *r)
+{
+    return *js(r, "label") ? js(r, "label") : js(r, "name");
+}
+
 static long long ji(json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);
@@ -256,8 +262,18 @@ static int cmd_status(struct ctl *g, int argc, char **argv)
     printf("faults        %lld injected, %lld over max_active_faults, %lld in progress\n",
            ji(o, "faults_injected_total"), ji(o, "faults_overflow_total"), ji(o, "active_faults"));
     printf("rules         %lld\n", ji(o, "rules"));
-    json_t *ls = json_object_get(o, "listeners"), *l;
+    json_t *ps = json_object_get(o, "policies"), *pp;
     size_t i;
+    /* The set: the file's policy and each FaultPolicy (more than one, or a
+     * resource, is worth a line each). */
+    if (json_array_size(ps) > 1 || (json_array_size(ps) == 1 &&
+                                     strcmp(js(json_array_get(ps, 0), "source"), "file") != 0))
+        json_array_foreach(ps, i, pp)
+            printf("%s %s (%s): %lld rule%s, %lld target%s, %lld injected\n",
+                   i ? "             " : "policies     ", js(pp, "id"), js(pp, "source"),
+                   ji(pp, "rules"), ji(pp, "rules") == 1 ? "" : "s", ji(pp, "targets"),
+                   ji(pp, "targets") == 1 ? "" : "s", ji(pp, "faults_injected"));
+    json_t *ls = json_object_get(o, "listeners"), *l;
     json_array_foreach(ls, i, l) printf("%s %s %s -> %s\n", i ? "             " : "listeners    ",
                                         js(l, "name"), js(l, "listen"), js(l, "upstream"));
     json_t *tp = json_object_get(o, "transparent");
@@ -278,6 +294,14 @@ static int cmd_status(struct ctl *g, int argc, char **argv)
                js(k, "credentials"),
                *kerr ? kerr : json_is_true(json_object_get(k, "pods_synced")) ? "in sync"
                                                                             : "listing pods");
+        json_t *fps = json_object_get(k, "faultpolicies"), *fp;
+        json_array_foreach(fps, i, fp)
+        {
+            const char *why = *js(fp, "invalid") ? js(fp, "invalid") : js(fp, "conflict");
+            printf("%s %s/%s: %s (generation %lld)%s%s\n",
+                   i ? "             " : "faultpolicy  ", js(fp, "namespace"), js(fp, "name"),
+                   js(fp, "state"), ji(fp, "generation"), *why ? ": " : "", why);
+        }
         json_t *pods = json_object_get(k, "pods"), *pd;
         json_array_foreach(pods, i, pd)
         {
@@ -301,8 +325,8 @@ static int cmd_rules(struct ctl *g, int argc, char **argv)
         goto out;
     json_t *rules = json_object_get(o, "rules");
     int w = 4;
-    json_array_foreach(rules, i, r) if ((int)strlen(js(r, "name")) > w) w =
-        (int)strlen(js(r, "name"));
+    /* "label": POLICY/RULE when several policies are loaded. */
+    json_array_foreach(rules, i, r) if ((int)strlen(label(r)) > w) w = (int)strlen(label(r));
     printf("%-*s  %-7s  %-16s  %-12s  %-8s  %9s  %9s\n", w, "RULE", "ENABLED", "DELAY", "ABORT",
            "RESET", "MATCHED", "INJECTED");
     json_array_foreach(rules, i, r)
@@ -312,7 +336,7 @@ static int cmd_rules(struct ctl *g, int argc, char **argv)
         fmt_fault(d, sizeof(d), f, "delay");
         fmt_fault(a, sizeof(a), f, "abort");
         fmt_fault(rs, sizeof(rs), f, "reset");
-        printf("%-*s  %-7s  %-16s  %-12s  %-8s  %9lld  %9lld\n", w, js(r, "name"),
+        printf("%-*s  %-7s  %-16s  %-12s  %-8s  %9lld  %9lld\n", w, label(r),
                json_is_true(json_object_get(r, "enabled")) ? "yes" : "no", d, a, rs,
                ji(r, "matched"), ji(inj, "delay") + ji(inj, "abort") + ji(inj, "reset"));
     }

@@ -31,9 +31,10 @@ void fl_metrics_render(struct fl_sbuf *out)
                    "# HELP faultline_requests_total Requests the proxy decided on.\n"
                    "# TYPE faultline_requests_total counter\nfaultline_requests_total %llu\n",
                    rc.requests_total);
-    /* Label values are rule names of the policy in force and the three fault
-     * kinds: bounded by the policy, never by traffic. */
-    fl_sbuf_printf(&b, "# HELP faultline_faults_injected_total Faults injected, by rule and kind.\n"
+    /* Label values are the policies of the set (namespace/name for a
+     * FaultPolicy), their rule names and the fault kinds: bounded by the
+     * policies, never by traffic. */
+    fl_sbuf_printf(&b, "# HELP faultline_faults_injected_total Faults injected, by policy, rule and kind.\n"
                        "# TYPE faultline_faults_injected_total counter\n");
     for (size_t i = 0; p && i < p->n_rules; i++) {
         struct fl_rule *r = &p->rules[i];
@@ -41,7 +42,9 @@ void fl_metrics_render(struct fl_sbuf *out)
             unsigned long long v = atomic_load(&r->live.injected[k]);
             if (!fl_policy_rule_has_kind(r, k) && v == 0)
                 continue;
-            fl_sbuf_printf(&b, "faultline_faults_injected_total{rule=\"");
+            fl_sbuf_printf(&b, "faultline_faults_injected_total{policy=\"");
+            metric_label(&b, r->policy_id ? r->policy_id : p->name);
+            fl_sbuf_printf(&b, "\",rule=\"");
             metric_label(&b, r->name);
             fl_sbuf_printf(&b, "\",fault=\"%s\"} %llu\n", fl_fault_kind_name(k), v);
         }

@@ -282,7 +282,7 @@ rc 2 "set --status 700 is a usage error" ctl set aborts --status 700
 rc 1 "set --delay on a rule without a delay fault: exit 1" ctl set aborts --delay 5ms
 
 # ---- apply ----
-inj_before=$(ctl metrics | awk '/^faultline_faults_injected_total\{rule="aborts",fault="abort"\}/ {print $2}')
+inj_before=$(ctl metrics | awk '/^faultline_faults_injected_total\{policy="pol-[ab]",rule="aborts",fault="abort"\}/ {print $2}')
 gen_a=$(json status .generation)
 rc 1 "apply an invalid policy: exit 1" ctl apply -f "$T/bad.yaml"
 check "  ... every error as file:line:col (status)" grep -q "^$T/bad.yaml:13:[0-9]*: .*status" "$T/err"
@@ -358,12 +358,12 @@ check "  ... with Transfer-Encoding: chunked" grep -qi "transfer-encoding: chunk
 
 # ---- metrics ----
 rc 0 "metrics" ctl metrics
-for m in faultline_requests_total 'faultline_faults_injected_total{rule="aborts",fault="abort"}' \
+for m in faultline_requests_total ',rule="aborts",fault="abort"}' \
     faultline_faults_overflow_total faultline_active_connections 'faultline_halted 0' \
     'faultline_build_info{version='; do
     check "  ... has $m" grep -qF "$m" "$T/out"
 done
-inj=$(awk '/^faultline_faults_injected_total\{rule="aborts",fault="abort"\}/ {print $2}' "$T/out")
+inj=$(awk '/^faultline_faults_injected_total\{policy="pol-[ab]",rule="aborts",fault="abort"\}/ {print $2}' "$T/out")
 check "  ... counters survive applies (aborts injected: $inj_before before them, $inj now)" test "${inj:-0}" -gt "${inj_before:-0}" -a "${inj_before:-0}" -gt 0
 rc 0 "--metrics-listen serves /metrics over TCP" curl -sf "http://127.0.0.1:$METRICS/metrics"
 check "  ... with the same metrics" grep -q "^faultline_requests_total [0-9]" "$T/out"

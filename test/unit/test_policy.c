@@ -1048,3 +1048,76 @@ TEST(policy_resource_from_the_api)
     ASSERT_NOT_NULL(strstr(errs.msgs[0], "x: metadata.namespace: missing"));
     fl_policy_errors_free(&errs);
 }
+
+/* A file policy and two resources composed: each rule acts on its own
+ * policy's targets only, names resolve as POLICY/RULE, deadlines go to the
+ * rules, and the parts' counters are not the set's. */
+TEST(policy_compose_a_set)
+{
+    static const char file[] = "apiVersion: faultline/v1\nkind: FaultPolicy\nmetadata: {name: local}\n"
+                               "spec:\n  seed: 7\n  listeners: [{name: l, listen: 127.0.0.1:15000, "
+                               "upstream: 127.0.0.1:8080}]\n  rules: [{name: r, fault: {reset: {}}}]\n";
+    static const char res[] =
+        "{\"apiVersion\":\"faultline.dev/v1\",\"kind\":\"FaultPolicy\",\"metadata\":{\"name\":"
+        "\"chaos\",\"namespace\":\"%s\"},\"spec\":{\"max_active_faults\":%d,\"targets\":[{\"name\":\"t\","
+        "\"pods\":{\"selector\":{\"matchLabels\":{\"app\":\"web\"}}},\"destination\":{\"ip\":"
+        "\"10.0.0.1\"}}],\"rules\":[{\"name\":\"r\",\"fault\":{\"abort\":{\"status\":503}}}]}}";
+    struct fl_policy *parts[3] = {0}, *set = NULL;
+    struct fl_policy_errors errs = {0};
+    char buf[1024];
+    ASSERT_EQ(fl_policy_load_buf("f.yaml", file, strlen(file), &parts[0], &errs), 0);
+    snprintf(buf, sizeof(buf), res, "shop", 50);
+    ASSERT_EQ(fl_policy_load_resource("shop/chaos", buf, strlen(buf), &parts[1], &errs), 0);
+    snprintf(buf, sizeof(buf), res, "team", 20);
+    ASSERT_EQ(fl_policy_load_resource("team/chaos", buf, strlen(buf), &parts[2], &errs), 0);
+
+    /* The file's policy alone is itself. */
+    ASSERT_EQ(fl_policy_compose(parts, NULL, 1, 1, &set), 0);
+    ASSERT(set == parts[0]);
+    fl_policy_unref(set);
+
+    uint64_t dl[3] = {0, 5000, 0};
+    ASSERT_EQ(fl_policy_compose(parts, dl, 3, 1, &set), 0);
+    ASSERT_UEQ(set->n_parts, 3);
+    ASSERT_UEQ(set->n_listeners, 1);
+    ASSERT_UEQ(set->n_targets, 2);
+    ASSERT_STR_EQ(set->targets[0].name, "shop/chaos/t");
+    ASSERT_STR_EQ(set->targets[1].name, "team/chaos/t");
+    ASSERT(set->has_seed && set->seed == 7);
+    ASSERT_UEQ(set->max_active_faults, parts[0]->max_active_faults); /* the file's */
+    ASSERT_UEQ(set->n_rules, 3);
+    /* A rule without `on` acts on its own policy's listeners and targets. */
+    ASSERT(fl_policy_rule_applies_to(&set->rules[0], "l"));
+    ASSERT(!(fl_policy_rule_applies_to(&set->rules[0], "shop/chaos/t")));
+    ASSERT(fl_policy_rule_applies_to(&set->rules[1], "shop/chaos/t"));
+    ASSERT(!(fl_policy_rule_applies_to(&set->rules[1], "team/chaos/t")));
+    ASSERT(!(fl_policy_rule_applies_to(&set->rules[1], "l")));
+    ASSERT_UEQ(set->rules[1].deadline_ms, 5000);
+    ASSERT_UEQ(set->rules[2].deadline_ms, 0);
+    ASSERT_STR_EQ(set->rules[2].policy, "chaos");
+    ASSERT_STR_EQ(set->rules[2].policy_id, "team/chaos");
+
+    int amb = 0;
+    ASSERT_NULL(fl_policy_find_rule2(set, "r", &amb));
+    ASSERT(amb);
+    ASSERT_NULL(fl_policy_find_rule2(set, "chaos/r", &amb)); /* two namespaces have a chaos */
+    ASSERT(amb);
+    ASSERT(fl_policy_find_rule2(set, "team/chaos/r", &amb) == &set->rules[2]);
+    ASSERT(fl_policy_find_rule2(set, "local/r", &amb) == &set->rules[0]);
+    ASSERT_NULL(fl_policy_find_rule2(set, "nope/r", &amb));
+    ASSERT(!(amb));
+    ASSERT_STR_EQ(fl_policy_rule_label(set, &set->rules[1], buf, sizeof(buf)), "shop/chaos/r");
+
+    /* The set's counters are its own. */
+    atomic_store(&set->rules[1].live.injected[FL_FAULT_ABORT], 9);
+    ASSERT_UEQ(atomic_load(&parts[1]->rules[0].live.injected[FL_FAULT_ABORT]), 0);
+    fl_policy_unref(set);
+
+    /* Resources only: the smallest limit, the default proxy port. */
+    ASSERT_EQ(fl_policy_compose(parts + 1, NULL, 2, 0, &set), 0);
+    ASSERT_UEQ(set->max_active_faults, 20);
+    ASSERT_UEQ(set->n_listeners, 0);
+    fl_policy_unref(set);
+    for (int i = 0; i < 3; i++)
+        fl_policy_unref(parts[i]);
+}
