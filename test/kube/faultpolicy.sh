@@ -123,6 +123,7 @@ wait_cond() { # NS NAME TYPE STATUS SECS
     return 1
 }
 st() { "$CTL" --admin "$TMP/$1.sock" -o json status 2>/dev/null; }
+show() { sed 's/^/    | /' <<<"$1"; } # what a user sees, in the log
 
 # ---- the cluster ----
 kapi_start "$TMP/api" || { say "test API server did not start"; exit 1; }
@@ -225,6 +226,7 @@ check "  ... the rule's faults counted per node, observedGeneration and Applied"
 m=$(k get fp -n shop web-chaos -o json --show-managed-fields | jq -r '.metadata.managedFields[]? | select(.subresource == "status") | .manager' | sort | tr '\n' ' ')
 [ "$m" = "faultline-n1 faultline-n2 " ] && ok "field managers faultline-n1 and faultline-n2 own the status" || bad "managers: $m"
 out=$(k get fp -n shop 2>&1)
+show "\$ kubectl get fp -n shop"$'\n'"$out"
 check "kubectl get fp prints Pods, Injected, Status, Age" "$out" '^NAME +PODS +INJECTED +STATUS +AGE' \
     '^web-chaos +2 +[1-9][0-9]* +Applied +[0-9]+s'
 w0=$(kapi_get_ctl requests | jq -s '[.[] | select(.method == "PATCH" and (.path | endswith("/status")))] | length')
@@ -252,6 +254,7 @@ out=$(k apply -f "$TMP/bad.yaml" 2>&1) || bad "kubectl apply of the spec the loa
 wait_cond shop web-chaos Invalid True 8 && c=$(cond shop web-chaos Invalid)
 check "an invalid spec: condition Invalid with the loader's message and the path in the spec" "${c:-none}" \
     '^True Invalid ' 'spec\.rules\[1\]\.on' 'no-such-target'
+show "\$ kubectl get fp -n shop web-chaos -o jsonpath='{.status.conditions[?(@.type==\"Invalid\")].message}'"$'\n'"$(k get fp -n shop web-chaos -o jsonpath='{.status.conditions[?(@.type=="Invalid")].message}')"
 check "  ... Applied says the previous generation stays" "$(cond shop web-chaos Applied)" \
     '^True Invalid generation 3 is invalid; generation 2 stays applied'
 n=$(codes web1 /x/q 200 | grep -c 503)
@@ -282,7 +285,9 @@ ms=$(wait_code api1 /x/t 502 3)
 ms_ok "$ms" 1000 && [ "$(code web1 /x/s)" = 503 ] &&
     ok "team/web-chaos (same names, other namespace): api-1 gets its 502, web-1 still shop's 503" ||
     bad "two namespaces: api1 $ms web1 $(code web1 /x/s)"
+show "\$ kubectl get fp -A"$'\n'"$(k get fp -A 2>&1)"
 out=$("$CTL" --admin "$TMP/n1.sock" rules 2>&1)
+show "\$ faultctl rules (node n1)"$'\n'"$out"
 check "faultctl rules names them POLICY/RULE" "$out" 'shop/web-chaos/abort-x' 'team/web-chaos/abort-x'
 out=$("$CTL" --admin "$TMP/n1.sock" disable abort-x 2>&1); rc=$?
 [ $rc != 0 ] && grep -q 'more than one rule' <<<"$out" && ok "a bare ambiguous rule name is refused, with the candidates" ||
