@@ -414,6 +414,32 @@ static void conflict_note(struct fl_pods *pods, const struct fl_policy *newer,
         pods->conflicts[pods->n_conflicts++] = (struct conflict){newer, older};
 }
 
+/* Does an ingress selection of an older policy already take the
+ * connections h's target would (same netns and port, overlapping callers)?
+ * Then the older wins and the conflict is noted. */
+static int ingress_lost(struct fl_pods *pods, const struct fl_policy *p,
+                        const struct fl_pods_ingress *ing, size_t n, const struct scan_hit *h,
+                        const struct fl_target_spec *ts)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct fl_target_spec *o = &p->targets[ing[i].target_id - 1];
+        if (ing[i].ns_ino != h->ns_ino || ing[i].port != ts->port || o->part == ts->part)
+            continue;
+        const struct fl_cidr *a = &ing[i].from, *b = &ts->from;
+        int overlap = !a->family || !b->family;
+        if (!overlap && a->family == b->family) {
+            struct entry e = {.dst = *a};
+            struct fl_kube_dest d = {.addr = *b};
+            overlap = entry_overlaps(&e, &d);
+        }
+        if (overlap) {
+            conflict_note(pods, ts->part, o->part);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Returns 1 when the entry is new or now belongs to target id, else 0. */
 static int entry_program(struct fl_pods *pods, uint64_t cgid, const struct fl_target_spec *ts,
                          const struct fl_kube_dest *d, uint32_t id, const char *path)
@@ -632,6 +658,8 @@ static void reconcile(struct fl_pods *pods, struct scan *s)
             pd->name = strdup(h->pod);
         }
         if (ts->ingress) {
+            if (ingress_lost(pods, p, ing, n_ing, h, ts))
+                continue;
             if (h->ns_ino && n_ing < cap_ing) /* a netns to work on */
                 ing[n_ing++] = (struct fl_pods_ingress){h->ns_ino, h->cgid, ts->port, ts->from,
                                                        (uint32_t)h->target + 1, ts->existing_reset,

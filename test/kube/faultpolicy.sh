@@ -345,6 +345,36 @@ check "a newer policy overlapping an older one: Conflict naming it" "${c:-none}"
 [ -z "$(cond shop web-chaos Conflict)" ] && ok "  ... the older one has no Conflict" || bad "older has Conflict"
 k delete fp -n shop web-late >/dev/null 2>&1
 
+# An ingress overlap too: two policies on web-1's port 18930, the older wins.
+bg in_pod "${CG[web1]}" a python3 "$PEER" server "10.77.21.2:18930"
+for _ in $(seq 150); do ip netns exec "${T}a" ss -ltn | grep -q ":18930 " && break; sleep 0.1; done
+ingress_fp() { # NAME STATUS
+    cat <<EOF
+apiVersion: faultline.dev/v1
+kind: FaultPolicy
+metadata: {name: $1, namespace: shop}
+spec:
+  targets:
+    - name: web-in
+      direction: ingress
+      pods: {selector: {matchLabels: {app: web}}}
+      port: 18930
+  rules:
+    - name: abort-in
+      match: {path: {prefix: /x}}
+      fault: {abort: {status: $2}}
+EOF
+}
+ingress_fp in-old 421 | k create -f - >/dev/null 2>&1
+sleep 1
+ingress_fp in-new 422 | k create -f - >/dev/null 2>&1
+wait_cond shop in-new Conflict True 8; c=$(cond shop in-new Conflict)
+h=$(curl -sS -m 5 -o /dev/null -w '%{http_code}' http://10.77.21.2:18930/x/in 2>&1)
+[ "$h" = 421 ] && grep -q '^True Overlap .*shop/in-old' <<<"$c" &&
+    ok "two ingress policies on the same pod port: the older answers (421), the newer has Conflict" ||
+    bad "ingress overlap: $h, conflict: ${c:-none}"
+k delete fp -n shop in-old in-new >/dev/null 2>&1
+
 # ---- the cluster halt: both nodes within 1 s ----
 t0=$(date +%s%N)
 k create configmap faultline-halt -n faultline-system --from-literal=reason="game day over" >/dev/null
