@@ -48,7 +48,8 @@ struct entry {
 
 /* A newer policy's target that overlaps an older one's on some pod. */
 struct conflict {
-    const struct fl_policy *newer, *older;
+    const struct fl_policy *newer; /* compared, never followed */
+    char older[320];               /* who wins, by name: the policy may go first */
 };
 
 /* ---- scan: the part that runs on the thread pool ---- */
@@ -407,11 +408,17 @@ static int entry_overlaps(const struct entry *e, const struct fl_kube_dest *d)
 static void conflict_note(struct fl_pods *pods, const struct fl_policy *newer,
                           const struct fl_policy *older)
 {
+    char who[320];
+    snprintf(who, sizeof(who), "%s %s", older->ns ? "FaultPolicy" : "the file policy",
+             older->id ? older->id : older->name);
     for (size_t i = 0; i < pods->n_conflicts; i++)
-        if (pods->conflicts[i].newer == newer && pods->conflicts[i].older == older)
+        if (pods->conflicts[i].newer == newer && strcmp(pods->conflicts[i].older, who) == 0)
             return;
-    if (pods->n_conflicts < MAX_CONFLICTS)
-        pods->conflicts[pods->n_conflicts++] = (struct conflict){newer, older};
+    if (pods->n_conflicts < MAX_CONFLICTS) {
+        struct conflict *c = &pods->conflicts[pods->n_conflicts++];
+        c->newer = newer;
+        snprintf(c->older, sizeof(c->older), "%s", who);
+    }
 }
 
 /* Does an ingress selection of an older policy already take the
@@ -529,6 +536,7 @@ static void listed_free(struct fl_pods *pods)
     for (size_t i = 0; i < pods->n_listed; i++) {
         free(pods->listed[i].pod);
         free(pods->listed[i].cgroup);
+        free(pods->listed[i].target);
     }
     free(pods->listed);
     pods->listed = NULL;
@@ -547,7 +555,7 @@ static void list_selected(struct fl_pods *pods, struct scan *s)
     for (size_t i = 0; i < s->n_waits; i++) {
         struct fl_pods_pod *l = &pods->listed[n++];
         l->pod = strdup(s->waits[i].pod);
-        l->target = p->targets[s->waits[i].target].name;
+        l->target = strdup(p->targets[s->waits[i].target].name);
         l->state = FL_POD_WAITING_CGROUP;
     }
     for (size_t i = 0; i < s->n_hits; i++) {
@@ -558,7 +566,7 @@ static void list_selected(struct fl_pods *pods, struct scan *s)
         struct fl_pods_pod *l = &pods->listed[n++];
         l->pod = strdup(h->pod);
         l->cgroup = strdup(h->path);
-        l->target = p->targets[h->target].name;
+        l->target = strdup(p->targets[h->target].name);
         l->state = !pd || pd->failed ? FL_POD_FAILED
                    : h->ns_ino      ? FL_POD_STEERED
                                     : FL_POD_WAITING_NETNS;
@@ -932,9 +940,7 @@ int fl_pods_conflict(const struct fl_pods *pods, const struct fl_policy *part, c
 {
     for (size_t i = 0; pods && i < pods->n_conflicts; i++)
         if (pods->conflicts[i].newer == part) {
-            const struct fl_policy *o = pods->conflicts[i].older;
-            snprintf(who, len, "%s %s", o->ns ? "FaultPolicy" : "the file policy",
-                     o->id ? o->id : o->name);
+            snprintf(who, len, "%s", pods->conflicts[i].older);
             return 1;
         }
     return 0;

@@ -124,7 +124,8 @@ enum fl_pod_state {
 struct fl_pods_pod {
     char *pod;          /* "namespace/name" */
     char *cgroup;       /* its pod-level cgroup, or NULL while waiting for it */
-    const char *target; /* the target's name (valid while the policy is) */
+    char *target;       /* the target's name (its own copy: the listing outlives a
+                         * policy replaced before the next reconcile) */
     enum fl_pod_state state;
     uint64_t ns_ino;
 };

@@ -152,8 +152,10 @@ bg python3 "$PEER" server "$SRV:$SPORT"
 for _ in $(seq 50); do grep -q READY "$TMP/bg.log" && break; sleep 0.1; done
 
 export POD_NAMESPACE=faultline-system
-start() { # NODE: a daemon for node NODE, without a policy file
+MPORT=18940 # each daemon's metrics port: n1 on 127.0.0.2, n2 on 127.0.0.3
+start() { # NODE IP: a daemon for node NODE, without a policy file
     "$BIN" run --kubernetes --kubeconfig "$KAPI_KUBECONFIG" --node "$1" --kube-watch-timeout 5s \
+        --metrics-listen "$2:$MPORT" \
         --admin "$TMP/$1.sock" --fault-log "$TMP/$1.faults" 2>"$TMP/$1.log" >/dev/null &
     local pid=$!
     DCGS="${DCGS:-} $CG2/faultline-daemon-$pid"
@@ -165,9 +167,14 @@ start() { # NODE: a daemon for node NODE, without a policy file
     echo $pid
     return 1
 }
-D1=$(start n1) || bad "daemon n1 did not start" "$(cat "$TMP/n1.log")"
-D2=$(start n2) || bad "daemon n2 did not start" "$(cat "$TMP/n2.log")"
+D1=$(start n1 127.0.0.2) || bad "daemon n1 did not start" "$(cat "$TMP/n1.log")"
+D2=$(start n2 127.0.0.3) || bad "daemon n2 did not start" "$(cat "$TMP/n2.log")"
 [ -n "$D1" ] && [ -n "$D2" ] || exit 1
+# The DaemonSet's pods, as the API server would have them (hostNetwork: the node's IP).
+for n in 1 2; do
+    kapi POST /api/v1/namespaces/faultline-system/pods "{\"metadata\":{\"name\":\"faultline-n$n\",\"labels\":{\"app.kubernetes.io/name\":\"faultline\"}},\"spec\":{\"nodeName\":\"n$n\",\"hostNetwork\":true,\"containers\":[{\"name\":\"faultline\",\"image\":\"faultline\",\"ports\":[{\"name\":\"metrics\",\"containerPort\":$MPORT}]}]},\"status\":{\"phase\":\"Running\",\"podIP\":\"127.0.0.$((n + 1))\"}}" >/dev/null
+done
+kf() { KUBECONFIG=$KAPI_KUBECONFIG PATH=$ROOT/src/cli:$PATH kubectl faultline "$@"; } # the plugin
 for _ in $(seq 60); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$TMP/n1.sock" http://x/readyz)" = 200 ] && break
     sleep 0.05
@@ -229,6 +236,15 @@ out=$(k get fp -n shop 2>&1)
 show "\$ kubectl get fp -n shop"$'\n'"$out"
 check "kubectl get fp prints Pods, Injected, Status, Age" "$out" '^NAME +PODS +INJECTED +STATUS +AGE' \
     '^web-chaos +2 +[1-9][0-9]* +Applied +[0-9]+s'
+out=$(kf status 2>&1); rc=$?
+show "\$ kubectl faultline status"$'\n'"$out"
+check "kubectl faultline status: both nodes' daemons, the policy with its pods and faults by node" "$out" \
+    '^cluster halt: off' '^n1 +faultline-n1 +injecting +1 ' '^n2 +faultline-n2 +injecting +1 ' \
+    '^shop/web-chaos +Applied +2 +[1-9][0-9]* +n1: 1/[1-9][0-9]*, n2: 1/[0-9]+'
+j=$(kf status -o json 2>&1)
+[ "$(jq -r '[.nodes[] | select(.reachable) | .node] | join(",")' <<<"$j")" = n1,n2 ] &&
+    [ "$(jq -r '.policies[0] | "\(.namespace)/\(.name) \(.pods)"' <<<"$j")" = "shop/web-chaos 2" ] &&
+    ok "  ... and -o json, with the same figures" || bad "kubectl faultline status -o json" "$j"
 w0=$(kapi_get_ctl requests | jq -s '[.[] | select(.method == "PATCH" and (.path | endswith("/status")))] | length')
 sleep 6
 w1=$(kapi_get_ctl requests | jq -s '[.[] | select(.method == "PATCH" and (.path | endswith("/status")))] | length')
@@ -377,27 +393,56 @@ k delete fp -n shop in-old in-new >/dev/null 2>&1
 
 # ---- the cluster halt: both nodes within 1 s ----
 t0=$(date +%s%N)
-k create configmap faultline-halt -n faultline-system --from-literal=reason="game day over" >/dev/null
+out=$(kf halt --reason "game day over" 2>&1)
 for _ in $(seq 40); do
     [ "$(st n1 | jq .halted)" = true ] && [ "$(st n2 | jq .halted)" = true ] && break
     sleep 0.025
 done
 ms=$((($(date +%s%N) - t0) / 1000000))
 [ "$(st n1 | jq .halted)" = true ] && [ "$(st n2 | jq .halted)" = true ] && [ $ms -le 1000 ] &&
-    ok "the halt ConfigMap halts both nodes in ${ms} ms" || bad "halt: n1 $(st n1 | jq .halted) n2 $(st n2 | jq .halted) ${ms} ms"
+    ok "kubectl faultline halt (the ConfigMap) halts both nodes in ${ms} ms" || bad "halt: n1 $(st n1 | jq .halted) n2 $(st n2 | jq .halted) ${ms} ms"
 [ "$(code web1 /x/h)" = 200 ] && [ "$(code web2 /x/h)" = 200 ] && ok "  ... no faults while halted" || bad "faults while halted"
+[ "$(k get configmap -n faultline-system faultline-halt -o jsonpath='{.data.reason}')" = "game day over" ] &&
+    ok "  ... the ConfigMap faultline-halt holds the reason" || bad "halt ConfigMap" "$out"
+check "  ... kubectl faultline status says so on every node" "$(kf status 2>&1)" \
+    '^cluster halt: ON .*game day over' '^n1 +faultline-n1 +halted \(cluster halt' '^n2 +faultline-n2 +halted \(cluster halt'
+
 wait_cond shop web-chaos Halted True 8 && c=$(cond shop web-chaos Halted)
 check "  ... condition Halted with the reason, Status Halted" "${c:-none} $(cond shop web-chaos Applied)" \
     '^True ClusterHalt game day over' 'False Halted'
 t0=$(date +%s%N)
-k delete configmap faultline-halt -n faultline-system >/dev/null
+out=$(kf resume 2>&1)
 for _ in $(seq 40); do
     [ "$(st n1 | jq .halted)" = false ] && [ "$(st n2 | jq .halted)" = false ] && break
     sleep 0.025
 done
 ms=$((($(date +%s%N) - t0) / 1000000))
 [ "$(st n1 | jq .halted)" = false ] && [ "$(st n2 | jq .halted)" = false ] && [ $ms -le 1000 ] &&
-    [ "$(code web1 /x/r)" = 503 ] && ok "deleting it resumes both in ${ms} ms; faults again" || bad "resume: ${ms} ms"
+    [ "$(code web1 /x/r)" = 503 ] && ok "kubectl faultline resume (deletes it) resumes both in ${ms} ms; faults again" ||
+    bad "resume: ${ms} ms" "$out"
+out=$(kf resume 2>&1)
+check "  ... resume again: not halted" "$out" '^not halted: there is no ConfigMap faultline-system/faultline-halt'
+out=$(kf events 2>&1)
+show "\$ kubectl faultline events | grep halt"$'\n'"$(grep '"event":"halt"' <<<"$out")"
+check "kubectl faultline events merges the nodes' events, each with its node" "$out" \
+    '"event":"halt","reason":"cluster halt.*game day over.*"node":"n1"' \
+    '"event":"halt","reason":"cluster halt.*game day over.*"node":"n2"' '"event":"resume".*"node":"n2"'
+ts=$(jq -r .ts <<<"$out")
+[ "$ts" = "$(sort <<<"$ts")" ] && ok "  ... in time order" || bad "events not in ts order"
+kf events -f >"$TMP/follow.out" 2>&1 &
+FPID=$!
+sleep 1
+"$CTL" --admin "$TMP/n2.sock" halt --reason "one node" >/dev/null
+for _ in $(seq 40); do grep -q '"reason":"one node".*"node":"n2"' "$TMP/follow.out" && break; sleep 0.05; done
+grep -q '"reason":"one node".*"node":"n2"' "$TMP/follow.out" &&
+    ok "kubectl faultline events -f: a new event on n2 arrives as it happens" || bad "events -f" "$(cat "$TMP/follow.out")"
+"$CTL" --admin "$TMP/n2.sock" resume >/dev/null
+pkill -TERM -f 'kubectl-faultline events -f' # what Ctrl-C does to it
+wait $FPID 2>/dev/null
+sleep 0.2
+n=$(pgrep -fc "curl -sfN http://127.0.0.[23]:$MPORT/v1/events")
+[ "$n" = 0 ] && ok "  ... stopped, it leaves no stream behind" || bad "streams left: $n"
+
 
 # ---- TTL from creationTimestamp, on both nodes ----
 cat >"$TMP/ttl.yaml" <<EOF
@@ -447,6 +492,13 @@ ms=$(wait_code web2 /x/d 200 3) && ok "  ... on n2 too" || bad "n2 after delete:
 [ "$(st n1 | jq -r '[.policies[].id] | join(",")')" = "local,team/web-chaos" ] &&
     ok "  ... and it is gone from the daemon's set" || bad "set after delete: $(st n1 | jq -c '[.policies[].id]')"
 
+# ---- a node down: status says so ----
+kill -TERM $D2; wait $D2 2>/dev/null; D2=
+out=$(kf status 2>&1); rc=$?
+[ $rc = 0 ] && check "kubectl faultline status with node n2's daemon down: exit 0, n2 unreachable" "$out" \
+    '^n1 +faultline-n1 +injecting' '^n2 +faultline-n2 +UNREACHABLE: no answer from http://127.0.0.3' ||
+    bad "status with a node down: rc $rc" "$out"
+
 # ---- an unreachable API server: the set stays ----
 kapi_stop
 sleep 1
@@ -456,8 +508,8 @@ for n in n1 n2; do
     n_=$(grep -cE 'Sanitizer|runtime error:' "$TMP/$n.log")
     [ "$n_" = 0 ] && ok "no sanitizer report from daemon $n" || bad "sanitizer ($n)" "$(grep -A20 -E 'Sanitizer|runtime error:' "$TMP/$n.log" | head -40)"
 done
-kill -TERM $D1 $D2 2>/dev/null
-wait $D1 $D2 2>/dev/null
+kill -TERM $D1 2>/dev/null
+wait $D1 2>/dev/null
 D1= D2=
 cleanup
 trap - EXIT
