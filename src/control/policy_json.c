@@ -82,6 +82,8 @@ static json_t *rule_spec_json(const struct fl_rule *r)
         json_object_set_new(o, "on", a);
     }
     json_object_set_new(o, "match", match_json(&r->match));
+    if (r->from_headers)
+        json_object_set_new(o, "from_headers", json_true());
     if (r->delay.enabled)
         json_object_set_new(f, "delay",
                             json_pack("{s:I,s:I,s:f}", "fixed_ms", (json_int_t)r->delay.fixed_ms,
@@ -272,8 +274,8 @@ json_t *fl_policy_json_diff(const struct fl_policy *a, const struct fl_policy *b
         }
         json_t *x = rule_spec_json(old), *y = rule_spec_json(&b->rules[i]);
         json_t *parts = json_array();
-        static const char *const keys[] = {"on", "match", "fault"};
-        for (size_t k = 0; k < 3; k++) {
+        static const char *const keys[] = {"on", "match", "fault", "from_headers"};
+        for (size_t k = 0; k < 4; k++) {
             json_t *vx = json_object_get(x, keys[k]), *vy = json_object_get(y, keys[k]);
             if (!(vx == vy || (vx && vy && json_equal(vx, vy))))
                 json_array_append_new(parts, json_string(keys[k]));

@@ -3,8 +3,10 @@
 #include "fault.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "rng.h"
 #include "rule_index.h"
@@ -38,10 +40,111 @@ static int roll(struct fl_rng *rng, uint32_t ppm)
 }
 
 
+int fl_decision_abort_status(const struct fl_decision *d)
+{
+    return d->abort_status ? d->abort_status : fl_policy_rule_abort_status(d->rule);
+}
+
+int fl_decision_grpc_status(const struct fl_decision *d)
+{
+    if (d->abort_status)
+        return -1; /* x-faultline-abort asked for an HTTP status */
+    return d->grpc_status >= 0 ? d->grpc_status : d->rule->abort.grpc_status;
+}
+
+static const struct fl_hdr *find_hdr(const struct fl_request *req, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < req->n_headers; i++)
+        if (req->headers[i].name_len == n && strncasecmp(req->headers[i].name, name, n) == 0)
+            return &req->headers[i];
+    return NULL;
+}
+
+/* A header value as a C string (at most cap - 1 bytes), or 0 when longer. */
+static int hdr_value(const struct fl_hdr *h, char *buf, size_t cap)
+{
+    size_t n = h->value_len;
+    while (n && (h->value[n - 1] == ' ' || h->value[n - 1] == '\t'))
+        n--;
+    size_t i = 0;
+    while (i < n && (h->value[i] == ' ' || h->value[i] == '\t'))
+        i++;
+    if (n - i >= cap)
+        return 0;
+    memcpy(buf, h->value + i, n - i);
+    buf[n - i] = 0;
+    return 1;
+}
+
+/* The faults a from_headers rule's request asks for, rolled against its
+ * x-faultline-percent (100 without one). Returns 1 when a header was there
+ * (d says what it asked, or d->bad), 0 when none was. */
+static int from_headers(const struct fl_request *req, struct fl_rng *rng, struct fl_decision *d)
+{
+    const struct fl_hdr *ha = find_hdr(req, FL_HDR_ABORT), *hg = find_hdr(req, FL_HDR_ABORT_GRPC),
+                        *hd = find_hdr(req, FL_HDR_DELAY), *hp = find_hdr(req, FL_HDR_PERCENT);
+    char v[64];
+    uint32_t ppm = FL_PPM_MAX;
+    uint64_t n;
+    if (!ha && !hg && !hd)
+        return 0;
+    d->by_header = 1;
+    if (hp && (!hdr_value(hp, v, sizeof(v)) || fl_values_parse_percent(v, &ppm) < 0)) {
+        snprintf(d->bad_msg, sizeof(d->bad_msg), "%s must be a percent 0-100 (at most 4 "
+                 "decimals, e.g. 50 or 12.5)", FL_HDR_PERCENT);
+        d->bad = 1;
+        return 1;
+    }
+    if (ha) {
+        char *end;
+        if (!hdr_value(ha, v, sizeof(v)) || *v < '0' || *v > '9' || (n = strtoull(v, &end, 10), *end) || n < 200 ||
+            n > 599) {
+            snprintf(d->bad_msg, sizeof(d->bad_msg), "%s must be an HTTP status 200-599 (e.g. "
+                     "503)", FL_HDR_ABORT);
+            d->bad = 1;
+            return 1;
+        }
+        d->abort_status = (int)n;
+    }
+    if (hg) {
+        int g = hdr_value(hg, v, sizeof(v)) ? fl_values_parse_grpc_status(v) : -1;
+        if (g < 0) {
+            snprintf(d->bad_msg, sizeof(d->bad_msg), "%s must be a gRPC status, by name "
+                     "(UNAVAILABLE) or number (0-16)", FL_HDR_ABORT_GRPC);
+            d->bad = 1;
+            return 1;
+        }
+        if (!ha)
+            d->grpc_status = g;
+    }
+    if (hd) {
+        char *end;
+        int ok = hdr_value(hd, v, sizeof(v)) && *v >= '0' && *v <= '9';
+        /* A bare number is milliseconds, as Envoy's x-envoy-fault-delay-request. */
+        if (ok && (n = strtoull(v, &end, 10), !*end))
+            d->delay_ms = n;
+        else if (ok && fl_values_parse_duration(v, &d->delay_ms) < 0)
+            ok = 0;
+        if (!ok || d->delay_ms > 3600000) {
+            snprintf(d->bad_msg, sizeof(d->bad_msg), "%s must be a duration (200ms, 1.5s, 2m) "
+                     "or milliseconds (200), at most 1h", FL_HDR_DELAY);
+            d->bad = 1;
+            return 1;
+        }
+    }
+    if ((ha || hg) && roll(rng, ppm))
+        d->abort = 1;
+    if (hd && roll(rng, ppm))
+        d->delay = 1;
+    return 1;
+}
+
 int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct fl_request *req,
                     struct fl_rng *rng, uint64_t now_ms, struct fl_decision *d)
 {
     memset(d, 0, sizeof(*d));
+    d->grpc_status = -1;
     atomic_fetch_add_explicit(&fl_fault_global.requests_total, 1, memory_order_relaxed);
     if (!p || p->n_rules == 0 || atomic_load_explicit(&fl_fault_global.halted, memory_order_relaxed))
         return 0;
@@ -55,6 +158,13 @@ int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct f
     if (r) {
         atomic_fetch_add_explicit(&r->live.matched, 1, memory_order_relaxed);
         d->rule = r;
+        if (r->from_headers && from_headers(req, rng, d)) {
+            if (d->bad)
+                return 1; /* answered 400 by the caller; nothing injected */
+            if (!d->abort && !d->delay)
+                return 0;
+            goto limit;
+        }
         /* Each kind rolls its own dice, so percentages are independent. */
         if (r->reset.enabled && roll(rng, effective_ppm(&r->live.reset_ppm, r->reset.ppm)))
             d->reset = 1;
@@ -74,6 +184,7 @@ int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct f
         }
         if (!d->reset && !d->abort && !d->delay)
             return 0;
+    limit:;
         /* The limit bounds the blast radius, so it holds back every kind, resets
          * included. Load-then-add may let concurrent workers overshoot by a few;
          * a CAS loop would cost more than the bound is worth. */

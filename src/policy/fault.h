@@ -18,7 +18,28 @@ struct fl_decision {
     int abort; /* answer with rule->abort */
     int reset; /* reset the connection/stream */
     int overflow; /* a fault was due but max_active_faults was reached */
+    /* A from_headers rule: what the request's x-faultline-* headers asked
+     * for. abort_status 0 / grpc_status -1: the rule's own. by_header: the
+     * faults set came from the headers. bad: a header with a value that
+     * cannot be used; the request is answered 400 (gRPC: INVALID_ARGUMENT)
+     * with bad_msg, and nothing is injected. */
+    int abort_status;
+    int grpc_status;
+    int by_header;
+    int bad;
+    char bad_msg[256];
 };
+
+#define FL_HDR_ABORT "x-faultline-abort"
+#define FL_HDR_ABORT_GRPC "x-faultline-abort-grpc"
+#define FL_HDR_DELAY "x-faultline-delay"
+#define FL_HDR_PERCENT "x-faultline-percent"
+
+/* The HTTP status an abort of d answers with (the header's, else the rule's). */
+int fl_decision_abort_status(const struct fl_decision *d);
+/* The gRPC status an abort of d answers a gRPC request with, or -1 for an
+ * HTTP status. */
+int fl_decision_grpc_status(const struct fl_decision *d);
 
 /* Process-wide switches, shared by all workers. */
 struct fl_fault_global {

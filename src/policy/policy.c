@@ -785,7 +785,7 @@ static void fault_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_n
     }
 }
 
-static const char *const rule_keys[] = {"name", "on", "match", "fault", NULL};
+static const char *const rule_keys[] = {"name", "on", "match", "fault", "from_headers", NULL};
 
 static void rule_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
                       const char *path)
@@ -806,6 +806,14 @@ static void rule_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
                 err_at(x, v, "%s: give at least one of delay, abort, reset", path);
         }
         break;
+    case 4: {
+        const char *b = expect_str(x, v, path);
+        if (b && strcmp(b, "true") == 0)
+            r->from_headers = 1;
+        else if (b && strcmp(b, "false") != 0)
+            err_at(x, v, "%s: \"%s\" is not a boolean; use true or false", path, b);
+        break;
+    }
     }
 }
 
@@ -1413,8 +1421,10 @@ static void spec_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
             atomic_init(&r->live.delay_fixed_ms, UINT64_MAX);
             atomic_init(&r->live.abort_status, 0);
             walk_map(x, it, sub, rule_keys, rule_pair, r);
+            /* A rule the request headers drive needs no fault of its own. */
             static const char *const req[] = {"name", "fault", NULL};
-            require_keys(x, it, sub, req);
+            static const char *const req_hdr[] = {"name", NULL};
+            require_keys(x, it, sub, r->from_headers ? req_hdr : req);
         }
         break;
     }

@@ -111,6 +111,7 @@ struct fl_rule {
     char *name;
     char **on; /* listener/target names; NULL with n_on == 0 means all */
     size_t n_on;
+    int from_headers; /* x-faultline-* request headers may ask for faults (fault.h) */
     struct fl_match match;
     struct fl_delay delay;
     struct fl_abort abort;

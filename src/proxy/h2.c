@@ -849,10 +849,10 @@ static struct fl_fault_event fault_event(struct fl_conn *c, struct h2_stream *st
         .conn = c->id,
     };
     if (kind == FL_FAULT_ABORT) {
-        if (st->grpc && r->abort.grpc_status >= 0)
-            ev.grpc_status = r->abort.grpc_status;
+        if (st->grpc && fl_decision_grpc_status(&st->d) >= 0)
+            ev.grpc_status = fl_decision_grpc_status(&st->d);
         else
-            ev.status = fl_policy_rule_abort_status(r);
+            ev.status = fl_decision_abort_status(&st->d);
     }
     return ev;
 }
@@ -878,12 +878,14 @@ static void do_abort(struct fl_conn *c, struct h2_stream *st)
 {
     const struct fl_rule *r = st->d.rule;
     const struct fl_abort *a = &r->abort;
-    if (st->grpc && a->grpc_status >= 0)
-        (void)answer(c, st, 0, a->grpc_status, a->message, a->headers, a->n_headers, NULL, 0,
-                     r->name);
+    int g = fl_decision_grpc_status(&st->d);
+    if (st->grpc && g >= 0)
+        (void)answer(c, st, 0, g,
+                     a->message || !st->d.by_header ? a->message : "injected by faultline", a->headers,
+                     a->n_headers, NULL, 0, r->name);
     else
-        (void)answer(c, st, fl_policy_rule_abort_status(r), -1, NULL, a->headers, a->n_headers,
-                     a->body, a->body_len, r->name);
+        (void)answer(c, st, fl_decision_abort_status(&st->d), -1, NULL, a->headers,
+                     a->n_headers, a->body, a->body_len, r->name);
     fl_fault_release();
 }
 
@@ -968,6 +970,18 @@ static void request_ready(struct fl_conn *c, struct h2_stream *st)
         return;
     }
     st->policy = fl_policy_ref(c->policy);
+    if (st->d.bad) {
+        /* A from_headers rule and an x-faultline-* header it cannot use. */
+        char body[400];
+        snprintf(body, sizeof(body), "faultline: %s (rule '%s' takes its faults from the "
+                 "request's x-faultline-* headers)\n", st->d.bad_msg, st->d.rule->name);
+        if (st->grpc)
+            (void)answer(c, st, 0, 3 /* INVALID_ARGUMENT */, st->d.bad_msg, NULL, 0, NULL, 0,
+                         NULL);
+        else
+            (void)answer(c, st, 400, -1, NULL, NULL, 0, body, strlen(body), NULL);
+        return;
+    }
     if (st->d.reset) {
         log_fault(c, st, FL_FAULT_RESET, &rq);
         st->state = ST_LOCAL;

@@ -675,11 +675,13 @@ static void dispatch_upstream(struct fl_conn *c, uint8_t method, const struct fl
         h->rs = RQ_PASS;
 }
 
-static void answer_abort(struct fl_conn *c, const struct fl_rule *r, uint8_t method, int close)
+static void answer_abort(struct fl_conn *c, const struct fl_decision *d, uint8_t method,
+                         int close)
 {
     struct h1 *h = c->proto;
+    const struct fl_rule *r = d->rule;
     const struct fl_abort *a = &r->abort;
-    int status = fl_policy_rule_abort_status(r);
+    int status = fl_decision_abort_status(d);
     h->last_upstream = 0; /* an Upgrade answered here never switches */
     struct fl_chunk *ch = build_response(c, status, r->name, a->headers, a->n_headers, a->body,
                                          a->body_len, method == HTTP_HEAD, close);
@@ -702,7 +704,7 @@ static void held_cb(struct fl_hold *hd)
     const struct fl_rule *r = h->held.rule;
     if (h->held.abort) {
         fl_fault_release(); /* the delay's share; answer_abort releases the abort's */
-        answer_abort(c, r, h->held_method, !llhttp_should_keep_alive(&h->req));
+        answer_abort(c, &h->held, h->held_method, !llhttp_should_keep_alive(&h->req));
     } else {
         fl_fault_release();
         dispatch_upstream(c, h->held_method, r);
@@ -833,6 +835,14 @@ static void on_head(struct fl_conn *c)
         dispatch_upstream(c, method, NULL);
         return;
     }
+    if (d.bad) {
+        /* A from_headers rule and an x-faultline-* header it cannot use. */
+        char body[400];
+        snprintf(body, sizeof(body), "faultline: %s (rule '%s' takes its faults from the "
+                 "request's x-faultline-* headers)\n", d.bad_msg, d.rule->name);
+        reject_head(c, 400, d.bad_msg, body);
+        return;
+    }
     if (d.reset) {
         log_fault(c, d.rule, FL_FAULT_RESET, 0, 0, &rq);
         scratch_release(h);
@@ -844,8 +854,7 @@ static void on_head(struct fl_conn *c)
     else if (d.delay)
         defer_delay_line(c, d.rule, d.delay_ms, &rq);
     if (d.abort)
-        log_fault(c, d.rule, FL_FAULT_ABORT, 0, fl_policy_rule_abort_status(d.rule),
-                  &rq);
+        log_fault(c, d.rule, FL_FAULT_ABORT, 0, fl_decision_abort_status(&d), &rq);
     scratch_release(h);
     if (d.delay) {
         h->held = d;
@@ -856,7 +865,7 @@ static void on_head(struct fl_conn *c)
             fl_conn_close(c, 1); /* out of memory: a reset, rather than no delay */
         return;
     }
-    answer_abort(c, d.rule, method, !keep_alive);
+    answer_abort(c, &d, method, !keep_alive);
 }
 
 /* Bytes [p, p+n) of the client stream belong to the current request, in state rs. */

@@ -7,6 +7,8 @@
 //   delay ADDR N                      latency of N Unary and N Other calls (JSON, ms)
 //   percent ADDR N CONC               N Unary calls, CONC at a time: counts by status (JSON)
 //   loop ADDR MS                      Unary calls for MS ms (JSON counts)
+//   meta ADDR KEY=VALUE...            one Unary call with that metadata: prints JSON
+//                                     {code, details, ms, injected}
 //   deadline ADDR MS                  Unary with an MS deadline must expire (it is held
 //                                     longer); then Other and a patient Unary succeed
 const crypto = require('crypto');
@@ -97,6 +99,22 @@ async function calls() {
   });
 }
 
+async function metaMode(pairs) {
+  const md = new grpc.Metadata();
+  for (const p of pairs) {
+    const i = p.indexOf('=');
+    md.set(p.slice(0, i), p.slice(i + 1));
+  }
+  const t0 = process.hrtime.bigint();
+  const r = await new Promise((resolve) => {
+    client.Unary({ data: Buffer.from('m') }, md, (err, res) => resolve({ err, res }));
+  });
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  const mark = r.err ? r.err.metadata.get('x-faultline-injected') : [];
+  console.log(JSON.stringify({ code: r.err ? r.err.code : 0, details: r.err ? r.err.details : '',
+                               ms: Math.round(ms), injected: mark.length ? String(mark[0]) : null }));
+}
+
 async function abortMode(code, message, rule) {
   for (let k = 0; k < 10; k++) {
     const [a, b] = await Promise.all([unary('Unary', Buffer.from('x')), unary('Other', Buffer.from('y'))]);
@@ -179,6 +197,7 @@ async function loopMode(ms) {
   else if (mode === 'percent') await percentMode(Number(args[0]), Number(args[1]));
   else if (mode === 'loop') await loopMode(Number(args[0]));
   else if (mode === 'deadline') await deadlineMode(Number(args[0]));
+  else if (mode === 'meta') await metaMode(args);
   else { console.error(`unknown mode ${mode}`); process.exit(2); }
   client.close();
   process.exit(failed ? 1 : 0);
