@@ -327,18 +327,34 @@ static int cmd_rules(struct ctl *g, int argc, char **argv)
     int w = 4;
     /* "label": POLICY/RULE when several policies are loaded. */
     json_array_foreach(rules, i, r) if ((int)strlen(label(r)) > w) w = (int)strlen(label(r));
-    printf("%-*s  %-7s  %-16s  %-12s  %-8s  %9s  %9s\n", w, "RULE", "ENABLED", "DELAY", "ABORT",
-           "RESET", "MATCHED", "INJECTED");
+    printf("%-*s  %-7s  %-16s  %-12s  %-8s  %9s  %9s  %s\n", w, "RULE", "ENABLED", "DELAY",
+           "ABORT", "RESET", "MATCHED", "INJECTED", "OTHER");
     json_array_foreach(rules, i, r)
     {
-        char d[48], a[48], rs[48];
-        json_t *f = json_object_get(r, "fault"), *inj = json_object_get(r, "injected");
+        char d[48], a[48], rs[48], other[256] = "-";
+        json_t *f = json_object_get(r, "fault"), *inj = json_object_get(r, "injected"), *v;
+        const char *k;
+        long long total = 0;
+        size_t pos = 0;
         fmt_fault(d, sizeof(d), f, "delay");
         fmt_fault(a, sizeof(a), f, "abort");
         fmt_fault(rs, sizeof(rs), f, "reset");
-        printf("%-*s  %-7s  %-16s  %-12s  %-8s  %9lld  %9lld\n", w, label(r),
+        json_object_foreach(inj, k, v) total += json_integer_value(v);
+        /* The kinds without a column of their own: "connection 30%". */
+        json_object_foreach(f, k, v)
+        {
+            char one[64];
+            if (!strcmp(k, "delay") || !strcmp(k, "abort") || !strcmp(k, "reset") ||
+                pos >= sizeof(other) - 1)
+                continue;
+            fmt_fault(one, sizeof(one), f, k);
+            int n = snprintf(other + pos, sizeof(other) - pos, "%s%s %s", pos ? ", " : "", k, one);
+            if (n > 0)
+                pos += (size_t)n < sizeof(other) - pos ? (size_t)n : sizeof(other) - pos - 1;
+        }
+        printf("%-*s  %-7s  %-16s  %-12s  %-8s  %9lld  %9lld  %s\n", w, label(r),
                json_is_true(json_object_get(r, "enabled")) ? "yes" : "no", d, a, rs,
-               ji(r, "matched"), ji(inj, "delay") + ji(inj, "abort") + ji(inj, "reset"));
+               ji(r, "matched"), total, other);
     }
     if (json_array_size(rules) == 0)
         printf("(policy '%s' has no rules)\n", js(o, "policy"));
@@ -424,8 +440,8 @@ static int cmd_set(struct ctl *g, int argc, char **argv)
     if (!percent && !delay && !status)
         return verb_usage("set", "give --percent P (0-100, or 'default' for the file's value), "
                                  "--delay DURATION or --status CODE");
-    if (fault && strcmp(fault, "delay") && strcmp(fault, "abort") && strcmp(fault, "reset"))
-        return verb_usage("set", "--fault is delay, abort or reset");
+    if (fault && (!*fault || strspn(fault, "abcdefghijklmnopqrstuvwxyz_") != strlen(fault)))
+        return verb_usage("set", "--fault names a fault kind: delay, abort, reset, connection, ...");
     json_t *body = json_object(), *o;
     if (percent && strcmp(percent, "default") == 0) {
         json_object_set_new(body, "percent", json_null());
@@ -788,7 +804,7 @@ static const struct verb verbs[] = {
     {"rules", "rules", "the policy's rules with live state and counters", cmd_rules},
     {"enable", "enable RULE", "let RULE inject again, from the next request", cmd_enable},
     {"disable", "disable RULE", "stop RULE from injecting, from the next request", cmd_disable},
-    {"set", "set RULE [--percent P] [--fault delay|abort|reset] [--delay DURATION] [--status CODE]",
+    {"set", "set RULE [--percent P] [--fault KIND] [--delay DURATION] [--status CODE]",
      "change how often RULE's faults fire (all its kinds, or the one named; P is 0-100), the "
      "delay's fixed time, or the abort's HTTP status; 'default' restores the file's value",
      cmd_set},

@@ -23,6 +23,7 @@
 #include "policy_json.h"
 #include "kubernetes.h"
 #include "runtime.h"
+#include "workers.h"
 #include "sbuf.h"
 #include "transparent.h"
 
@@ -450,6 +451,23 @@ static int percent_value(json_t *v, uint32_t *ppm)
     return 0;
 }
 
+/* The fault kinds ("delay, abort, ..."), or those rule r has. */
+static const char *kind_list(char *buf, size_t len, const struct fl_rule *r)
+{
+    size_t pos = 0;
+    buf[0] = 0;
+    for (int k = 0; k < FL_FAULT_KINDS; k++) {
+        if (r && !fl_policy_rule_has_kind(r, (enum fl_fault_kind)k))
+            continue;
+        int n = snprintf(buf + pos, len - pos, "%s%s", pos ? ", " : "",
+                         fl_fault_kind_name((enum fl_fault_kind)k));
+        if (n < 0 || (size_t)n >= len - pos)
+            break;
+        pos += (size_t)n;
+    }
+    return buf;
+}
+
 /* PATCH /v1/rules/NAME: {"enabled": bool, "percent": P|null, "fault": "delay|abort|reset",
  * "delay": {"percent": P}, "abort": {...}, "reset": {...}}. A bare "percent"
  * sets every fault kind the rule has, or the one named by "fault". Everything
@@ -460,8 +478,10 @@ static void patch_rule(struct fl_admin_http_req *c, const char *name)
     json_error_t jerr;
     json_t *in, *v;
     const char *key;
-    uint32_t set[3] = {0, 0, 0};
-    int has_set[3] = {0, 0, 0}, enabled = -1, only = -1;
+    uint32_t set[FL_FAULT_KINDS] = {0};
+    int has_set[FL_FAULT_KINDS] = {0}, enabled = -1, only = -1;
+    char kinds[160];
+    kind_list(kinds, sizeof(kinds), NULL);
     uint64_t new_fixed = UINT64_MAX;
     int new_status = 0, has_fixed = 0, has_status = 0;
 
@@ -478,12 +498,12 @@ static void patch_rule(struct fl_admin_http_req *c, const char *name)
     }
     v = json_object_get(in, "fault");
     if (v) {
-        for (int k = 0; k < 3; k++)
+        for (int k = 0; k < FL_FAULT_KINDS; k++)
             if (json_is_string(v) &&
                 strcmp(json_string_value(v), fl_fault_kind_name((enum fl_fault_kind)k)) == 0)
                 only = k;
         if (only < 0) {
-            fl_admin_http_error(c, 400, "\"fault\" must be \"delay\", \"abort\" or \"reset\"");
+            fl_admin_http_error(c, 400, "\"fault\" must be one of %s", kinds);
             goto out;
         }
     }
@@ -502,30 +522,30 @@ static void patch_rule(struct fl_admin_http_req *c, const char *name)
                 goto out;
             }
             int any = 0;
-            for (int k = 0; k < 3; k++) {
+            for (int k = 0; k < FL_FAULT_KINDS; k++) {
                 if ((only >= 0 && k != only) || !fl_policy_rule_has_kind(r, (enum fl_fault_kind)k))
                     continue;
                 set[k] = ppm;
                 has_set[k] = any = 1;
             }
             if (!any) {
-                fl_admin_http_error(c, 422, "rule '%s' has no %s fault to set a percent for", name,
-                                    only >= 0 ? fl_fault_kind_name((enum fl_fault_kind)only)
-                                              : "delay, abort or reset");
+                fl_admin_http_error(c, 422, "rule '%s' has no %s%sfault to set a percent for",
+                                    name,
+                                    only >= 0 ? fl_fault_kind_name((enum fl_fault_kind)only) : "",
+                                    only >= 0 ? " " : "");
                 goto out;
             }
         } else if (strcmp(key, "fault") == 0) {
             continue;
         } else {
             int k;
-            for (k = 0; k < 3 && strcmp(key, fl_fault_kind_name((enum fl_fault_kind)k)) != 0; k++)
+            for (k = 0; k < FL_FAULT_KINDS &&
+                        strcmp(key, fl_fault_kind_name((enum fl_fault_kind)k)) != 0;
+                 k++)
                 ;
-            if (k == 3) {
-                fl_admin_http_error(
-                    c, 400,
-                    "unknown key \"%s\"; known: enabled, percent, fault, delay, abort, "
-                    "reset",
-                    key);
+            if (k == FL_FAULT_KINDS) {
+                fl_admin_http_error(c, 400, "unknown key \"%s\"; known: enabled, percent, fault, %s",
+                                    key, kinds);
                 goto out;
             }
             if (!json_is_object(v)) {
@@ -587,6 +607,8 @@ static void patch_rule(struct fl_admin_http_req *c, const char *name)
     if (enabled >= 0) {
         atomic_store(&r->live.enabled, enabled);
         ev.changed |= FL_EVENT_RULE_ENABLED;
+        if (!enabled)
+            fl_workers_recheck(); /* its live connection faults end now */
     }
     for (enum fl_fault_kind k = FL_FAULT_DELAY; k < FL_FAULT_KINDS; k++) {
         if (!has_set[k])

@@ -70,6 +70,49 @@ static json_t *match_json(const struct fl_match *m)
     return o;
 }
 
+static const char *dir_name(unsigned d)
+{
+    return d == (FL_DIR_DOWN | FL_DIR_UP) ? "both" : d == FL_DIR_UP ? "upstream" : "downstream";
+}
+
+json_t *fl_policy_json_connection(const struct fl_connection_fault *cf)
+{
+    json_t *o = json_pack("{s:f}", "percent", fl_policy_json_percent(cf->ppm));
+    if (cf->latency.enabled)
+        json_object_set_new(o, "latency",
+                            json_pack("{s:I,s:I,s:s}", "fixed_ms", (json_int_t)cf->latency.fixed_ms,
+                                      "jitter_ms", (json_int_t)cf->latency.jitter_ms, "direction",
+                                      dir_name(cf->latency.dir)));
+    if (cf->bandwidth.enabled)
+        json_object_set_new(o, "bandwidth",
+                            json_pack("{s:I,s:s}", "rate_bytes_per_s",
+                                      (json_int_t)cf->bandwidth.rate, "direction",
+                                      dir_name(cf->bandwidth.dir)));
+    if (cf->slicer.enabled)
+        json_object_set_new(
+            o, "slicer",
+            json_pack("{s:I,s:I,s:I,s:s}", "average", (json_int_t)cf->slicer.average, "variation",
+                      (json_int_t)cf->slicer.variation, "delay_us", (json_int_t)cf->slicer.delay_us,
+                      "direction", dir_name(cf->slicer.dir)));
+    if (cf->limit_data.enabled)
+        json_object_set_new(o, "limit_data",
+                            json_pack("{s:I,s:s}", "bytes", (json_int_t)cf->limit_data.bytes,
+                                      "direction", dir_name(cf->limit_data.dir)));
+    if (cf->timeout.enabled)
+        json_object_set_new(o, "timeout",
+                            json_pack("{s:I,s:s}", "after_ms", (json_int_t)cf->timeout.after_ms,
+                                      "direction", dir_name(cf->timeout.dir)));
+    if (cf->slow_close.enabled)
+        json_object_set_new(o, "slow_close",
+                            json_pack("{s:I,s:s}", "delay_ms", (json_int_t)cf->slow_close.delay_ms,
+                                      "direction", dir_name(cf->slow_close.dir)));
+    if (cf->reset_peer.enabled)
+        json_object_set_new(o, "reset_peer",
+                            json_pack("{s:I,s:s}", "after_ms", (json_int_t)cf->reset_peer.after_ms,
+                                      "direction", dir_name(cf->reset_peer.dir)));
+    return o;
+}
+
 /* The rule as written in the file (no live state): what a diff compares. */
 static json_t *rule_spec_json(const struct fl_rule *r)
 {
@@ -112,6 +155,8 @@ static json_t *rule_spec_json(const struct fl_rule *r)
     if (r->reset.enabled)
         json_object_set_new(f, "reset",
                             json_pack("{s:f}", "percent", fl_policy_json_percent(r->reset.ppm)));
+    if (r->connection.enabled)
+        json_object_set_new(f, "connection", fl_policy_json_connection(&r->connection));
     json_object_set_new(o, "fault", f);
     return o;
 }

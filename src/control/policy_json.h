@@ -11,6 +11,8 @@
 
 /* A percent for JSON from parts per million. */
 double fl_policy_json_percent(uint32_t ppm);
+/* A rule's connection faults as the admin API shows them. */
+json_t *fl_policy_json_connection(const struct fl_connection_fault *cf);
 
 /* The rule with its live state: enabled, effective percents (and whether
  * they are overridden), the counters. New reference. */

@@ -164,6 +164,7 @@ static void ttl_cb(uv_timer_t *t)
             fl_error("dropping the expired FaultPolicies failed: %s; their rules stay off by "
                      "their deadline", err);
     }
+    fl_workers_recheck();
     arm_ttl();
 }
 
@@ -211,9 +212,8 @@ static void carry(struct fl_policy *to, const struct fl_policy *from,
         if (o->part != r->part)
             continue;
         atomic_store(&l->enabled, atomic_load(&ol->enabled));
-        atomic_store(&l->delay_ppm, atomic_load(&ol->delay_ppm));
-        atomic_store(&l->abort_ppm, atomic_load(&ol->abort_ppm));
-        atomic_store(&l->reset_ppm, atomic_load(&ol->reset_ppm));
+        for (int k = 0; k < FL_FAULT_KINDS; k++)
+            atomic_store(&l->ppm[k], atomic_load(&ol->ppm[k]));
         atomic_store(&l->delay_fixed_ms, atomic_load(&ol->delay_fixed_ms));
         atomic_store(&l->abort_status, atomic_load(&ol->abort_status));
     }
@@ -381,6 +381,7 @@ static void halt_as(const char *reason, const char *what_to_do)
 {
     snprintf(runtime.halt_reason, sizeof(runtime.halt_reason), "%s", reason ? reason : "");
     atomic_store(&fl_fault_global.halted, 1);
+    fl_workers_recheck(); /* live connection faults end now */
     fl_warn("injection halted%s%s; %s", reason ? ": " : "", reason ? reason : "", what_to_do);
     struct fl_event ev = {.kind = FL_EVENT_HALT, .reason = runtime.halt_reason};
     fl_runtime_emit(&ev);

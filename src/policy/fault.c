@@ -19,6 +19,7 @@ const char *fl_fault_kind_name(enum fl_fault_kind k)
     case FL_FAULT_DELAY: return "delay";
     case FL_FAULT_ABORT: return "abort";
     case FL_FAULT_RESET: return "reset";
+    case FL_FAULT_CONNECTION: return "connection";
     }
     return "unknown";
 }
@@ -166,13 +167,13 @@ int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct f
             goto limit;
         }
         /* Each kind rolls its own dice, so percentages are independent. */
-        if (r->reset.enabled && roll(rng, effective_ppm(&r->live.reset_ppm, r->reset.ppm)))
+        if (r->reset.enabled && roll(rng, effective_ppm(&r->live.ppm[FL_FAULT_RESET], r->reset.ppm)))
             d->reset = 1;
         if (!d->reset && r->abort.enabled &&
-            roll(rng, effective_ppm(&r->live.abort_ppm, r->abort.ppm)))
+            roll(rng, effective_ppm(&r->live.ppm[FL_FAULT_ABORT], r->abort.ppm)))
             d->abort = 1;
         if (!d->reset && r->delay.enabled &&
-            roll(rng, effective_ppm(&r->live.delay_ppm, r->delay.ppm))) {
+            roll(rng, effective_ppm(&r->live.ppm[FL_FAULT_DELAY], r->delay.ppm))) {
             d->delay = 1;
             uint64_t fixed = atomic_load_explicit(&r->live.delay_fixed_ms, memory_order_relaxed);
             d->delay_ms = fixed == UINT64_MAX ? r->delay.fixed_ms : fixed;

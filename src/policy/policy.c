@@ -751,7 +751,233 @@ static void reset_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_n
     get_percent(x, v, path, &r->ppm);
 }
 
-static const char *const fault_keys[] = {"delay", "abort", "reset", NULL};
+/* Connection faults. Every toxic takes `direction`: downstream (toward the
+ * client, the default), upstream (toward the server) or both. */
+static int get_direction(struct ctx *x, yaml_node_t *v, const char *path, unsigned *dir)
+{
+    const char *s = expect_str(x, v, path);
+    if (!s)
+        return -1;
+    if (strcmp(s, "downstream") == 0)
+        *dir = FL_DIR_DOWN;
+    else if (strcmp(s, "upstream") == 0)
+        *dir = FL_DIR_UP;
+    else if (strcmp(s, "both") == 0)
+        *dir = FL_DIR_DOWN | FL_DIR_UP;
+    else {
+        err_at(x, v, "%s: \"%s\" is not a direction; use downstream (server to client), "
+                     "upstream (client to server) or both",
+               path, s);
+        return -1;
+    }
+    return 0;
+}
+
+static int get_size(struct ctx *x, yaml_node_t *v, const char *path, uint64_t *bytes)
+{
+    const char *s = expect_str(x, v, path);
+    if (!s)
+        return -1;
+    if (fl_values_parse_size(s, bytes) < 0) {
+        err_at(x, v, "%s: \"%s\" is not a size; use bytes or a number with B, KiB, MiB or GiB "
+                     "(e.g. 64KiB)",
+               path, s);
+        return -1;
+    }
+    return 0;
+}
+
+static int get_rate(struct ctx *x, yaml_node_t *v, const char *path, uint64_t *rate)
+{
+    const char *s = expect_str(x, v, path);
+    if (!s)
+        return -1;
+    if (fl_values_parse_rate(s, rate) < 0) {
+        err_at(x, v, "%s: \"%s\" is not a rate; use a size per second above 0 (e.g. 64KiB/s, "
+                     "1MiB/s)",
+               path, s);
+        return -1;
+    }
+    return 0;
+}
+
+static int get_duration_us(struct ctx *x, yaml_node_t *v, const char *path, uint64_t *us)
+{
+    const char *s = expect_str(x, v, path);
+    if (!s)
+        return -1;
+    if (fl_values_parse_duration_us(s, us) < 0) {
+        err_at(x, v, "%s: \"%s\" is not a duration; use a number with us, ms, s, m or h (e.g. "
+                     "500us)",
+               path, s);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *const latency_keys[] = {"fixed", "jitter", "direction", NULL};
+static const char *const cbw_keys[] = {"rate", "direction", NULL};
+static const char *const slicer_keys[] = {"average", "variation", "delay", "direction", NULL};
+static const char *const limit_keys[] = {"bytes", "direction", NULL};
+static const char *const after_keys[] = {"after", "direction", NULL};
+static const char *const slow_close_keys[] = {"delay", "direction", NULL};
+
+static void latency_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                         const char *path)
+{
+    struct fl_connection_fault *cf = obj;
+    (void)k;
+    if (key == 0)
+        get_duration(x, v, path, &cf->latency.fixed_ms);
+    else if (key == 1)
+        get_duration(x, v, path, &cf->latency.jitter_ms);
+    else
+        get_direction(x, v, path, &cf->latency.dir);
+}
+
+static void cbw_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                     const char *path)
+{
+    struct fl_connection_fault *cf = obj;
+    (void)k;
+    if (key == 0)
+        get_rate(x, v, path, &cf->bandwidth.rate);
+    else
+        get_direction(x, v, path, &cf->bandwidth.dir);
+}
+
+static void slicer_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                        const char *path)
+{
+    struct fl_connection_fault *cf = obj;
+    (void)k;
+    if (key == 0)
+        get_size(x, v, path, &cf->slicer.average);
+    else if (key == 1)
+        get_size(x, v, path, &cf->slicer.variation);
+    else if (key == 2)
+        get_duration_us(x, v, path, &cf->slicer.delay_us);
+    else
+        get_direction(x, v, path, &cf->slicer.dir);
+}
+
+static void limit_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                       const char *path)
+{
+    struct fl_connection_fault *cf = obj;
+    (void)k;
+    if (key == 0)
+        get_size(x, v, path, &cf->limit_data.bytes);
+    else
+        get_direction(x, v, path, &cf->limit_data.dir);
+}
+
+static void timeout_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                         const char *path)
+{
+    struct fl_connection_fault *cf = obj;
+    (void)k;
+    if (key == 0)
+        get_duration(x, v, path, &cf->timeout.after_ms);
+    else
+        get_direction(x, v, path, &cf->timeout.dir);
+}
+
+static void slow_close_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                            const char *path)
+{
+    struct fl_connection_fault *cf = obj;
+    (void)k;
+    if (key == 0)
+        get_duration(x, v, path, &cf->slow_close.delay_ms);
+    else
+        get_direction(x, v, path, &cf->slow_close.dir);
+}
+
+static void reset_peer_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                            const char *path)
+{
+    struct fl_connection_fault *cf = obj;
+    (void)k;
+    if (key == 0)
+        get_duration(x, v, path, &cf->reset_peer.after_ms);
+    else
+        get_direction(x, v, path, &cf->reset_peer.dir);
+}
+
+static const char *const connection_keys[] = {"percent",  "latency", "bandwidth",  "slicer",
+                                              "limit_data", "timeout", "slow_close", "reset_peer",
+                                              NULL};
+
+static void connection_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                            const char *path)
+{
+    struct fl_connection_fault *cf = obj;
+    (void)k;
+    if (key == 0) {
+        get_percent(x, v, path, &cf->ppm);
+        return;
+    }
+    if (!expect_map(x, v, path))
+        return;
+    switch (key) {
+    case 1:
+        cf->latency.enabled = 1;
+        cf->latency.dir = FL_DIR_DOWN;
+        walk_map(x, v, path, latency_keys, latency_pair, cf);
+        if (!has_key(x, v, "fixed"))
+            err_at(x, v, "%s: missing required key 'fixed' (e.g. fixed: 100ms)", path);
+        break;
+    case 2:
+        cf->bandwidth.enabled = 1;
+        cf->bandwidth.dir = FL_DIR_DOWN;
+        walk_map(x, v, path, cbw_keys, cbw_pair, cf);
+        if (!has_key(x, v, "rate"))
+            err_at(x, v, "%s: missing required key 'rate' (e.g. rate: 1MiB/s)", path);
+        break;
+    case 3:
+        cf->slicer.enabled = 1;
+        cf->slicer.dir = FL_DIR_DOWN;
+        walk_map(x, v, path, slicer_keys, slicer_pair, cf);
+        if (!has_key(x, v, "average"))
+            err_at(x, v, "%s: missing required key 'average' (e.g. average: 64)", path);
+        else if (cf->slicer.average == 0)
+            err_at(x, v, "%s: average must be at least 1 byte", path);
+        else if (cf->slicer.variation >= cf->slicer.average)
+            err_at(x, v, "%s: variation must be smaller than average", path);
+        break;
+    case 4:
+        cf->limit_data.enabled = 1;
+        cf->limit_data.dir = FL_DIR_DOWN;
+        walk_map(x, v, path, limit_keys, limit_pair, cf);
+        if (!has_key(x, v, "bytes"))
+            err_at(x, v, "%s: missing required key 'bytes' (e.g. bytes: 1MiB)", path);
+        break;
+    case 5:
+        cf->timeout.enabled = 1;
+        cf->timeout.dir = FL_DIR_DOWN;
+        walk_map(x, v, path, after_keys, timeout_pair, cf);
+        if (!has_key(x, v, "after"))
+            err_at(x, v, "%s: missing required key 'after' (0s: hold until the fault ends)", path);
+        break;
+    case 6:
+        cf->slow_close.enabled = 1;
+        cf->slow_close.dir = FL_DIR_DOWN;
+        walk_map(x, v, path, slow_close_keys, slow_close_pair, cf);
+        if (!has_key(x, v, "delay"))
+            err_at(x, v, "%s: missing required key 'delay' (e.g. delay: 2s)", path);
+        break;
+    case 7:
+        cf->reset_peer.enabled = 1;
+        cf->reset_peer.dir = FL_DIR_DOWN;
+        walk_map(x, v, path, after_keys, reset_peer_pair, cf);
+        if (!has_key(x, v, "after"))
+            err_at(x, v, "%s: missing required key 'after' (e.g. after: 500ms)", path);
+        break;
+    }
+}
+
+static const char *const fault_keys[] = {"delay", "abort", "reset", "connection", NULL};
 
 static void fault_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
                        const char *path)
@@ -782,6 +1008,19 @@ static void fault_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_n
         r->reset.ppm = FL_PPM_MAX;
         walk_map(x, v, path, reset_keys, reset_pair, &r->reset);
         break;
+    case 3: {
+        struct fl_connection_fault *cf = &r->connection;
+        cf->enabled = 1;
+        cf->ppm = FL_PPM_MAX;
+        walk_map(x, v, path, connection_keys, connection_pair, cf);
+        if (!cf->latency.enabled && !cf->bandwidth.enabled && !cf->slicer.enabled &&
+            !cf->limit_data.enabled && !cf->timeout.enabled && !cf->slow_close.enabled &&
+            !cf->reset_peer.enabled)
+            err_at(x, v, "%s: give at least one toxic: latency, bandwidth, slicer, limit_data, "
+                         "timeout, slow_close, reset_peer",
+                   path);
+        break;
+    }
     }
 }
 
@@ -803,7 +1042,7 @@ static void rule_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
         if (expect_map(x, v, path)) {
             walk_map(x, v, path, fault_keys, fault_pair, r);
             if (v->data.mapping.pairs.top == v->data.mapping.pairs.start)
-                err_at(x, v, "%s: give at least one of delay, abort, reset", path);
+                err_at(x, v, "%s: give at least one of delay, abort, reset, connection", path);
         }
         break;
     case 4: {
@@ -1415,9 +1654,8 @@ static void spec_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
             r->col = (int)it->start_mark.column + 1;
             r->abort.grpc_status = -1;
             atomic_init(&r->live.enabled, 1);
-            atomic_init(&r->live.delay_ppm, UINT32_MAX);
-            atomic_init(&r->live.abort_ppm, UINT32_MAX);
-            atomic_init(&r->live.reset_ppm, UINT32_MAX);
+            for (int f = 0; f < FL_FAULT_KINDS; f++)
+                atomic_init(&r->live.ppm[f], UINT32_MAX);
             atomic_init(&r->live.delay_fixed_ms, UINT64_MAX);
             atomic_init(&r->live.abort_status, 0);
             walk_map(x, it, sub, rule_keys, rule_pair, r);
@@ -1425,6 +1663,11 @@ static void spec_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
             static const char *const req[] = {"name", "fault", NULL};
             static const char *const req_hdr[] = {"name", NULL};
             require_keys(x, it, sub, r->from_headers ? req_hdr : req);
+            const struct fl_match *m = &r->match;
+            r->conn_at_accept = r->connection.enabled && !m->methods &&
+                                m->path.kind == FL_SM_ANY && !m->n_headers && !m->has_grpc;
+            r->conn_only = r->conn_at_accept && !r->from_headers && !r->delay.enabled &&
+                           !r->abort.enabled && !r->reset.enabled;
         }
         break;
     }
@@ -1967,9 +2210,8 @@ static int compose_rule(struct fl_rule *r, const struct fl_rule *src, const stru
     memcpy(r, src, sizeof(*r));
     r->deadline_ms = deadline;
     atomic_init(&r->live.enabled, atomic_load(&src->live.enabled));
-    atomic_init(&r->live.delay_ppm, atomic_load(&src->live.delay_ppm));
-    atomic_init(&r->live.abort_ppm, atomic_load(&src->live.abort_ppm));
-    atomic_init(&r->live.reset_ppm, atomic_load(&src->live.reset_ppm));
+    for (int k = 0; k < FL_FAULT_KINDS; k++)
+        atomic_init(&r->live.ppm[k], atomic_load(&src->live.ppm[k]));
     atomic_init(&r->live.delay_fixed_ms, atomic_load(&src->live.delay_fixed_ms));
     atomic_init(&r->live.abort_status, atomic_load(&src->live.abort_status));
     atomic_init(&r->live.matched, atomic_load(&src->live.matched));
@@ -2103,21 +2345,29 @@ int fl_policy_rule_applies_to(const struct fl_rule *r, const char *scope)
 
 int fl_policy_rule_has_kind(const struct fl_rule *r, enum fl_fault_kind k)
 {
-    return k == FL_FAULT_DELAY   ? r->delay.enabled
-           : k == FL_FAULT_ABORT ? r->abort.enabled
-                                 : r->reset.enabled;
+    switch (k) {
+    case FL_FAULT_DELAY: return r->delay.enabled;
+    case FL_FAULT_ABORT: return r->abort.enabled;
+    case FL_FAULT_RESET: return r->reset.enabled;
+    case FL_FAULT_CONNECTION: return r->connection.enabled;
+    }
+    return 0;
 }
 
 uint32_t fl_policy_rule_file_ppm(const struct fl_rule *r, enum fl_fault_kind k)
 {
-    return k == FL_FAULT_DELAY ? r->delay.ppm : k == FL_FAULT_ABORT ? r->abort.ppm : r->reset.ppm;
+    switch (k) {
+    case FL_FAULT_DELAY: return r->delay.ppm;
+    case FL_FAULT_ABORT: return r->abort.ppm;
+    case FL_FAULT_RESET: return r->reset.ppm;
+    case FL_FAULT_CONNECTION: return r->connection.ppm;
+    }
+    return 0;
 }
 
 atomic_uint *fl_policy_rule_live_ppm(struct fl_rule *r, enum fl_fault_kind k)
 {
-    return k == FL_FAULT_DELAY   ? &r->live.delay_ppm
-           : k == FL_FAULT_ABORT ? &r->live.abort_ppm
-                                 : &r->live.reset_ppm;
+    return &r->live.ppm[k];
 }
 
 uint32_t fl_policy_rule_ppm(const struct fl_rule *r, enum fl_fault_kind k)

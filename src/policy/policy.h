@@ -61,14 +61,15 @@ struct fl_kv {
     char *value;
 };
 
-/* The request-side fault kinds a rule can have; also the index of the
- * per-kind counters in struct fl_rule_live. */
+/* The fault kinds a rule can have; also the index of the per-kind percents
+ * and counters in struct fl_rule_live. */
 enum fl_fault_kind {
     FL_FAULT_DELAY,
     FL_FAULT_ABORT,
     FL_FAULT_RESET,
+    FL_FAULT_CONNECTION, /* per connection: the toxics of struct fl_connection_fault */
 };
-#define FL_FAULT_KINDS 3
+#define FL_FAULT_KINDS 4
 
 struct fl_delay {
     int enabled;
@@ -94,17 +95,64 @@ struct fl_reset {
     uint32_t ppm;
 };
 
+/* Which bytes a toxic acts on: bit FL_CLIENT (0): toward the client
+ * ("downstream", the default), bit FL_UPSTREAM (1): toward the upstream. */
+#define FL_DIR_DOWN 1u
+#define FL_DIR_UP 2u
+
+/* Connection faults (Toxiproxy's toxics), per connection: the dice roll once,
+ * when the connection is accepted (a rule without match) or at its first
+ * request the rule decides (a rule with match). */
+struct fl_connection_fault {
+    int enabled;
+    uint32_t ppm;
+    struct {
+        int enabled;
+        uint64_t fixed_ms, jitter_ms; /* per chunk: fixed + uniform [0, jitter] */
+        unsigned dir;
+    } latency;
+    struct {
+        int enabled;
+        uint64_t rate; /* bytes per second */
+        unsigned dir;
+    } bandwidth;
+    struct {
+        int enabled;
+        uint64_t average, variation; /* slice size: average +- variation bytes */
+        uint64_t delay_us;           /* between slices */
+        unsigned dir;
+    } slicer;
+    struct {
+        int enabled;
+        uint64_t bytes; /* the connection closes once this many have gone through */
+        unsigned dir;
+    } limit_data;
+    struct {
+        int enabled;
+        uint64_t after_ms; /* 0: hold the bytes until the fault ends; else close then */
+        unsigned dir;
+    } timeout;
+    struct {
+        int enabled;
+        uint64_t delay_ms; /* a FIN toward dir waits this long */
+        unsigned dir;
+    } slow_close;
+    struct {
+        int enabled;
+        uint64_t after_ms; /* RST toward dir this long after the fault began */
+        unsigned dir;
+    } reset_peer;
+};
+
 /* What the admin API may change on a published snapshot. ppm values of
  * UINT32_MAX mean "as in the policy file". */
 struct fl_rule_live {
     atomic_int enabled;
-    atomic_uint delay_ppm;
-    atomic_uint abort_ppm;
-    atomic_uint reset_ppm;
+    atomic_uint ppm[FL_FAULT_KINDS]; /* by enum fl_fault_kind */
     atomic_ullong delay_fixed_ms; /* UINT64_MAX: as in the file */
     atomic_int abort_status;      /* 0: as in the file */
     atomic_ullong matched;   /* requests this rule decided */
-    atomic_ullong injected[3]; /* by enum fl_fault_kind */
+    atomic_ullong injected[FL_FAULT_KINDS]; /* by enum fl_fault_kind */
 };
 
 struct fl_rule {
@@ -116,6 +164,12 @@ struct fl_rule {
     struct fl_delay delay;
     struct fl_abort abort;
     struct fl_reset reset;
+    struct fl_connection_fault connection;
+    /* connection without match: decided when a connection is accepted; and
+     * nothing else, so requests never see the rule (it cannot shadow the
+     * rules after it). */
+    int conn_at_accept;
+    int conn_only;
     struct fl_rule_live live;
     int line, col; /* where the rule starts, for messages */
     /* The loaded policy the rule belongs to (not a reference: the policy, or

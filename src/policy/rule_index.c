@@ -112,6 +112,8 @@ int fl_rule_index_build(struct fl_policy *p)
     }
     for (size_t i = 0; i < p->n_rules; i++) {
         const struct fl_match *mt = &p->rules[i].match;
+        if (p->rules[i].conn_only)
+            continue; /* decided per connection, when it is accepted; never per request */
         size_t sl = literal_seg(&mt->path);
         if (sl) {
             struct seg_bucket *b = bucket_find(ix, mt->path.value, sl, 1);
@@ -137,7 +139,7 @@ static int fits(const struct fl_policy *p, uint32_t i, const char *scope,
                 const struct fl_request *req)
 {
     const struct fl_rule *r = &p->rules[i];
-    return atomic_load_explicit(&r->live.enabled, memory_order_relaxed) &&
+    return !r->conn_only && atomic_load_explicit(&r->live.enabled, memory_order_relaxed) &&
            fl_policy_rule_applies_to(r, scope) && fl_match_request(&r->match, req);
 }
 

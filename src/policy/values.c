@@ -85,11 +85,12 @@ static int parse_fixed(const char *s, int scale, uint64_t *out, int *decimals_ou
     return 0;
 }
 
-int fl_values_parse_duration(const char *s, uint64_t *ms)
+/* A number with up to 3 decimals and a unit, in thousandths of the unit
+ * times mult: the shared core of durations and sizes. */
+static int number_unit(const char *s, const char *const *units, const uint64_t *mults, uint64_t *out)
 {
     char num[64];
     size_t i = 0;
-    uint64_t mult;
     while (s[i] && (isdigit((unsigned char)s[i]) || s[i] == '.') && i < sizeof(num) - 1) {
         num[i] = s[i];
         i++;
@@ -98,22 +99,56 @@ int fl_values_parse_duration(const char *s, uint64_t *ms)
     const char *unit = s + i;
     if (i == 0)
         return -EINVAL;
-    if (strcmp(unit, "ms") == 0)
-        mult = 1;
-    else if (strcmp(unit, "s") == 0)
-        mult = 1000;
-    else if (strcmp(unit, "m") == 0)
-        mult = 60000;
-    else if (strcmp(unit, "h") == 0)
-        mult = 3600000;
-    else
+    size_t u = 0;
+    while (units[u] && strcmp(unit, units[u]) != 0)
+        u++;
+    if (!units[u])
         return -EINVAL;
     uint64_t v;
-    if (parse_fixed(num, 3, &v, NULL) < 0)
+    if (parse_fixed(num, 3, &v, NULL) < 0 || (v && mults[u] > UINT64_MAX / v))
         return -EINVAL;
-    if (v > UINT64_MAX / mult)
+    *out = v * mults[u] / 1000; /* v is thousandths */
+    return 0;
+}
+
+static const char *const dur_units[] = {"us", "ms", "s", "m", "h", NULL};
+
+int fl_values_parse_duration_us(const char *s, uint64_t *us)
+{
+    static const uint64_t m[] = {1, 1000, 1000000, 60000000, 3600000000ull};
+    return number_unit(s, dur_units, m, us);
+}
+
+int fl_values_parse_duration(const char *s, uint64_t *ms)
+{
+    uint64_t us;
+    if (fl_values_parse_duration_us(s, &us) < 0)
         return -EINVAL;
-    *ms = v * mult / 1000; /* v is thousandths */
+    *ms = us / 1000;
+    return 0;
+}
+
+int fl_values_parse_size(const char *s, uint64_t *bytes)
+{
+    static const char *const u[] = {"", "B", "KiB", "MiB", "GiB", NULL};
+    static const uint64_t m[] = {1, 1, 1024, 1024 * 1024, 1024 * 1024 * 1024};
+    uint64_t v;
+    if (number_unit(s, u, m, &v) < 0 || v > (1ull << 50))
+        return -EINVAL;
+    *bytes = v;
+    return 0;
+}
+
+int fl_values_parse_rate(const char *s, uint64_t *bytes_per_s)
+{
+    size_t n = strlen(s);
+    char buf[64];
+    if (n < 3 || n >= sizeof(buf) || strcmp(s + n - 2, "/s") != 0)
+        return -EINVAL;
+    memcpy(buf, s, n - 2);
+    buf[n - 2] = 0;
+    if (fl_values_parse_size(buf, bytes_per_s) < 0 || *bytes_per_s == 0)
+        return -EINVAL;
     return 0;
 }
 

@@ -31,8 +31,18 @@ enum fl_method {
 enum fl_method fl_values_parse_method(const char *s, size_t len);
 const char *fl_values_method_name(enum fl_method m);
 
-/* Parses "250ms", "2s", "5m", "1h" into milliseconds. Returns 0 or -EINVAL. */
+/* Parses "250ms", "2s", "5m", "1h" (also "500us") into milliseconds, fractions
+ * of a millisecond dropped. Returns 0 or -EINVAL. */
 int fl_values_parse_duration(const char *s, uint64_t *ms) FL_WUR;
+/* The same into microseconds. */
+int fl_values_parse_duration_us(const char *s, uint64_t *us) FL_WUR;
+
+/* Parses a size "64", "512B", "1.5KiB", "4MiB", "1GiB" into bytes (at most
+ * 2^50). Returns 0 or -EINVAL. */
+int fl_values_parse_size(const char *s, uint64_t *bytes) FL_WUR;
+/* Parses a rate, a size per second ("64KiB/s"), into bytes per second
+ * (at least 1). Returns 0 or -EINVAL. */
+int fl_values_parse_rate(const char *s, uint64_t *bytes_per_s) FL_WUR;
 
 /* Parses a percent "12.5" (0-100, at most 4 decimals) into ppm. Returns 0 or -EINVAL. */
 int fl_values_parse_percent(const char *s, uint32_t *ppm) FL_WUR;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "toxic.h"
 #include "worker.h"
 
 #define FL_WREQ_MAX_FREE 256
@@ -31,6 +32,7 @@ static void conn_free(struct fl_conn *c)
     if (c->ops && c->ops->destroy)
         c->ops->destroy(c);
     fl_policy_unref(c->policy);
+    fl_tox_free(c->tox);
     free(c->scope);
     free(c->pod);
     if (c->upstream_netns >= 0)
@@ -54,7 +56,7 @@ static void on_handle_closed(uv_handle_t *h)
         conn_free(c);
 }
 
-void fl_conn_close(struct fl_conn *c, int reset)
+void fl_conn_close_reset(struct fl_conn *c, unsigned reset_mask)
 {
     if (c->closing)
         return;
@@ -65,15 +67,21 @@ void fl_conn_close(struct fl_conn *c, int reset)
         if (!s->open)
             continue;
         c->pending_closes++;
-        if (i == FL_CLIENT && reset &&
+        if ((reset_mask & (1u << i)) && (i == FL_CLIENT || s->connected) &&
             uv_tcp_close_reset(&s->tcp, (uv_close_cb)on_handle_closed) == 0)
             continue;
         uv_close((uv_handle_t *)&s->tcp, on_handle_closed);
     }
+    c->pending_closes += fl_tox_close(c, on_handle_closed);
     c->pending_closes += 3;
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->io_timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->up_timer, on_handle_closed);
+}
+
+void fl_conn_close(struct fl_conn *c, int reset)
+{
+    fl_conn_close_reset(c, reset ? 1u << FL_CLIENT : 0);
 }
 
 static void upstream_recycled_cb(uv_handle_t *h)
@@ -102,17 +110,23 @@ void fl_conn_recycle_upstream(struct fl_conn *c, void (*done)(struct fl_conn *c)
     uv_close((uv_handle_t *)&s->tcp, upstream_recycled_cb);
 }
 
-size_t fl_conn_queued(const struct fl_conn *c, int side)
+size_t fl_conn_queued_direct(const struct fl_conn *c, int side)
 {
     if (!c->s[side].open)
         return 0;
     return uv_stream_get_write_queue_size((const uv_stream_t *)&c->s[side].tcp);
 }
 
+size_t fl_conn_queued(const struct fl_conn *c, int side)
+{
+    return fl_conn_queued_direct(c, side) + fl_tox_queued(c, side);
+}
+
 size_t fl_conn_backlog(const struct fl_conn *c, int side)
 {
     size_t q = fl_conn_queued(c, side);
-    return c->s[side].open && c->s[side].pinned > q ? c->s[side].pinned : q;
+    size_t pinned = c->s[side].pinned + fl_tox_pinned(c, side);
+    return c->s[side].open && pinned > q ? pinned : q;
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -228,12 +242,25 @@ static void write_cb(uv_write_t *req, int status)
             fl_conn_close(c, 0);
         return;
     }
+    if (c->tox && fl_conn_queued_direct(c, side) == 0) {
+        fl_tox_flushed(c, side);
+        if (c->closing)
+            return;
+    }
     fl_conn_update_reading(c);
     if (!c->closing && fl_conn_queued(c, side) == 0 && c->ops->drained)
         c->ops->drained(c, side);
 }
 
 int fl_conn_write(struct fl_conn *c, int side, struct fl_chunk *ch, const char *p, size_t len)
+{
+    if (c->tox && fl_tox_intercepts(c, side) && !c->closing)
+        return fl_tox_write(c, side, ch, p, len);
+    return fl_conn_write_direct(c, side, ch, p, len);
+}
+
+int fl_conn_write_direct(struct fl_conn *c, int side, struct fl_chunk *ch, const char *p,
+                         size_t len)
 {
     struct fl_side *s = &c->s[side];
     if (c->closing || !s->open || s->failed || s->shut)
@@ -268,7 +295,7 @@ int fl_conn_write(struct fl_conn *c, int side, struct fl_chunk *ch, const char *
     } else {
         /* Bytes the protocol made up (synthetic responses): copy into chunks. */
         while (len > FL_CHUNK_CAP) {
-            int e = fl_conn_write(c, side, NULL, p, FL_CHUNK_CAP);
+            int e = fl_conn_write_direct(c, side, NULL, p, FL_CHUNK_CAP);
             if (e < 0) {
                 wreq_put(c->w, r);
                 return e;
@@ -313,6 +340,15 @@ static void shutdown_cb(uv_shutdown_t *req, int status)
 }
 
 void fl_conn_shutdown(struct fl_conn *c, int side)
+{
+    if (c->tox && fl_tox_intercepts(c, side) && !c->closing) {
+        fl_tox_shutdown(c, side);
+        return;
+    }
+    fl_conn_shutdown_direct(c, side);
+}
+
+void fl_conn_shutdown_direct(struct fl_conn *c, int side)
 {
     struct fl_side *s = &c->s[side];
     if (c->closing || !s->open || s->shut || s->failed)
@@ -480,6 +516,7 @@ static int conn_start(struct fl_conn *c)
         return e;
     c->s[FL_CLIENT].want_read = 1;
     fl_conn_update_reading(c);
+    fl_tox_accept(c);
     return 0;
 }
 
@@ -618,5 +655,15 @@ void fl_conn_close_all(struct fl_worker *w)
     for (c = w->conns; c; c = next) {
         next = c->next;
         fl_conn_close(c, 0);
+    }
+}
+
+void fl_conn_recheck_all(struct fl_worker *w)
+{
+    struct fl_conn *c, *next;
+    for (c = w->conns; c; c = next) {
+        next = c->next;
+        if (c->tox && !c->closing)
+            fl_tox_check(c);
     }
 }

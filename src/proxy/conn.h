@@ -34,6 +34,7 @@
 
 
 struct fl_conn;
+struct fl_tox;
 struct fl_worker;
 struct fl_listener;
 
@@ -113,6 +114,7 @@ struct fl_conn {
     fl_conn_socket_fn upstream_socket; /* NULL: a plain socket of the daemon's netns */
     void *proto;
     struct fl_policy *policy; /* snapshot in use by this conn's current request (ref) */
+    struct fl_tox *tox;       /* connection faults (toxic.h), or NULL */
     char *scope;              /* listener/target name (own copy) */
     char *pod;                /* "namespace/name" of the Kubernetes pod it is for, or NULL */
     uint64_t id;
@@ -173,6 +175,10 @@ int fl_conn_connect_upstream(struct fl_conn *c) FL_WUR;
  * Returns 0 or a negative errno (the conn is then closing). */
 int fl_conn_write(struct fl_conn *c, int side, struct fl_chunk *ch, const char *p, size_t len);
 
+/* The same, below the connection's toxics (toxic.c only): straight to the socket. */
+int fl_conn_write_direct(struct fl_conn *c, int side, struct fl_chunk *ch, const char *p,
+                         size_t len);
+
 /* Sets the time (loop clock, ms) by which the upstream must have answered,
  * or 0 for none; ops->upstream_timeout runs when it passes. Cheap enough to
  * call per request: the timer is only restarted when it would fire too late.
@@ -181,6 +187,7 @@ void fl_conn_upstream_deadline(struct fl_conn *c, uint64_t deadline);
 
 /* Half-closes toward side once queued writes are out. */
 void fl_conn_shutdown(struct fl_conn *c, int side);
+void fl_conn_shutdown_direct(struct fl_conn *c, int side); /* below the toxics */
 
 /* Re-evaluates which sides read, from want_read, eof and backpressure. */
 void fl_conn_update_reading(struct fl_conn *c);
@@ -191,9 +198,13 @@ void fl_conn_recycle_upstream(struct fl_conn *c, void (*done)(struct fl_conn *c)
 
 /* Closes everything; with reset the client gets a TCP RST. Idempotent. */
 void fl_conn_close(struct fl_conn *c, int reset);
+/* The same; the sides whose bit (1 << FL_CLIENT, 1 << FL_UPSTREAM) is set get an RST. */
+void fl_conn_close_reset(struct fl_conn *c, unsigned reset_mask);
 
-/* Bytes queued toward side and not yet written. */
+/* Bytes queued toward side and not yet written (a toxic's held bytes too). */
 size_t fl_conn_queued(const struct fl_conn *c, int side);
+/* Only what the socket's write queue holds. */
+size_t fl_conn_queued_direct(const struct fl_conn *c, int side);
 
 /* What the queued writes toward side hold in memory: the larger of their bytes
  * and the chunks they pin. Protocols that make bytes up (answers, frames)
@@ -208,6 +219,10 @@ void fl_conn_pool_drain(struct fl_worker *w);
  * draining; w->on_empty runs once the last one is freed (at once if none).
  * Listeners are not touched: whoever opened them closes them. */
 void fl_conn_drain_all(struct fl_worker *w);
+
+/* Ends the connection faults of w's connections whose rule is no longer in
+ * force (halt, disabled, expired, a policy without it): after every change. */
+void fl_conn_recheck_all(struct fl_worker *w);
 
 /* Closes every connection of w at once (the drain deadline passed). */
 void fl_conn_close_all(struct fl_worker *w);

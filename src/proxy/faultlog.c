@@ -216,6 +216,13 @@ size_t fl_faultlog_format(const struct fl_fault_event *ev, char *line, size_t ca
             snprintf(num, sizeof(num), ",\"status\":%d", ev->status);
         pos = put(line, cap, pos, num);
     }
+    if (ev->extra)
+        pos = put(line, cap, pos, ev->extra);
+    if (!rq && ev->proto) {
+        pos = put(line, cap, pos, ",\"proto\":\"");
+        pos = put(line, cap, pos, ev->proto);
+        pos = put(line, cap, pos, "\"");
+    }
     if (rq) {
         pos = put(line, cap, pos, ",\"proto\":\"");
         pos = put(line, cap, pos, fl_match_proto_name(rq->proto));

@@ -46,6 +46,8 @@ struct fl_fault_event {
     const struct sockaddr *dst;
     const char *pod; /* "namespace/name" of the Kubernetes pod, or NULL */
     uint64_t conn;
+    const char *proto; /* without req: the connection's protocol ("tcp"), or NULL */
+    const char *extra; /* a JSON fragment added as it is (",\"toxics\":[...]"), or NULL */
 };
 
 /* This node's name, added to every line that names a pod (Kubernetes), or

@@ -20,6 +20,7 @@
 #include <strings.h>
 
 #include "conn.h"
+#include "toxic.h"
 #include "fault.h"
 #include "faultlog.h"
 #include "log.h"
@@ -964,8 +965,13 @@ static void request_ready(struct fl_conn *c, struct h2_stream *st)
         c->policy = fl_policy_ref(w->policy);
     }
     fill_request(st, hdrs_of(st->hdrs[FL_CLIENT]), &rq, fields);
-    if (!c->policy ||
-        !fl_fault_decide(c->policy, c->scope, &rq, &w->rng, fl_worker_now(w), &st->d)) {
+    int hit = c->policy &&
+              fl_fault_decide(c->policy, c->scope, &rq, &w->rng, fl_worker_now(w), &st->d);
+    if (c->policy)
+        fl_tox_on_request(c, st->d.rule, &rq); /* connection faults start at the first match */
+    if (c->closing)
+        return;
+    if (!hit) {
         go_upstream(c, st);
         return;
     }

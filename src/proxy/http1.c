@@ -30,6 +30,7 @@
 #include "http1.h"
 
 #include "conn.h"
+#include "toxic.h"
 #include "h2.h"
 #include "raw.h"
 #include "fault.h"
@@ -822,7 +823,13 @@ static void on_head(struct fl_conn *c)
         c->policy = fl_policy_ref(w->policy);
     }
     fill_request(h, &rq);
-    if (!fl_fault_decide(c->policy, c->scope, &rq, &w->rng, fl_worker_now(w), &d)) {
+    int hit = fl_fault_decide(c->policy, c->scope, &rq, &w->rng, fl_worker_now(w), &d);
+    fl_tox_on_request(c, d.rule, &rq); /* a rule's connection faults start at its first request */
+    if (c->closing) {
+        scratch_release(h);
+        return;
+    }
+    if (!hit) {
         scratch_release(h);
         if (h->req.flags & F_CHUNKED) {
             /* The head goes upstream with the first chunk size, once that

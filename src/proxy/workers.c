@@ -20,7 +20,7 @@ struct wthread {
     uv_async_t async;
     uv_mutex_t mu;
     struct fl_policy *pending; /* policy to adopt (reference) */
-    int cmd_drain, cmd_close_all;
+    int cmd_drain, cmd_close_all, cmd_recheck;
     struct fl_conn_handoff *handoffs; /* connections to serve, oldest first */
     struct fl_conn_handoff **handoffs_tail;
     atomic_int empty; /* drained: no connection left */
@@ -42,7 +42,7 @@ static void wt_async_cb(uv_async_t *a)
     struct wthread *t = a->data;
     struct fl_policy *p;
     struct fl_conn_handoff *hs;
-    int drain, close_all;
+    int drain, close_all, recheck;
     char err[512];
 
     uv_mutex_lock(&t->mu);
@@ -50,7 +50,8 @@ static void wt_async_cb(uv_async_t *a)
     t->pending = NULL;
     drain = t->cmd_drain;
     close_all = t->cmd_close_all;
-    t->cmd_drain = t->cmd_close_all = 0;
+    recheck = t->cmd_recheck;
+    t->cmd_drain = t->cmd_close_all = t->cmd_recheck = 0;
     hs = t->handoffs;
     t->handoffs = NULL;
     t->handoffs_tail = &t->handoffs;
@@ -74,6 +75,8 @@ static void wt_async_cb(uv_async_t *a)
         fl_policy_unref(fl_worker_set_policy(&t->w, p));
         fl_policy_unref(p);
     }
+    if (p || recheck)
+        fl_conn_recheck_all(&t->w);
     if (drain && !t->w.draining) {
         fl_listener_close_all(&t->w);
         fl_conn_drain_all(&t->w);
@@ -142,9 +145,23 @@ int fl_workers_apply(struct fl_policy *p, char *err, size_t errlen)
     if (e < 0)
         return e;
     fl_policy_unref(fl_worker_set_policy(&workers.w0, p));
+    fl_conn_recheck_all(&workers.w0);
     for (int i = 1; i < workers.n; i++)
         wt_post(workers.wt[i], p, 0, 0);
     return 0;
+}
+
+void fl_workers_recheck(void)
+{
+    if (workers.w0_ready)
+        fl_conn_recheck_all(&workers.w0);
+    for (int i = 1; i < workers.n; i++) {
+        struct wthread *t = workers.wt[i];
+        uv_mutex_lock(&t->mu);
+        t->cmd_recheck = 1;
+        uv_mutex_unlock(&t->mu);
+        uv_async_send(&t->async);
+    }
 }
 
 int fl_workers_spawn(int n, struct fl_policy *p, char *err, size_t errlen)

@@ -35,6 +35,11 @@ struct fl_worker *fl_workers_main(void);
  * to adopt p and reconcile theirs. Takes references of its own. */
 int fl_workers_apply(struct fl_policy *p, char *err, size_t errlen) FL_WUR;
 
+/* Every worker looks again at its connections' faults (toxic.h) and ends
+ * those whose rule is no longer in force: after a halt or a rule disabled.
+ * Main thread. */
+void fl_workers_recheck(void);
+
 /* Starts workers 1..n-1 (n at most FL_WORKERS_MAX) with p, the policy in
  * force, after re-opening worker 0's listeners with SO_REUSEPORT so they can
  * share the ports. n <= 1 does nothing. Returns 0 or a negative errno with err

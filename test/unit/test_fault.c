@@ -403,14 +403,14 @@ TEST(fault_live_overrides)
     ASSERT(d.rule == &p->rules[1]);
     ASSERT_UEQ(atomic_load(&p->rules[0].live.matched), 0);
     /* A live percent overrides the file's; UINT32_MAX restores it. */
-    atomic_store(&p->rules[1].live.abort_ppm, FL_PPM_MAX);
+    atomic_store(&p->rules[1].live.ppm[FL_FAULT_ABORT], FL_PPM_MAX);
     ASSERT_EQ(fl_fault_decide(p, "l1", &rq, &rng, 0, &d), 1);
     ASSERT_EQ(d.rule->abort.status, 503);
     release(&d);
-    atomic_store(&p->rules[1].live.abort_ppm, UINT32_MAX);
+    atomic_store(&p->rules[1].live.ppm[FL_FAULT_ABORT], UINT32_MAX);
     ASSERT_EQ(fl_fault_decide(p, "l1", &rq, &rng, 0, &d), 0);
     atomic_store(&p->rules[0].live.enabled, 1);
-    atomic_store(&p->rules[0].live.abort_ppm, 0);
+    atomic_store(&p->rules[0].live.ppm[FL_FAULT_ABORT], 0);
     for (int i = 0; i < 1000; i++)
         ASSERT_EQ(fl_fault_decide(p, "l1", &rq, &rng, 0, &d), 0);
     ASSERT_UEQ(atomic_load(&p->rules[0].live.matched), 1000);

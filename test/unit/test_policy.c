@@ -210,9 +210,9 @@ TEST(policy_defaults)
     ASSERT_EQ(r->delay.enabled, 0);
     ASSERT_EQ(r->reset.enabled, 0);
     ASSERT_EQ(atomic_load(&r->live.enabled), 1);
-    ASSERT_UEQ(atomic_load(&r->live.delay_ppm), UINT32_MAX);
-    ASSERT_UEQ(atomic_load(&r->live.abort_ppm), UINT32_MAX);
-    ASSERT_UEQ(atomic_load(&r->live.reset_ppm), UINT32_MAX);
+    ASSERT_UEQ(atomic_load(&r->live.ppm[FL_FAULT_DELAY]), UINT32_MAX);
+    ASSERT_UEQ(atomic_load(&r->live.ppm[FL_FAULT_ABORT]), UINT32_MAX);
+    ASSERT_UEQ(atomic_load(&r->live.ppm[FL_FAULT_RESET]), UINT32_MAX);
     ASSERT_UEQ(atomic_load(&r->live.matched), 0);
     ASSERT_EQ(r->line, 12);
     ASSERT_EQ(r->col, 7);

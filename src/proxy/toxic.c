@@ -1,0 +1,514 @@
+#include "toxic.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conn.h"
+#include "fault.h"
+#include "faultlog.h"
+#include "log.h"
+#include "rng.h"
+#include "worker.h"
+
+/* Held bytes: a piece of a chunk (referenced) and when it may go. */
+struct tox_seg {
+    struct tox_seg *next;
+    struct fl_chunk *ch;
+    const char *p;
+    size_t len;
+    uint64_t due_ns; /* latency: not before (uv_hrtime clock) */
+};
+
+/* One direction: the bytes written toward one side. */
+struct tox_dir {
+    struct tox_seg *head, *tail;
+    size_t bytes;      /* held */
+    size_t pinned;     /* chunk memory the held pieces keep */
+    uint64_t last_due; /* latency keeps order: a piece is never due before the one ahead */
+    uint64_t next_ns;  /* bandwidth and slicer: the next piece not before */
+    uint64_t sent;     /* let through since the fault began (limit_data) */
+    uint64_t shut_due; /* a held FIN's slow_close deadline; 0: not yet counting */
+    unsigned shut_pending : 1;
+    unsigned limited : 1; /* limit_data reached: the rest is dropped, the connection closes */
+};
+
+struct fl_tox {
+    struct fl_conn *c;
+    uv_timer_t timer;
+    uint64_t armed_ns;        /* what the timer is set for; 0: idle */
+    struct fl_policy *policy; /* the snapshot rule is in (a reference) */
+    const struct fl_rule *rule;
+    struct fl_connection_fault cf;
+    int active;   /* the toxics act; 0 once the fault ended (held bytes drain) */
+    int rolled;   /* the dice were rolled for this connection */
+    int in_pump;  /* re-entrancy guard: a write may call back into the protocol */
+    uint64_t start_ns;
+    struct tox_dir d[2]; /* by the side the bytes are written toward */
+};
+
+/* The side a toxic acts on for direction bit dir. */
+static int on(const struct fl_tox *t, unsigned dirs, int side)
+{
+    return t->active && (dirs & (side == FL_CLIENT ? FL_DIR_DOWN : FL_DIR_UP));
+}
+#define ON(t, kind, side) ((t)->cf.kind.enabled && on((t), (t)->cf.kind.dir, (side)))
+
+static void pump(struct fl_conn *c, int side, int from_timer);
+static void timer_cb(uv_timer_t *h);
+
+static void arm(struct fl_tox *t, uint64_t due_ns)
+{
+    if (t->c->closing || (t->armed_ns && t->armed_ns <= due_ns))
+        return;
+    uint64_t now = uv_hrtime();
+    /* libuv's clock is milliseconds: round up, so nothing goes early. */
+    uint64_t ms = due_ns > now ? (due_ns - now + 999999) / 1000000 : 0;
+    t->armed_ns = due_ns;
+    uv_timer_start(&t->timer, timer_cb, ms, 0);
+}
+
+static void seg_free(struct tox_dir *d, struct tox_seg *s)
+{
+    d->bytes -= s->len;
+    if (d->pinned >= FL_CHUNK_CAP)
+        d->pinned -= FL_CHUNK_CAP;
+    fl_chunk_unref(s->ch);
+    free(s);
+}
+
+static void drop_all(struct tox_dir *d)
+{
+    struct tox_seg *s;
+    while ((s = d->head)) {
+        d->head = s->next;
+        seg_free(d, s);
+    }
+    d->tail = NULL;
+}
+
+/* Time-driven toxics of the whole connection: timeout's close, reset_peer. */
+static int conn_events(struct fl_conn *c, uint64_t now)
+{
+    struct fl_tox *t = c->tox;
+    if (!t->active)
+        return 0;
+    if (t->cf.reset_peer.enabled) {
+        uint64_t at = t->start_ns + t->cf.reset_peer.after_ms * 1000000u;
+        if (now >= at) {
+            unsigned mask = 0;
+            if (t->cf.reset_peer.dir & FL_DIR_DOWN)
+                mask |= 1u << FL_CLIENT;
+            if (t->cf.reset_peer.dir & FL_DIR_UP)
+                mask |= 1u << FL_UPSTREAM;
+            fl_conn_close_reset(c, mask);
+            return 1;
+        }
+        arm(t, at);
+    }
+    if (t->cf.timeout.enabled && t->cf.timeout.after_ms) {
+        uint64_t at = t->start_ns + t->cf.timeout.after_ms * 1000000u;
+        if (now >= at) {
+            fl_conn_close(c, 0);
+            return 1;
+        }
+        arm(t, at);
+    }
+    return 0;
+}
+
+static void timer_cb(uv_timer_t *h)
+{
+    struct fl_conn *c = h->data;
+    struct fl_tox *t = c->tox;
+    t->armed_ns = 0;
+    if (c->closing)
+        return;
+    fl_tox_check(c);
+    if (c->closing || conn_events(c, uv_hrtime()))
+        return;
+    pump(c, FL_CLIENT, 1);
+    if (!c->closing)
+        pump(c, FL_UPSTREAM, 1);
+}
+
+/* Lets through what may go now toward side, and arms the timer for the rest. */
+static void pump(struct fl_conn *c, int side, int from_timer)
+{
+    struct fl_tox *t = c->tox;
+    struct tox_dir *d = &t->d[side];
+    uint64_t now = uv_hrtime();
+    if (t->in_pump)
+        return;
+    t->in_pump = 1;
+    struct tox_seg *s;
+    while ((s = d->head) && !c->closing) {
+        if (ON(t, timeout, side))
+            break; /* held until the fault ends, or the connection closes */
+        if (s->due_ns > now) {
+            arm(t, s->due_ns);
+            break;
+        }
+        int bw = ON(t, bandwidth, side), sl = ON(t, slicer, side);
+        if ((bw || sl) && d->next_ns > now) {
+            arm(t, d->next_ns);
+            break;
+        }
+        size_t n = s->len;
+        if (sl) {
+            uint64_t v = t->cf.slicer.variation, sz = t->cf.slicer.average - v;
+            if (v)
+                sz += fl_rng_below(&c->w->rng, 2 * v + 1);
+            if (sz < n)
+                n = (size_t)sz;
+        }
+        if (bw) {
+            /* 10 ms worth at a time: smooth, and few timer wakeups. */
+            uint64_t q = t->cf.bandwidth.rate / 100;
+            if (q < 1)
+                q = 1;
+            if (q < n)
+                n = (size_t)q;
+        }
+        if (ON(t, limit_data, side)) {
+            uint64_t room = t->cf.limit_data.bytes - d->sent;
+            if (room < n)
+                n = (size_t)room;
+        }
+        if (n) {
+            int e = fl_conn_write_direct(c, side, s->ch, s->p, n);
+            if (e < 0 || c->closing)
+                break;
+        }
+        d->sent += n;
+        s->p += n;
+        s->len -= n;
+        d->bytes -= n;
+        if (bw) {
+            uint64_t base = d->next_ns > now ? d->next_ns : now;
+            d->next_ns = base + n * 1000000000ull / t->cf.bandwidth.rate;
+        }
+        if (sl)
+            d->next_ns = (d->next_ns > now ? d->next_ns : now) + t->cf.slicer.delay_us * 1000u;
+        if (ON(t, limit_data, side) && d->sent >= t->cf.limit_data.bytes) {
+            /* Exactly the limit went through: the rest is dropped and the
+             * connection closes once it is out. */
+            d->limited = 1;
+            drop_all(d);
+            d->shut_pending = 0;
+            if (fl_conn_queued_direct(c, side) == 0)
+                fl_conn_close(c, 0);
+            break;
+        }
+        if (s->len == 0) {
+            d->head = s->next;
+            if (!d->head)
+                d->tail = NULL;
+            seg_free(d, s);
+        }
+    }
+    if (!c->closing && !d->head && d->shut_pending && !d->limited) {
+        uint64_t delay = ON(t, slow_close, side) ? t->cf.slow_close.delay_ms * 1000000u : 0;
+        if (!d->shut_due)
+            d->shut_due = now + delay;
+        if (d->shut_due > now && ON(t, slow_close, side)) {
+            arm(t, d->shut_due);
+        } else {
+            d->shut_pending = 0;
+            fl_conn_shutdown_direct(c, side);
+        }
+    }
+    t->in_pump = 0;
+    if (from_timer && !c->closing) {
+        fl_conn_update_reading(c);
+        if (!c->closing && fl_conn_queued(c, side) == 0 && c->ops && c->ops->drained)
+            c->ops->drained(c, side);
+    }
+}
+
+int fl_tox_intercepts(const struct fl_conn *c, int side)
+{
+    const struct fl_tox *t = c->tox;
+    if (!t)
+        return 0;
+    const struct tox_dir *d = &t->d[side];
+    if (d->head || d->shut_pending || d->limited)
+        return 1;
+    return ON(t, latency, side) || ON(t, bandwidth, side) || ON(t, slicer, side) ||
+           ON(t, limit_data, side) || ON(t, timeout, side) || ON(t, slow_close, side);
+}
+
+static int enqueue(struct fl_conn *c, struct tox_dir *d, struct fl_chunk *ch, const char *p,
+                   size_t len, uint64_t due)
+{
+    struct tox_seg *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    if (ch) {
+        s->ch = fl_chunk_ref(ch);
+        s->p = p;
+    } else {
+        s->ch = fl_chunk_get(&c->w->pool);
+        if (!s->ch) {
+            free(s);
+            return -ENOMEM;
+        }
+        memcpy(s->ch->data, p, len);
+        s->ch->len = (uint32_t)len;
+        s->p = s->ch->data;
+    }
+    s->len = len;
+    s->due_ns = due;
+    if (d->tail)
+        d->tail->next = s;
+    else
+        d->head = s;
+    d->tail = s;
+    d->bytes += len;
+    d->pinned += FL_CHUNK_CAP;
+    return 0;
+}
+
+int fl_tox_write(struct fl_conn *c, int side, struct fl_chunk *ch, const char *p, size_t len)
+{
+    struct fl_tox *t = c->tox;
+    struct tox_dir *d = &t->d[side];
+    if (d->limited)
+        return 0; /* past limit_data: dropped, the connection is closing */
+    if (len == 0)
+        return 0;
+    uint64_t due = 0;
+    if (ON(t, latency, side)) {
+        uint64_t ms = t->cf.latency.fixed_ms;
+        if (t->cf.latency.jitter_ms)
+            ms += fl_rng_below(&c->w->rng, t->cf.latency.jitter_ms + 1);
+        due = uv_hrtime() + ms * 1000000u;
+        if (due < d->last_due)
+            due = d->last_due;
+        d->last_due = due;
+    }
+    while (len) {
+        size_t n = ch || len <= FL_CHUNK_CAP ? len : FL_CHUNK_CAP;
+        if (enqueue(c, d, ch, p, n, due) < 0) {
+            fl_error("conn %llu: out of memory; closing it", (unsigned long long)c->id);
+            fl_conn_close(c, 0);
+            return -ENOMEM;
+        }
+        p += n;
+        len -= n;
+    }
+    pump(c, side, 0);
+    if (!c->closing && fl_conn_backlog(c, side) >= FL_WQ_HWM)
+        fl_conn_update_reading(c);
+    return c->closing ? -EPIPE : 0;
+}
+
+void fl_tox_shutdown(struct fl_conn *c, int side)
+{
+    struct tox_dir *d = &c->tox->d[side];
+    if (d->limited)
+        return;
+    d->shut_pending = 1;
+    pump(c, side, 0);
+}
+
+size_t fl_tox_queued(const struct fl_conn *c, int side)
+{
+    const struct fl_tox *t = c->tox;
+    return t ? t->d[side].bytes + t->d[side].shut_pending : 0;
+}
+
+size_t fl_tox_pinned(const struct fl_conn *c, int side)
+{
+    return c->tox ? c->tox->d[side].pinned : 0;
+}
+
+void fl_tox_flushed(struct fl_conn *c, int side)
+{
+    struct fl_tox *t = c->tox;
+    if (t && t->d[side].limited)
+        fl_conn_close(c, 0);
+}
+
+/* Ends the fault: the toxics stop acting and what they hold goes out now. */
+static void tox_end(struct fl_conn *c)
+{
+    struct fl_tox *t = c->tox;
+    if (!t->active)
+        return;
+    t->active = 0;
+    for (int i = 0; i < 2; i++) {
+        for (struct tox_seg *s = t->d[i].head; s; s = s->next)
+            s->due_ns = 0;
+        t->d[i].next_ns = 0;
+        t->d[i].shut_due = 0;
+    }
+    fl_policy_unref(t->policy);
+    t->policy = NULL;
+    t->rule = NULL;
+    fl_info("conn %llu: connection fault ended", (unsigned long long)c->id);
+    pump(c, FL_CLIENT, 1);
+    if (!c->closing)
+        pump(c, FL_UPSTREAM, 1);
+}
+
+void fl_tox_check(struct fl_conn *c)
+{
+    struct fl_tox *t = c->tox;
+    if (!t || !t->active || c->closing)
+        return;
+    int live = !atomic_load_explicit(&fl_fault_global.halted, memory_order_relaxed);
+    struct fl_policy *cur = c->w->policy;
+    if (live && cur != t->policy) {
+        /* Another snapshot: the fault goes on while its rule is in it unchanged
+         * (the same loaded policy), and follows the rule's live state there. */
+        const struct fl_rule *nr = NULL;
+        for (size_t i = 0; cur && i < cur->n_rules && !nr; i++)
+            if (cur->rules[i].part == t->rule->part && strcmp(cur->rules[i].name, t->rule->name) == 0)
+                nr = &cur->rules[i];
+        if (nr) {
+            fl_policy_unref(t->policy);
+            t->policy = fl_policy_ref(cur);
+            t->rule = nr;
+        } else {
+            live = 0;
+        }
+    }
+    if (live)
+        live = atomic_load_explicit(&((struct fl_rule *)t->rule)->live.enabled, memory_order_relaxed);
+    if (live) {
+        uint64_t now = fl_worker_now(c->w);
+        uint64_t dl = t->rule->deadline_ms
+                          ? t->rule->deadline_ms
+                          : atomic_load_explicit(&fl_fault_global.policy_deadline_ms,
+                                                 memory_order_relaxed);
+        if (dl && now >= dl)
+            live = 0;
+        else if (dl)
+            arm(t, uv_hrtime() + (dl - now) * 1000000u);
+    }
+    if (!live)
+        tox_end(c);
+}
+
+/* The toxics' names for the log line: ,"toxics":["latency",...]. */
+static void toxics_json(const struct fl_connection_fault *cf, char *buf, size_t len)
+{
+    size_t pos = (size_t)snprintf(buf, len, ",\"toxics\":[");
+    const char *names[7];
+    int n = 0;
+    if (cf->latency.enabled)
+        names[n++] = "latency";
+    if (cf->bandwidth.enabled)
+        names[n++] = "bandwidth";
+    if (cf->slicer.enabled)
+        names[n++] = "slicer";
+    if (cf->limit_data.enabled)
+        names[n++] = "limit_data";
+    if (cf->timeout.enabled)
+        names[n++] = "timeout";
+    if (cf->slow_close.enabled)
+        names[n++] = "slow_close";
+    if (cf->reset_peer.enabled)
+        names[n++] = "reset_peer";
+    for (int i = 0; i < n && pos < len; i++)
+        pos += (size_t)snprintf(buf + pos, len - pos, "%s\"%s\"", i ? "," : "", names[i]);
+    if (pos < len)
+        snprintf(buf + pos, len - pos, "]");
+}
+
+/* Rolls r's connection dice for c, once; starts the toxics on a hit. */
+static void roll_and_start(struct fl_conn *c, const struct fl_rule *r, const struct fl_request *rq)
+{
+    struct fl_worker *w = c->w;
+    if (c->tox && c->tox->rolled)
+        return;
+    if (!c->tox) {
+        c->tox = calloc(1, sizeof(*c->tox));
+        if (!c->tox) {
+            fl_warn("conn %llu: out of memory; no connection fault on it",
+                    (unsigned long long)c->id);
+            return;
+        }
+        c->tox->c = c;
+        uv_timer_init(w->loop, &c->tox->timer);
+        c->tox->timer.data = c;
+    }
+    struct fl_tox *t = c->tox;
+    t->rolled = 1;
+    uint32_t ppm = fl_policy_rule_ppm(r, FL_FAULT_CONNECTION);
+    if (ppm < FL_PPM_MAX && fl_rng_below(&w->rng, FL_PPM_MAX) >= ppm)
+        return;
+    uint64_t now = fl_worker_now(w);
+    uint64_t dl = r->deadline_ms ? r->deadline_ms
+                                 : atomic_load_explicit(&fl_fault_global.policy_deadline_ms,
+                                                        memory_order_relaxed);
+    if (atomic_load_explicit(&fl_fault_global.halted, memory_order_relaxed) || (dl && now >= dl))
+        return;
+    t->cf = r->connection;
+    t->rule = r;
+    t->policy = fl_policy_ref(c->policy);
+    t->active = 1;
+    t->start_ns = uv_hrtime();
+    atomic_fetch_add_explicit(&((struct fl_rule *)r)->live.injected[FL_FAULT_CONNECTION], 1,
+                              memory_order_relaxed);
+    char extra[160];
+    toxics_json(&t->cf, extra, sizeof(extra));
+    struct fl_fault_event ev = {
+        .policy = r->policy ? r->policy : c->policy->name,
+        .rule = r->name,
+        .kind = FL_FAULT_CONNECTION,
+        .grpc_status = -1,
+        .req = rq,
+        .src = (const struct sockaddr *)&c->src,
+        .dst = (const struct sockaddr *)&c->dst,
+        .pod = c->pod,
+        .conn = c->id,
+        .proto = "tcp",
+        .extra = extra,
+    };
+    fl_faultlog_emit(&w->log, &ev);
+    fl_tox_check(c); /* arms the TTL */
+    conn_events(c, t->start_ns);
+}
+
+void fl_tox_accept(struct fl_conn *c)
+{
+    const struct fl_policy *p = c->policy;
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->n_rules; i++) {
+        const struct fl_rule *r = &p->rules[i];
+        if (r->conn_at_accept && atomic_load_explicit(&((struct fl_rule *)r)->live.enabled,
+                                                      memory_order_relaxed) &&
+            fl_policy_rule_applies_to(r, c->scope)) {
+            roll_and_start(c, r, NULL);
+            return;
+        }
+    }
+}
+
+void fl_tox_on_request(struct fl_conn *c, const struct fl_rule *r, const struct fl_request *rq)
+{
+    if (r && r->connection.enabled && !r->conn_at_accept && !c->closing)
+        roll_and_start(c, r, rq);
+}
+
+int fl_tox_close(struct fl_conn *c, uv_close_cb closed)
+{
+    if (!c->tox)
+        return 0;
+    uv_close((uv_handle_t *)&c->tox->timer, closed);
+    return 1;
+}
+
+void fl_tox_free(struct fl_tox *t)
+{
+    if (!t)
+        return;
+    for (int i = 0; i < 2; i++)
+        drop_all(&t->d[i]);
+    fl_policy_unref(t->policy);
+    free(t);
+}
