@@ -155,6 +155,46 @@ static json_t *rule_spec_json(const struct fl_rule *r)
     if (r->reset.enabled)
         json_object_set_new(f, "reset",
                             json_pack("{s:f}", "percent", fl_policy_json_percent(r->reset.ppm)));
+    if (r->response_delay.enabled)
+        json_object_set_new(f, "response_delay",
+                            json_pack("{s:I,s:I,s:f}", "fixed_ms",
+                                      (json_int_t)r->response_delay.fixed_ms, "jitter_ms",
+                                      (json_int_t)r->response_delay.jitter_ms, "percent",
+                                      fl_policy_json_percent(r->response_delay.ppm)));
+    if (r->modify.enabled) {
+        const struct fl_modify *m = &r->modify;
+        json_t *a = json_pack("{s:f}", "percent", fl_policy_json_percent(m->ppm));
+        if (m->status)
+            json_object_set_new(a, "status", json_integer(m->status));
+        if (m->grpc_status >= 0)
+            json_object_set_new(a, "grpc_status",
+                                json_string(fl_values_grpc_status_name(m->grpc_status)));
+        if (m->message)
+            json_object_set_new(a, "message", json_string(m->message));
+        if (m->body)
+            json_object_set_new(a, "body", json_stringn(m->body, m->body_len));
+        if (m->n_set || m->n_remove) {
+            json_t *h = json_object(), *set = json_object(), *rm = json_array();
+            for (size_t i = 0; i < m->n_set; i++)
+                json_object_set_new(set, m->set[i].name, json_string(m->set[i].value));
+            for (size_t i = 0; i < m->n_remove; i++)
+                json_array_append_new(rm, json_string(m->remove[i]));
+            json_object_set_new(h, "set", set);
+            json_object_set_new(h, "remove", rm);
+            json_object_set_new(a, "headers", h);
+        }
+        json_object_set_new(f, "modify", a);
+    }
+    if (r->truncate.enabled)
+        json_object_set_new(f, "truncate",
+                            json_pack("{s:I,s:f}", "after", (json_int_t)r->truncate.after,
+                                      "percent", fl_policy_json_percent(r->truncate.ppm)));
+    if (r->bandwidth.enabled)
+        json_object_set_new(f, "bandwidth",
+                            json_pack("{s:I,s:s,s:f}", "rate_bytes_per_s",
+                                      (json_int_t)r->bandwidth.rate, "direction",
+                                      dir_name(r->bandwidth.dir), "percent",
+                                      fl_policy_json_percent(r->bandwidth.ppm)));
     if (r->connection.enabled)
         json_object_set_new(f, "connection", fl_policy_json_connection(&r->connection));
     json_object_set_new(o, "fault", f);

@@ -3,6 +3,7 @@
 #include "fault.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,10 @@ const char *fl_fault_kind_name(enum fl_fault_kind k)
     case FL_FAULT_DELAY: return "delay";
     case FL_FAULT_ABORT: return "abort";
     case FL_FAULT_RESET: return "reset";
+    case FL_FAULT_RESPONSE_DELAY: return "response_delay";
+    case FL_FAULT_MODIFY: return "modify";
+    case FL_FAULT_TRUNCATE: return "truncate";
+    case FL_FAULT_BANDWIDTH: return "bandwidth";
     case FL_FAULT_CONNECTION: return "connection";
     }
     return "unknown";
@@ -183,7 +188,27 @@ int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct f
                 d->delay_ms = j > UINT64_MAX - d->delay_ms ? UINT64_MAX : d->delay_ms + j;
             }
         }
-        if (!d->reset && !d->abort && !d->delay)
+        if (!d->reset && !d->abort) {
+            if (r->response_delay.enabled &&
+                roll(rng, effective_ppm(&r->live.ppm[FL_FAULT_RESPONSE_DELAY],
+                                        r->response_delay.ppm))) {
+                d->resp_delay = 1;
+                d->resp_delay_ms = r->response_delay.fixed_ms;
+                if (r->response_delay.jitter_ms)
+                    d->resp_delay_ms += fl_rng_below(rng, r->response_delay.jitter_ms + 1);
+            }
+            if (r->modify.enabled &&
+                roll(rng, effective_ppm(&r->live.ppm[FL_FAULT_MODIFY], r->modify.ppm)))
+                d->modify = 1;
+            if (r->truncate.enabled &&
+                roll(rng, effective_ppm(&r->live.ppm[FL_FAULT_TRUNCATE], r->truncate.ppm)))
+                d->truncate = 1;
+            if (r->bandwidth.enabled &&
+                roll(rng, effective_ppm(&r->live.ppm[FL_FAULT_BANDWIDTH], r->bandwidth.ppm)))
+                d->bandwidth = 1;
+        }
+        if (!d->reset && !d->abort && !d->delay && !d->resp_delay && !d->modify &&
+            !d->truncate && !d->bandwidth)
             return 0;
     limit:;
         /* The limit bounds the blast radius, so it holds back every kind, resets
@@ -193,6 +218,7 @@ int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct f
         if (active >= p->max_active_faults) {
             atomic_fetch_add_explicit(&fl_fault_global.faults_overflow_total, 1, memory_order_relaxed);
             d->abort = d->delay = d->reset = 0;
+            d->resp_delay = d->modify = d->truncate = d->bandwidth = 0;
             d->overflow = 1;
             return 0;
         }
@@ -207,6 +233,13 @@ int fl_fault_decide(const struct fl_policy *p, const char *scope, const struct f
             atomic_fetch_add_explicit(&r->live.injected[FL_FAULT_ABORT], 1, memory_order_relaxed);
         if (d->delay)
             atomic_fetch_add_explicit(&r->live.injected[FL_FAULT_DELAY], 1, memory_order_relaxed);
+        const int resp[][2] = {{d->resp_delay, FL_FAULT_RESPONSE_DELAY},
+                               {d->modify, FL_FAULT_MODIFY},
+                               {d->truncate, FL_FAULT_TRUNCATE},
+                               {d->bandwidth, FL_FAULT_BANDWIDTH}};
+        for (size_t i = 0; i < 4; i++)
+            if (resp[i][0])
+                atomic_fetch_add_explicit(&r->live.injected[resp[i][1]], 1, memory_order_relaxed);
         return 1;
     }
     return 0;

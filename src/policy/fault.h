@@ -18,6 +18,15 @@ struct fl_decision {
     int abort; /* answer with rule->abort */
     int reset; /* reset the connection/stream */
     int overflow; /* a fault was due but max_active_faults was reached */
+    /* Response side (never with abort or reset): hold the response head
+     * resp_delay_ms, rewrite it (rule->modify), cut its body
+     * (rule->truncate), throttle the bodies (rule->bandwidth). These hold no
+     * max_active_faults share: the limit is checked when they are decided. */
+    int resp_delay;
+    uint64_t resp_delay_ms;
+    int modify;
+    int truncate;
+    int bandwidth;
     /* A from_headers rule: what the request's x-faultline-* headers asked
      * for. abort_status 0 / grpc_status -1: the rule's own. by_header: the
      * faults set came from the headers. bad: a header with a value that

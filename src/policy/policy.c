@@ -977,7 +977,159 @@ static void connection_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, y
     }
 }
 
-static const char *const fault_keys[] = {"delay", "abort", "reset", "connection", NULL};
+/* Response side. */
+static const char *const modify_keys[] = {"status",  "grpc_status", "message", "headers",
+                                          "body",    "percent",     NULL};
+static const char *const modify_hdr_keys[] = {"set", "remove", NULL};
+
+/* A header a fault may set: a token name, a single-line value, and not one
+ * of the framing headers faultline itself writes. */
+static int settable_header(struct ctx *x, yaml_node_t *hk, yaml_node_t *hv, const char *path,
+                           const char *name, const char *val)
+{
+    if (!name || !header_name_ok(name)) {
+        err_at(x, hk, "%s: \"%s\" is not a header name; use letters, digits and '-'", path,
+               name ? name : "");
+        return 0;
+    }
+    if (hv && (!val || !safe_header_text(val))) {
+        err_at(x, hv, "%s.%s: header value must be a single-line string", path, name);
+        return 0;
+    }
+    if (strcasecmp(name, "content-length") == 0 || strcasecmp(name, "connection") == 0 ||
+        strcasecmp(name, "transfer-encoding") == 0) {
+        err_at(x, hk, "%s: '%s' is set by faultline (it frames the body); remove it", path, name);
+        return 0;
+    }
+    return 1;
+}
+
+static void modify_hdr_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                            const char *path)
+{
+    struct fl_modify *m = obj;
+    (void)k;
+    if (key == 0) {
+        if (!expect_map(x, v, path))
+            return;
+        size_t cnt = (size_t)(v->data.mapping.pairs.top - v->data.mapping.pairs.start);
+        m->set = calloc(cnt ? cnt : 1, sizeof(*m->set));
+        for (size_t i = 0; i < cnt && m->set; i++) {
+            yaml_node_pair_t *p = &v->data.mapping.pairs.start[i];
+            yaml_node_t *hk = node(x, p->key), *hv = node(x, p->value);
+            const char *name = scalar(hk), *val = scalar(hv);
+            if (!settable_header(x, hk, hv, path, name, val))
+                continue;
+            m->set[m->n_set].name = lower_dup(name);
+            m->set[m->n_set].value = strdup(val);
+            m->n_set++;
+        }
+        return;
+    }
+    size_t n = 0;
+    char **names = str_list(x, v, path, &n);
+    if (!names)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (!settable_header(x, v, NULL, path, names[i], NULL)) {
+            free(names[i]);
+            names[i] = NULL;
+            continue;
+        }
+        char *l = lower_dup(names[i]);
+        free(names[i]);
+        names[i] = l;
+    }
+    /* Drop the refused ones, keep the order. */
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++)
+        if (names[i])
+            names[w++] = names[i];
+    m->remove = names;
+    m->n_remove = w;
+}
+
+static void modify_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                        const char *path)
+{
+    struct fl_modify *m = obj;
+    uint64_t n;
+    const char *s;
+    (void)k;
+    switch (key) {
+    case 0:
+        if (get_uint(x, v, path, UINT32_MAX, &n) == 0) {
+            if (n < 200 || n > 599)
+                err_at(x, v, "%s: HTTP status %llu is out of range; use 200-599", path,
+                       (unsigned long long)n);
+            else
+                m->status = (int)n;
+        }
+        break;
+    case 1:
+        if ((s = expect_str(x, v, path))) {
+            int g = fl_values_parse_grpc_status(s);
+            if (g < 0)
+                err_at(x, v, "%s: \"%s\" is not a gRPC status; use a name such as INTERNAL or a "
+                             "number 0-16",
+                       path, s);
+            else
+                m->grpc_status = g;
+        }
+        break;
+    case 2:
+        if ((s = expect_str(x, v, path))) {
+            if (!safe_header_text(s))
+                err_at(x, v, "%s: the message must be a single line", path);
+            else
+                m->message = strdup(s);
+        }
+        break;
+    case 3:
+        if (expect_map(x, v, path))
+            walk_map(x, v, path, modify_hdr_keys, modify_hdr_pair, m);
+        break;
+    case 4:
+        if ((s = expect_str(x, v, path))) {
+            m->body = strdup(s);
+            m->body_len = v->data.scalar.length;
+        }
+        break;
+    case 5: get_percent(x, v, path, &m->ppm); break;
+    }
+}
+
+static const char *const truncate_keys[] = {"after", "percent", NULL};
+
+static void truncate_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                          const char *path)
+{
+    struct fl_truncate *t = obj;
+    (void)k;
+    if (key == 0)
+        get_size(x, v, path, &t->after);
+    else
+        get_percent(x, v, path, &t->ppm);
+}
+
+static const char *const bandwidth_keys[] = {"rate", "direction", "percent", NULL};
+
+static void bandwidth_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
+                           const char *path)
+{
+    struct fl_bandwidth *b = obj;
+    (void)k;
+    if (key == 0)
+        get_rate(x, v, path, &b->rate);
+    else if (key == 1)
+        get_direction(x, v, path, &b->dir);
+    else
+        get_percent(x, v, path, &b->ppm);
+}
+
+static const char *const fault_keys[] = {"delay",    "abort",    "reset",     "response_delay",
+                                         "modify",   "truncate", "bandwidth", "connection",
+                                         NULL};
 
 static void fault_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_node_t *v,
                        const char *path)
@@ -1008,7 +1160,42 @@ static void fault_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_n
         r->reset.ppm = FL_PPM_MAX;
         walk_map(x, v, path, reset_keys, reset_pair, &r->reset);
         break;
-    case 3: {
+    case 3:
+        r->response_delay.enabled = 1;
+        r->response_delay.ppm = FL_PPM_MAX;
+        walk_map(x, v, path, delay_keys, delay_pair, &r->response_delay);
+        if (!has_key(x, v, "fixed"))
+            err_at(x, v, "%s: missing required key 'fixed' (e.g. fixed: 300ms)", path);
+        break;
+    case 4: {
+        struct fl_modify *m = &r->modify;
+        m->enabled = 1;
+        m->ppm = FL_PPM_MAX;
+        m->grpc_status = -1;
+        walk_map(x, v, path, modify_keys, modify_pair, m);
+        if (!has_key(x, v, "status") && !has_key(x, v, "grpc_status") &&
+            !has_key(x, v, "message") && !has_key(x, v, "headers") && !has_key(x, v, "body"))
+            err_at(x, v, "%s: give what to change: status, headers (set, remove), body, or "
+                         "grpc_status and message",
+                   path);
+        break;
+    }
+    case 5:
+        r->truncate.enabled = 1;
+        r->truncate.ppm = FL_PPM_MAX;
+        walk_map(x, v, path, truncate_keys, truncate_pair, &r->truncate);
+        if (!has_key(x, v, "after"))
+            err_at(x, v, "%s: missing required key 'after' (e.g. after: 1KiB)", path);
+        break;
+    case 6:
+        r->bandwidth.enabled = 1;
+        r->bandwidth.ppm = FL_PPM_MAX;
+        r->bandwidth.dir = FL_DIR_DOWN;
+        walk_map(x, v, path, bandwidth_keys, bandwidth_pair, &r->bandwidth);
+        if (!has_key(x, v, "rate"))
+            err_at(x, v, "%s: missing required key 'rate' (e.g. rate: 64KiB/s)", path);
+        break;
+    case 7: {
         struct fl_connection_fault *cf = &r->connection;
         cf->enabled = 1;
         cf->ppm = FL_PPM_MAX;
@@ -1042,7 +1229,9 @@ static void rule_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
         if (expect_map(x, v, path)) {
             walk_map(x, v, path, fault_keys, fault_pair, r);
             if (v->data.mapping.pairs.top == v->data.mapping.pairs.start)
-                err_at(x, v, "%s: give at least one of delay, abort, reset, connection", path);
+                err_at(x, v, "%s: give at least one of delay, abort, reset, response_delay, "
+                             "modify, truncate, bandwidth, connection",
+                       path);
         }
         break;
     case 4: {
@@ -1667,7 +1856,9 @@ static void spec_pair(struct ctx *x, void *obj, int key, yaml_node_t *k, yaml_no
             r->conn_at_accept = r->connection.enabled && !m->methods &&
                                 m->path.kind == FL_SM_ANY && !m->n_headers && !m->has_grpc;
             r->conn_only = r->conn_at_accept && !r->from_headers && !r->delay.enabled &&
-                           !r->abort.enabled && !r->reset.enabled;
+                           !r->abort.enabled && !r->reset.enabled &&
+                           !r->response_delay.enabled && !r->modify.enabled &&
+                           !r->truncate.enabled && !r->bandwidth.enabled;
         }
         break;
     }
@@ -1905,6 +2096,16 @@ static void policy_free(struct fl_policy *p)
             free(r->abort.headers[k].value);
         }
         free(r->abort.headers);
+        free(r->modify.body);
+        free(r->modify.message);
+        for (size_t k = 0; k < r->modify.n_set; k++) {
+            free(r->modify.set[k].name);
+            free(r->modify.set[k].value);
+        }
+        free(r->modify.set);
+        for (size_t k = 0; k < r->modify.n_remove; k++)
+            free(r->modify.remove[k]);
+        free(r->modify.remove);
     }
     free(p->rules);
     for (size_t i = 0; i < p->n_listeners; i++) {
@@ -2349,6 +2550,10 @@ int fl_policy_rule_has_kind(const struct fl_rule *r, enum fl_fault_kind k)
     case FL_FAULT_DELAY: return r->delay.enabled;
     case FL_FAULT_ABORT: return r->abort.enabled;
     case FL_FAULT_RESET: return r->reset.enabled;
+    case FL_FAULT_RESPONSE_DELAY: return r->response_delay.enabled;
+    case FL_FAULT_MODIFY: return r->modify.enabled;
+    case FL_FAULT_TRUNCATE: return r->truncate.enabled;
+    case FL_FAULT_BANDWIDTH: return r->bandwidth.enabled;
     case FL_FAULT_CONNECTION: return r->connection.enabled;
     }
     return 0;
@@ -2360,6 +2565,10 @@ uint32_t fl_policy_rule_file_ppm(const struct fl_rule *r, enum fl_fault_kind k)
     case FL_FAULT_DELAY: return r->delay.ppm;
     case FL_FAULT_ABORT: return r->abort.ppm;
     case FL_FAULT_RESET: return r->reset.ppm;
+    case FL_FAULT_RESPONSE_DELAY: return r->response_delay.ppm;
+    case FL_FAULT_MODIFY: return r->modify.ppm;
+    case FL_FAULT_TRUNCATE: return r->truncate.ppm;
+    case FL_FAULT_BANDWIDTH: return r->bandwidth.ppm;
     case FL_FAULT_CONNECTION: return r->connection.ppm;
     }
     return 0;

@@ -67,9 +67,13 @@ enum fl_fault_kind {
     FL_FAULT_DELAY,
     FL_FAULT_ABORT,
     FL_FAULT_RESET,
+    FL_FAULT_RESPONSE_DELAY, /* response side, per request */
+    FL_FAULT_MODIFY,
+    FL_FAULT_TRUNCATE,
+    FL_FAULT_BANDWIDTH,
     FL_FAULT_CONNECTION, /* per connection: the toxics of struct fl_connection_fault */
 };
-#define FL_FAULT_KINDS 4
+#define FL_FAULT_KINDS 8
 
 struct fl_delay {
     int enabled;
@@ -95,10 +99,41 @@ struct fl_reset {
     uint32_t ppm;
 };
 
-/* Which bytes a toxic acts on: bit FL_CLIENT (0): toward the client
- * ("downstream", the default), bit FL_UPSTREAM (1): toward the upstream. */
+/* Which bytes a fault acts on: FL_DIR_DOWN toward the client ("downstream",
+ * the default: responses), FL_DIR_UP toward the upstream (requests). */
 #define FL_DIR_DOWN 1u
 #define FL_DIR_UP 2u
+
+/* Response side, per request. */
+struct fl_modify {
+    int enabled;
+    int status;          /* HTTP status 200-599 to answer with; 0: the upstream's */
+    int grpc_status;     /* 0-16 for grpc-status; -1: the upstream's */
+    char *message;       /* grpc-message; NULL: the upstream's (with grpc_status: none) */
+    struct fl_kv *set;   /* response headers set (replacing any of that name) */
+    size_t n_set;
+    char **remove;       /* response header names removed (lower case) */
+    size_t n_remove;
+    char *body;          /* the body replacing the upstream's; NULL: the upstream's */
+    size_t body_len;
+    uint32_t ppm;
+};
+
+struct fl_truncate {
+    int enabled;
+    uint64_t after; /* body bytes the client gets before the reset */
+    uint32_t ppm;
+};
+
+struct fl_bandwidth {
+    int enabled;
+    uint64_t rate; /* bytes per second */
+    unsigned dir;  /* FL_DIR_UP: the request body; FL_DIR_DOWN: the response body */
+    uint32_t ppm;
+};
+
+/* Which bytes a toxic acts on: bit FL_CLIENT (0): toward the client
+ * ("downstream", the default), bit FL_UPSTREAM (1): toward the upstream. */
 
 /* Connection faults (Toxiproxy's toxics), per connection: the dice roll once,
  * when the connection is accepted (a rule without match) or at its first
@@ -164,6 +199,10 @@ struct fl_rule {
     struct fl_delay delay;
     struct fl_abort abort;
     struct fl_reset reset;
+    struct fl_delay response_delay; /* holds the upstream's response head */
+    struct fl_modify modify;
+    struct fl_truncate truncate;
+    struct fl_bandwidth bandwidth;
     struct fl_connection_fault connection;
     /* connection without match: decided when a connection is accepted; and
      * nothing else, so requests never see the rule (it cannot shadow the

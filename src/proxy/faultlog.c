@@ -206,7 +206,7 @@ size_t fl_faultlog_format(const struct fl_fault_event *ev, char *line, size_t ca
     pos = put(line, cap, pos, ",\"fault\":\"");
     pos = put(line, cap, pos, fl_fault_kind_name(ev->kind));
     pos = put(line, cap, pos, "\"");
-    if (ev->kind == FL_FAULT_DELAY) {
+    if (ev->kind == FL_FAULT_DELAY || ev->kind == FL_FAULT_RESPONSE_DELAY) {
         snprintf(num, sizeof(num), ",\"delay_ms\":%llu", (unsigned long long)ev->delay_ms);
         pos = put(line, cap, pos, num);
     } else if (ev->kind == FL_FAULT_ABORT) {

@@ -56,6 +56,25 @@ struct h2_fifo {
     size_t len;
 };
 
+/* The response-side faults decided for one stream (fault.h), applied as its
+ * response passes; their fault lines are written when the stream ends, with
+ * the status the client was sent. */
+#define RF_KINDS 4 /* FL_FAULT_RESPONSE_DELAY .. FL_FAULT_BANDWIDTH */
+struct h2_rf {
+    const struct fl_rule *rule;
+    uint64_t delay_ms;
+    unsigned delay : 1, modify : 1, truncate : 1, bw : 1;
+    unsigned holding : 1;  /* response_delay: the head waits in head */
+    unsigned held_eos : 1; /* ... and it ended the stream (trailers-only) */
+    unsigned drain : 1;    /* modify replaced the body: the upstream's is dropped */
+    struct fl_chunk *head;
+    uint64_t trunc_left;   /* truncate: DATA bytes still to let through */
+    uint64_t bw_next[2];   /* bandwidth, by side: the next DATA not before (uv_hrtime) */
+    int status;            /* the :status the client was sent; 0: none yet */
+    char *line[RF_KINDS];
+    size_t line_len[RF_KINDS];
+};
+
 struct h2_stream {
     struct h2_stream *prev, *next; /* all streams of the connection */
     struct h2_stream *hnext;       /* held streams, by due time */
@@ -71,6 +90,7 @@ struct h2_stream {
     unsigned synthetic : 1;     /* response made here: nothing to consume upstream */
     unsigned head_done : 1;     /* request header block complete; later blocks are trailers */
     unsigned too_big : 1;       /* request header block beyond the limits: answered 431 */
+    unsigned in_held : 1;       /* on h->held (a delay, a held response, a bandwidth wait) */
     uint32_t over_size;         /* too_big: the block's list size so far, fields dropped */
     struct fl_chunk *hdrs[2];   /* header block being collected, by side it came from */
     struct fl_chunk *trailers[2]; /* trailers waiting for the body before them, by side */
@@ -82,6 +102,7 @@ struct h2_stream {
     size_t dline_len;
     uint64_t due; /* held: fl_worker_deadline() of the delay */
     uint64_t up_since; /* loop time the request went upstream; 0: answered or not sent */
+    struct h2_rf *rf;  /* response faults, or NULL */
 };
 
 struct h2 {
@@ -121,6 +142,9 @@ static void dline_emit(struct fl_conn *c, struct h2_stream *st, int status)
 
 static void pump(struct fl_conn *c);
 static void arm_hold(struct fl_conn *c);
+static void release_head(struct fl_conn *c, struct h2_stream *st);
+static void resume(nghttp2_session *s, int32_t id);
+static void held_insert(struct fl_conn *c, struct h2_stream *st, uint64_t due);
 static void became_idle(struct fl_conn *c);
 
 static struct h2 *H(struct fl_conn *c)
@@ -378,13 +402,43 @@ static struct h2_stream *stream_new(struct fl_conn *c, int32_t cid)
 
 static void held_remove(struct h2 *h, struct h2_stream *st)
 {
+    if (!st->in_held)
+        return;
     for (struct h2_stream **pp = &h->held; *pp; pp = &(*pp)->hnext) {
         if (*pp == st) {
             *pp = st->hnext;
             st->hnext = NULL;
-            return;
+            break;
         }
     }
+    st->in_held = 0;
+}
+
+/* Puts st on the held list, by due time, to be woken at due (uv_hrtime). */
+static void held_insert(struct fl_conn *c, struct h2_stream *st, uint64_t due)
+{
+    struct h2 *h = H(c);
+    held_remove(h, st);
+    st->due = due;
+    struct h2_stream **pp = &h->held;
+    while (*pp && (*pp)->due <= st->due)
+        pp = &(*pp)->hnext;
+    st->hnext = *pp;
+    *pp = st;
+    st->in_held = 1;
+    arm_hold(c);
+}
+
+static void rf_free(struct fl_conn *c, struct h2_stream *st)
+{
+    struct h2_rf *rf = st->rf;
+    if (!rf)
+        return;
+    for (int k = 0; k < RF_KINDS; k++)
+        fl_faultlog_release(&c->w->log, &rf->line[k], rf->line_len[k], rf->status);
+    fl_chunk_unref(rf->head);
+    free(rf);
+    st->rf = NULL;
 }
 
 /* Releases the fault accounting a held stream still owns. */
@@ -408,6 +462,8 @@ static void stream_maybe_free(struct fl_conn *c, struct h2_stream *st)
     if (st->client_open || st->up_open)
         return;
     held_release(c, st);
+    held_remove(h, st);
+    rf_free(c, st);
     if (st->req.len && h->cs)
         nghttp2_session_consume_connection(h->cs, st->req.len);
     if (st->resp.len && h->us && !h->up_dead && !st->synthetic)
@@ -470,6 +526,33 @@ static ssize_t read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t leng
     (void)id;
 
     size_t n = f->len < length ? f->len : length;
+    struct h2_rf *rf = st->rf;
+    if (rf && n) {
+        if (to == FL_CLIENT && rf->truncate) {
+            /* truncate: the body so far, then RST_STREAM (INTERNAL_ERROR). */
+            if (rf->trunc_left == 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+            if (n > rf->trunc_left)
+                n = (size_t)rf->trunc_left;
+            rf->trunc_left -= n;
+        }
+        unsigned dir = to == FL_CLIENT ? FL_DIR_DOWN : FL_DIR_UP;
+        if (rf->bw && (rf->rule->bandwidth.dir & dir)) {
+            /* bandwidth: 10 ms worth per frame, no sooner than the rate allows */
+            uint64_t rate = rf->rule->bandwidth.rate, now = uv_hrtime();
+            if (rf->bw_next[to] > now) {
+                held_insert(c, st, rf->bw_next[to]);
+                return NGHTTP2_ERR_DEFERRED;
+            }
+            uint64_t q = rate / 100 ? rate / 100 : 1;
+            if (n > q)
+                n = (size_t)q;
+            /* From when this frame was due, so timer lateness does not add up;
+             * after an idle spell, from now (no burst). */
+            uint64_t base = rf->bw_next[to] && now - rf->bw_next[to] < 20000000u ? rf->bw_next[to] : now;
+            rf->bw_next[to] = base + n * 1000000000ull / rate;
+        }
+    }
     if (n == 0 && !eos)
         return NGHTTP2_ERR_DEFERRED;
     if (n)
@@ -939,17 +1022,51 @@ static void fill_request(struct h2_stream *st, const struct h2_hdrs *hd, struct 
     }
 }
 
+/* The response faults st->d decided, with their fault lines formatted now
+ * (the request's facts are at hand) and written when the stream ends. */
+static struct h2_rf *resp_faults(struct fl_conn *c, struct h2_stream *st, const struct fl_request *rq)
+{
+    const struct fl_decision *d = &st->d;
+    if (!d->rule || !(d->resp_delay || d->modify || d->truncate || d->bandwidth))
+        return NULL;
+    struct h2_rf *rf = calloc(1, sizeof(*rf));
+    if (!rf)
+        return NULL;
+    const struct fl_rule *r = d->rule;
+    rf->rule = r;
+    rf->delay = d->resp_delay ? 1 : 0;
+    rf->delay_ms = d->resp_delay_ms;
+    rf->modify = d->modify ? 1 : 0;
+    rf->truncate = d->truncate ? 1 : 0;
+    rf->bw = d->bandwidth ? 1 : 0;
+    const int on[RF_KINDS] = {rf->delay, rf->modify, rf->truncate, rf->bw};
+    for (int k = 0; k < RF_KINDS; k++) {
+        if (!on[k])
+            continue;
+        char extra[96] = "";
+        enum fl_fault_kind kind = (enum fl_fault_kind)(FL_FAULT_RESPONSE_DELAY + k);
+        if (kind == FL_FAULT_TRUNCATE)
+            snprintf(extra, sizeof(extra), ",\"after\":%llu", (unsigned long long)r->truncate.after);
+        else if (kind == FL_FAULT_BANDWIDTH)
+            snprintf(extra, sizeof(extra), ",\"rate\":%llu,\"direction\":\"%s\"",
+                     (unsigned long long)r->bandwidth.rate,
+                     r->bandwidth.dir == (FL_DIR_UP | FL_DIR_DOWN) ? "both"
+                     : r->bandwidth.dir == FL_DIR_UP            ? "upstream"
+                                                                : "downstream");
+        else if (kind == FL_FAULT_MODIFY && st->grpc && r->modify.grpc_status >= 0)
+            snprintf(extra, sizeof(extra), ",\"grpc_status\":%d", r->modify.grpc_status);
+        struct fl_fault_event ev = fault_event(c, st, kind, rq);
+        ev.delay_ms = rf->delay_ms;
+        ev.extra = extra[0] ? extra : NULL;
+        rf->line[k] = fl_faultlog_hold(&c->w->log, &ev, &rf->line_len[k]);
+    }
+    return rf;
+}
+
 static void hold(struct fl_conn *c, struct h2_stream *st)
 {
-    struct h2 *h = H(c);
     st->state = ST_HOLD;
-    st->due = fl_worker_deadline(st->d.delay_ms);
-    struct h2_stream **pp = &h->held;
-    while (*pp && (*pp)->due <= st->due)
-        pp = &(*pp)->hnext;
-    st->hnext = *pp;
-    *pp = st;
-    arm_hold(c);
+    held_insert(c, st, fl_worker_deadline(st->d.delay_ms));
 }
 
 /* The request's header block is complete: decide its fate. */
@@ -971,11 +1088,16 @@ static void request_ready(struct fl_conn *c, struct h2_stream *st)
         fl_tox_on_request(c, st->d.rule, &rq); /* connection faults start at the first match */
     if (c->closing)
         return;
+    if (hit) {
+        st->policy = fl_policy_ref(c->policy);
+        st->rf = resp_faults(c, st, &rq);
+        /* Only response faults: the request itself goes upstream. */
+        hit = st->d.bad || st->d.reset || st->d.abort || st->d.delay;
+    }
     if (!hit) {
         go_upstream(c, st);
         return;
     }
-    st->policy = fl_policy_ref(c->policy);
     if (st->d.bad) {
         /* A from_headers rule and an x-faultline-* header it cannot use. */
         char body[400];
@@ -1017,6 +1139,18 @@ static void held_cb(struct fl_hold *hd)
         struct h2_stream *st = h->held;
         h->held = st->hnext;
         st->hnext = NULL;
+        st->in_held = 0;
+        if (st->state != ST_HOLD) {
+            /* A held response head, or a bandwidth wait, is over. */
+            if (st->rf && st->rf->holding)
+                release_head(c, st);
+            else if (st->client_open) {
+                resume(h->cs, st->cid);
+                if (st->up_open && h->us && !h->up_dead)
+                    resume(h->us, st->uid);
+            }
+            continue;
+        }
         fl_fault_release(); /* the delay's share; do_abort releases the abort's */
         if (st->d.abort) {
             do_abort(c, st);
@@ -1214,6 +1348,148 @@ bad:
     return NULL;
 }
 
+static int nv_is(const nghttp2_nv *nv, const char *name)
+{
+    size_t n = strlen(name);
+    return nv->namelen == n && memcmp(nv->name, name, n) == 0;
+}
+
+static int nv_listed(const nghttp2_nv *nv, char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (nv->namelen == strlen(names[i]) && strncasecmp((const char *)nv->name, names[i], nv->namelen) == 0)
+            return 1;
+    return 0;
+}
+
+static int nv_set(const nghttp2_nv *nv, const struct fl_kv *kv, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (nv->namelen == strlen(kv[i].name) && strncasecmp((const char *)nv->name, kv[i].name, nv->namelen) == 0)
+            return 1;
+    return 0;
+}
+
+#define ADD(hd, n, nl, v, vl) (hdrs_add((hd), (const uint8_t *)(n), (nl), (const uint8_t *)(v), (vl)))
+
+/* The block the client gets in place of the upstream's hd, under st's
+ * response faults: a head (with :status) carries the marker and modify's
+ * status, headers and body framing; gRPC's grpc-status and grpc-message are
+ * replaced in a trailers-only head or in the trailers. NULL when out of
+ * memory or beyond the limits (the upstream's block is sent). */
+static struct fl_chunk *rf_block(struct fl_conn *c, struct h2_stream *st, const struct h2_hdrs *hd,
+                                 int head)
+{
+    struct h2_rf *rf = st->rf;
+    const struct fl_rule *r = rf->rule;
+    const struct fl_modify *m = rf->modify ? &r->modify : NULL;
+    struct fl_chunk *ch = NULL;
+    char num[24], msg[1024];
+    if (hdrs_begin(c, &ch) < 0)
+        return NULL;
+    struct h2_hdrs *out = hdrs_of(ch);
+    int e = 0, grpc_mod = m && st->grpc && (m->grpc_status >= 0 || m->message);
+    int have_gs = 0;
+    for (uint32_t i = 0; i < hd->n && !e; i++) {
+        const nghttp2_nv *nv = &hd->nv[i];
+        if (head && nv_is(nv, ":status")) {
+            int code = m && m->status ? m->status
+                                      : (nv->value[0] - '0') * 100 + (nv->value[1] - '0') * 10 +
+                                            (nv->value[2] - '0');
+            rf->status = code;
+            snprintf(num, sizeof(num), "%d", code);
+            e = ADD(out, ":status", 7, num, 3);
+            continue;
+        }
+        if (m && (nv_listed(nv, m->remove, m->n_remove) || nv_set(nv, m->set, m->n_set)))
+            continue;
+        if (nv_is(nv, "x-faultline-injected") || (rf->drain && nv_is(nv, "content-length")))
+            continue;
+        if (grpc_mod && nv_is(nv, "grpc-status")) {
+            have_gs = 1;
+            if (m->grpc_status >= 0) {
+                snprintf(num, sizeof(num), "%d", m->grpc_status);
+                e = ADD(out, "grpc-status", 11, num, strlen(num));
+                continue;
+            }
+        }
+        if (grpc_mod && nv_is(nv, "grpc-message") && (m->message || m->grpc_status >= 0))
+            continue; /* replaced (or, with a new status alone, dropped) below */
+        e = ADD(out, nv->name, nv->namelen, nv->value, nv->valuelen);
+    }
+    if (grpc_mod && have_gs && m->message && !e) {
+        size_t ml = pct_encode(msg, sizeof(msg), m->message, strlen(m->message));
+        e = ADD(out, "grpc-message", 12, msg, ml);
+    }
+    for (size_t i = 0; head && m && i < m->n_set && !e; i++)
+        e = ADD(out, m->set[i].name, strlen(m->set[i].name), m->set[i].value, strlen(m->set[i].value));
+    if (head && rf->drain && !e) {
+        snprintf(num, sizeof(num), "%zu", m->body_len);
+        e = ADD(out, "content-length", 14, num, strlen(num));
+    }
+    if ((head || grpc_mod) && !e) /* gRPC clients see the trailers' metadata */
+        e = ADD(out, "x-faultline-injected", 20, r->name, strlen(r->name));
+    if (e) {
+        fl_chunk_unref(ch);
+        return NULL;
+    }
+    return ch;
+}
+
+/* Sends the response head in *slot toward the client (eos: it ends the
+ * stream), rewritten by the stream's response faults. */
+static void submit_head(struct fl_conn *c, struct h2_stream *st, struct fl_chunk **slot, int eos)
+{
+    struct h2 *h = H(c);
+    if (st->rf) {
+        struct h2_rf *rf = st->rf;
+        if (rf->modify && rf->rule->modify.body && !st->grpc) {
+            /* The body is replaced: what the upstream sent of its own is
+             * dropped (its window given back), and so is the rest as it comes. */
+            rf->drain = 1;
+            if (st->resp.len && h->us && !h->up_dead)
+                nghttp2_session_consume(h->us, st->uid, st->resp.len);
+            fifo_clear(&st->resp);
+            if (fifo_put(c, &st->resp, (const uint8_t *)rf->rule->modify.body,
+                         rf->rule->modify.body_len) < 0) {
+                nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, NGHTTP2_INTERNAL_ERROR);
+                fl_chunk_unref(*slot);
+                *slot = NULL;
+                return;
+            }
+            if (eos && rf->rule->modify.body_len)
+                eos = 0; /* the new body still has to go */
+        }
+        if (rf->truncate)
+            rf->trunc_left = rf->rule->truncate.after;
+        struct fl_chunk *nb = rf_block(c, st, hdrs_of(*slot), 1);
+        if (nb) {
+            fl_chunk_unref(*slot);
+            *slot = nb;
+        }
+    }
+    struct h2_hdrs *hd = hdrs_lend(st, FL_CLIENT, slot);
+    int lent = !*slot;
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_cb};
+    if (nghttp2_submit_response(h->cs, st->cid, hd->nv, hd->n, eos ? NULL : &prd) != 0) {
+        if (lent)
+            hdrs_unlend(st, FL_CLIENT);
+        nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, NGHTTP2_INTERNAL_ERROR);
+    }
+    fl_chunk_unref(*slot);
+    *slot = NULL;
+}
+
+/* response_delay is over: the held head goes, and the body behind it. */
+static void release_head(struct fl_conn *c, struct h2_stream *st)
+{
+    struct h2_rf *rf = st->rf;
+    rf->holding = 0;
+    if (!st->client_open || !rf->head)
+        return;
+    submit_head(c, st, &rf->head, rf->held_eos);
+}
+
 static void upstream_headers(struct fl_conn *c, struct h2_stream *st, const nghttp2_frame *f)
 {
     struct h2 *h = H(c);
@@ -1244,18 +1520,30 @@ static void upstream_headers(struct fl_conn *c, struct h2_stream *st, const nght
             dline_emit(c, st,
                        (status->value[0] - '0') * 100 + (status->value[1] - '0') * 10 +
                            (status->value[2] - '0'));
-        hdrs_lend(st, FL_CLIENT, &st->hdrs[FL_UPSTREAM]);
-        int lent = !st->hdrs[FL_UPSTREAM];
-        nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_cb};
-        if (nghttp2_submit_response(h->cs, st->cid, hd->nv, hd->n, eos ? NULL : &prd) != 0) {
-            if (lent)
-                hdrs_unlend(st, FL_CLIENT);
-            nghttp2_submit_rst_stream(h->cs, NGHTTP2_FLAG_NONE, st->cid, NGHTTP2_INTERNAL_ERROR);
+        if (st->rf && st->rf->delay) {
+            /* response_delay: the head waits; the body queues behind it
+             * (within the stream's window: the upstream is held back, not
+             * buffered without bound). */
+            struct h2_rf *rf = st->rf;
+            rf->delay = 0;
+            rf->holding = 1;
+            rf->held_eos = eos;
+            rf->head = st->hdrs[FL_UPSTREAM];
+            st->hdrs[FL_UPSTREAM] = NULL;
+            held_insert(c, st, fl_worker_deadline(rf->delay_ms));
+            return;
         }
-        hdrs_drop(st, FL_UPSTREAM);
+        submit_head(c, st, &st->hdrs[FL_UPSTREAM], eos);
         return;
     }
     /* Trailers: sent after the body before them (read_cb). */
+    if (st->rf && st->rf->modify && st->grpc) {
+        struct fl_chunk *nb = rf_block(c, st, hd, 0);
+        if (nb) {
+            fl_chunk_unref(st->hdrs[FL_UPSTREAM]);
+            st->hdrs[FL_UPSTREAM] = nb;
+        }
+    }
     st->resp_eos = 1;
     fl_chunk_unref(st->trailers[FL_UPSTREAM]);
     st->trailers[FL_UPSTREAM] = st->hdrs[FL_UPSTREAM];
@@ -1394,8 +1682,8 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
     }
     if (h->up_dead)
         return 0;
-    if (!st || !st->client_open || st->state != ST_UP) {
-        nghttp2_session_consume(s, id, len);
+    if (!st || !st->client_open || st->state != ST_UP || (st->rf && st->rf->drain)) {
+        nghttp2_session_consume(s, id, len); /* modify replaced the body: dropped */
         return 0;
     }
     if (fifo_put(c, &st->resp, data, len) < 0)

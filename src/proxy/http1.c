@@ -59,6 +59,17 @@ enum rq_state {
 
 enum slot_kind { SLOT_UPSTREAM, SLOT_SYNTH };
 
+/* The response-side faults decided for one request (fault.h), applied as its
+ * response streams through; their fault lines wait for its final status. */
+#define RF_KINDS 4 /* FL_FAULT_RESPONSE_DELAY .. FL_FAULT_BANDWIDTH */
+struct h1_resp {
+    const struct fl_rule *rule;
+    uint64_t delay_ms;
+    unsigned delay : 1, modify : 1, truncate : 1, bw : 1;
+    char *line[RF_KINDS];
+    size_t line_len[RF_KINDS];
+};
+
 struct h1_slot {
     uint8_t kind;
     uint8_t method; /* llhttp_method_t of the request */
@@ -67,6 +78,7 @@ struct h1_slot {
     struct fl_chunk *synth;     /* SLOT_SYNTH: the response bytes */
     char *line;                 /* a delay's fault line, written with the status */
     size_t line_len;
+    struct h1_resp *rf;         /* SLOT_UPSTREAM: response faults, or NULL */
 };
 
 struct h1_seg {
@@ -111,6 +123,23 @@ struct h1 {
     uint8_t held_method;
     char *held_line; /* the held delay's fault line, until its slot takes it */
     size_t held_line_len;
+    /* response faults: those decided for the request on its way upstream,
+     * and the front response's progress through them */
+    struct h1_resp *rf_next;
+    struct fl_hold resp_hold;  /* response_delay: the worker's queue */
+    struct fl_chunk *up_in;    /* upstream bytes held by response_delay */
+    size_t up_off, up_len;
+    char *mhead;               /* modify: the upstream's response head, captured */
+    size_t mhead_len;
+    uint64_t trunc_left;       /* truncate: body bytes still to let through */
+    const char *cut_at;        /* truncate: where, in the bytes being parsed, to cut */
+    unsigned resp_started : 1; /* the front response's first bytes arrived */
+    unsigned resp_capture : 1; /* modify: the head is being captured, not forwarded */
+    unsigned resp_drain : 1;   /* modify replaced the body: the upstream's is dropped */
+    unsigned resp_trunc : 1;   /* truncate counts the body */
+    unsigned resp_bw : 1;      /* the front response is throttled */
+    unsigned req_bw : 1;       /* the request body going upstream is throttled */
+    int resp_status;           /* modify: the status the client was sent; 0: the upstream's */
     /* the client's deadline: header section (T_HEADER) or keep-alive idle
      * (T_IDLE), on the loop's clock; c->timer fires at or before it */
     uint8_t tkind;
@@ -132,12 +161,13 @@ struct h1 {
                                    * HPE_PAUSED_UPGRADE for it is still to come */
 };
 
-enum { EV_NONE, EV_HEADERS, EV_DONE, EV_STATUS, EV_CHUNK };
+enum { EV_NONE, EV_HEADERS, EV_DONE, EV_STATUS, EV_CHUNK, EV_RHEAD };
 enum { T_NONE, T_HEADER, T_IDLE };
 
 static const llhttp_settings_t *req_settings(void);
 static const llhttp_settings_t *resp_settings(void);
 static void client_pump(struct fl_conn *c);
+static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, size_t len);
 static void release_input(struct h1 *h);
 static void flush_front(struct fl_conn *c);
 
@@ -186,9 +216,40 @@ static void emit_line(struct fl_conn *c, char **line, size_t len, int status)
     fl_faultlog_release(&c->w->log, line, len, status);
 }
 
+/* Writes the response faults' held lines with the status the client got. */
+static void rf_emit(struct fl_conn *c, struct h1_resp *rf, int status)
+{
+    for (int k = 0; rf && k < RF_KINDS; k++)
+        emit_line(c, &rf->line[k], rf->line_len[k], status);
+}
+
+static void rf_free(struct fl_conn *c, struct h1_resp *rf)
+{
+    rf_emit(c, rf, 0);
+    free(rf);
+}
+
+/* The front response is done with (answered, failed or cut): its faults end. */
+static void resp_reset(struct fl_conn *c)
+{
+    struct h1 *h = c->proto;
+    if (h->resp_bw && fl_tox_set_rate(c, FL_CLIENT, 0) < 0)
+        fl_conn_close(c, 0);
+    free(h->mhead);
+    h->mhead = NULL;
+    h->mhead_len = 0;
+    h->resp_started = h->resp_capture = h->resp_drain = h->resp_trunc = h->resp_bw = 0;
+    h->cut_at = NULL;
+    h->resp_status = 0;
+}
+
 static void slot_pop(struct h1 *h)
 {
     struct h1_slot *s = &h->slots[h->sl_head];
+    if (s->kind == SLOT_UPSTREAM && h->resp_started)
+        resp_reset(h->req.data);
+    rf_free(h->req.data, s->rf);
+    s->rf = NULL;
     emit_line(h->req.data, &s->line, s->line_len, 0);
     fl_chunk_unref(s->synth);
     s->synth = NULL;
@@ -323,8 +384,10 @@ static void fail_pending(struct fl_conn *c, int status)
 {
     struct h1 *h = c->proto;
     struct h1_slot *s = slot_front(h);
-    if (s)
+    if (s) {
         emit_line(c, &s->line, s->line_len, status);
+        rf_emit(c, s->rf, status);
+    }
     while (h->sl_count)
         slot_pop(h);
 }
@@ -647,6 +710,46 @@ static void defer_delay_line(struct fl_conn *c, const struct fl_rule *r, uint64_
     h->held_line = fl_faultlog_hold(&c->w->log, &ev, &h->held_line_len);
 }
 
+/* The response faults d decided for rq, with their fault lines formatted
+ * now (the request's facts go with the head) and written once the client's
+ * status is known. NULL when there are none, or out of memory (then the
+ * request simply goes without them). */
+static struct h1_resp *resp_faults(struct fl_conn *c, const struct fl_decision *d,
+                                   const struct fl_request *rq)
+{
+    if (!d->rule || !(d->resp_delay || d->modify || d->truncate || d->bandwidth))
+        return NULL;
+    struct h1_resp *rf = calloc(1, sizeof(*rf));
+    if (!rf)
+        return NULL;
+    const struct fl_rule *r = d->rule;
+    rf->rule = r;
+    rf->delay = d->resp_delay ? 1 : 0;
+    rf->delay_ms = d->resp_delay_ms;
+    rf->modify = d->modify ? 1 : 0;
+    rf->truncate = d->truncate ? 1 : 0;
+    rf->bw = d->bandwidth ? 1 : 0;
+    const int on[RF_KINDS] = {rf->delay, rf->modify, rf->truncate, rf->bw};
+    for (int k = 0; k < RF_KINDS; k++) {
+        if (!on[k])
+            continue;
+        char extra[96] = "";
+        enum fl_fault_kind kind = (enum fl_fault_kind)(FL_FAULT_RESPONSE_DELAY + k);
+        if (kind == FL_FAULT_TRUNCATE)
+            snprintf(extra, sizeof(extra), ",\"after\":%llu", (unsigned long long)r->truncate.after);
+        else if (kind == FL_FAULT_BANDWIDTH)
+            snprintf(extra, sizeof(extra), ",\"rate\":%llu,\"direction\":\"%s\"",
+                     (unsigned long long)r->bandwidth.rate,
+                     r->bandwidth.dir == (FL_DIR_UP | FL_DIR_DOWN) ? "both"
+                     : r->bandwidth.dir == FL_DIR_UP            ? "upstream"
+                                                                : "downstream");
+        struct fl_fault_event ev = fault_event(c, r, kind, rf->delay_ms, 0, rq);
+        ev.extra = extra[0] ? extra : NULL;
+        rf->line[k] = fl_faultlog_hold(&c->w->log, &ev, &rf->line_len[k]);
+    }
+    return rf;
+}
+
 /* Sends the held head upstream and starts forwarding the body. */
 static void dispatch_upstream(struct fl_conn *c, uint8_t method, const struct fl_rule *mark)
 {
@@ -660,6 +763,26 @@ static void dispatch_upstream(struct fl_conn *c, uint8_t method, const struct fl
         s->line = h->held_line;
         s->line_len = h->held_line_len;
         h->held_line = NULL;
+    }
+    s->rf = h->rf_next;
+    h->rf_next = NULL;
+    if (s->rf && s->rf->modify && (method == HTTP_CONNECT || h->req.upgrade)) {
+        /* The answer to an Upgrade or CONNECT may switch protocols: it passes
+         * unmodified (its line is dropped with the fault). */
+        s->rf->modify = 0;
+        free(s->rf->line[FL_FAULT_MODIFY - FL_FAULT_RESPONSE_DELAY]);
+        s->rf->line[FL_FAULT_MODIFY - FL_FAULT_RESPONSE_DELAY] = NULL;
+    }
+    if (s->rf) {
+        /* The marker goes after the status line, or into a modified head. */
+        s->mark = s->rf->modify ? NULL : s->rf->rule;
+        if (s->rf->bw && (s->rf->rule->bandwidth.dir & FL_DIR_UP)) {
+            if (fl_tox_set_rate(c, FL_UPSTREAM, s->rf->rule->bandwidth.rate) < 0) {
+                fl_conn_close(c, 0);
+                return;
+            }
+            h->req_bw = 1;
+        }
     }
     h->last_upstream = 1;
     if (e < 0) {
@@ -828,6 +951,12 @@ static void on_head(struct fl_conn *c)
     if (c->closing) {
         scratch_release(h);
         return;
+    }
+    if (hit) {
+        rf_free(c, h->rf_next);
+        h->rf_next = resp_faults(c, &d, &rq);
+        /* Only response faults: the request itself passes. */
+        hit = d.bad || d.reset || d.abort || d.delay;
     }
     if (!hit) {
         scratch_release(h);
@@ -1041,6 +1170,14 @@ static void client_pump(struct fl_conn *c)
                 h->tkind = T_NONE;
                 dispatch_upstream(c, (uint8_t)h->req.method, NULL);
             } else if (h->ev == EV_DONE) {
+                if (h->req_bw) {
+                    /* The throttled body is all written: what follows is not. */
+                    h->req_bw = 0;
+                    if (fl_tox_set_rate(c, FL_UPSTREAM, 0) < 0) {
+                        fl_conn_close(c, 0);
+                        return;
+                    }
+                }
                 if (h->rs == RQ_PASS || h->rs == RQ_DROP)
                     h->rs = llhttp_should_keep_alive(&h->req) ? RQ_HEAD : RQ_DONE;
                 h->url_done = 0;
@@ -1103,10 +1240,183 @@ static int on_resp_headers_complete(llhttp_t *p)
         h->resp_switch = 1;
     if (s->method == HTTP_CONNECT && p->status_code >= 200 && p->status_code < 300)
         return 2; /* tunnel established: no body, the rest is raw */
+    if (h->resp_capture || h->resp_trunc) {
+        /* modify or truncate: stop here, where the head ends, to rewrite it
+         * or count the body from its first byte. */
+        if (s->method == HTTP_HEAD)
+            p->flags |= F_SKIPBODY; /* what returning 1 would have said */
+        else
+            h->resp_until_eof = llhttp_message_needs_eof(p);
+        h->ev = EV_RHEAD;
+        return HPE_PAUSED;
+    }
     if (s->method == HTTP_HEAD)
         return 1;
     h->resp_until_eof = llhttp_message_needs_eof(p);
     return 0;
+}
+
+/* truncate: counts the body the client gets; marks where to cut. */
+static int on_resp_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct fl_conn *c = p->data;
+    struct h1 *h = c->proto;
+    if (!h->resp_trunc || h->cut_at)
+        return 0;
+    if (len >= h->trunc_left) {
+        h->cut_at = at + h->trunc_left;
+        h->trunc_left = 0;
+    } else {
+        h->trunc_left -= len;
+    }
+    return 0;
+}
+
+/* truncate: the body was cut; the client's connection is reset. */
+static void truncate_now(struct fl_conn *c, struct h1_slot *s)
+{
+    struct h1 *h = c->proto;
+    rf_emit(c, s->rf, h->resp_status ? h->resp_status : h->resp.status_code);
+    fl_conn_close(c, 1);
+}
+
+static int header_listed(const char *name, size_t len, char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
+            return 1;
+    return 0;
+}
+
+static int header_set(const char *name, size_t len, const struct fl_kv *kv, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strlen(kv[i].name) == len && strncasecmp(kv[i].name, name, len) == 0)
+            return 1;
+    return 0;
+}
+
+/* modify: writes the response head the client gets, made from the
+ * upstream's (h->mhead): the status replaced, headers removed and set, the
+ * framing rewritten for a replaced body. Returns the status sent, or -1
+ * (out of memory: the connection is closed). */
+static int write_modified_head(struct fl_conn *c, struct h1_slot *s)
+{
+    struct h1 *h = c->proto;
+    const struct fl_rule *r = s->rf->rule;
+    const struct fl_modify *m = &r->modify;
+    int status = m->status ? m->status : h->resp.status_code;
+    int new_body = m->body != NULL;
+    size_t cap = h->mhead_len + strlen(r->name) + 128;
+    for (size_t i = 0; i < m->n_set; i++)
+        cap += strlen(m->set[i].name) + strlen(m->set[i].value) + 4;
+    char *out = malloc(cap);
+    if (!out) {
+        fl_conn_close(c, 0);
+        return -1;
+    }
+    size_t n = 0;
+    const char *q = h->mhead, *end = h->mhead + h->mhead_len;
+    int first = 1;
+    while (q < end) {
+        const char *nl = memchr(q, '\n', (size_t)(end - q));
+        const char *le = nl ? nl : end;
+        size_t ll = (size_t)(le - q);
+        if (ll && q[ll - 1] == '\r')
+            ll--;
+        if (first) {
+            first = 0;
+            if (m->status)
+                n += (size_t)snprintf(out + n, cap - n, "HTTP/1.1 %d %s\r\n", status, reason(status));
+            else {
+                memcpy(out + n, q, ll);
+                n += ll;
+                out[n++] = '\r';
+                out[n++] = '\n';
+            }
+        } else if (ll) {
+            const char *colon = memchr(q, ':', ll);
+            size_t nl_len = colon ? (size_t)(colon - q) : ll;
+            int drop = header_listed(q, nl_len, m->remove, m->n_remove) ||
+                       header_set(q, nl_len, m->set, m->n_set) ||
+                       (nl_len == 20 && strncasecmp(q, "x-faultline-injected", 20) == 0) ||
+                       (new_body && ((nl_len == 14 && strncasecmp(q, "content-length", 14) == 0) ||
+                                     (nl_len == 17 && strncasecmp(q, "transfer-encoding", 17) == 0)));
+            if (!drop) {
+                memcpy(out + n, q, ll);
+                n += ll;
+                out[n++] = '\r';
+                out[n++] = '\n';
+            }
+        }
+        q = nl ? nl + 1 : end;
+    }
+    for (size_t i = 0; i < m->n_set; i++)
+        n += (size_t)snprintf(out + n, cap - n, "%s: %s\r\n", m->set[i].name, m->set[i].value);
+    n += (size_t)snprintf(out + n, cap - n, "x-faultline-injected: %s\r\n", r->name);
+    int bodyless = s->method == HTTP_HEAD || status == 204 || status == 304;
+    if (new_body && status != 204 && status != 304)
+        n += (size_t)snprintf(out + n, cap - n, "content-length: %zu\r\n", m->body_len);
+    n += (size_t)snprintf(out + n, cap - n, "\r\n");
+    fl_conn_write(c, FL_CLIENT, NULL, out, n);
+    free(out);
+    h->resp_status = status;
+    if (new_body && !bodyless && !c->closing) {
+        size_t bl = m->body_len;
+        int cut = h->resp_trunc && h->trunc_left < bl;
+        if (cut)
+            bl = (size_t)h->trunc_left;
+        fl_conn_write(c, FL_CLIENT, NULL, m->body, bl);
+        if (cut && !c->closing) {
+            truncate_now(c, s);
+            return -1;
+        }
+    }
+    if (new_body) {
+        h->resp_drain = 1; /* the upstream's body is read and dropped */
+        h->resp_trunc = 0;
+    }
+    return status;
+}
+
+/* The front response's head has been parsed, with response faults on it. */
+static void on_rhead(struct fl_conn *c, struct h1_slot *s)
+{
+    struct h1 *h = c->proto;
+    int st = h->resp.status_code;
+    if (st < 200) {
+        /* An interim response (100, 103): passed on as it came. */
+        if (h->resp_capture && h->mhead_len)
+            fl_conn_write(c, FL_CLIENT, NULL, h->mhead, h->mhead_len);
+        h->mhead_len = 0;
+        return;
+    }
+    if (h->resp_capture) {
+        h->resp_capture = 0;
+        int sent = write_modified_head(c, s);
+        if (sent < 0 || c->closing)
+            return;
+        emit_line(c, &s->line, s->line_len, sent); /* a delay before it */
+    }
+    if (h->resp_trunc && h->trunc_left == 0 && s->method != HTTP_HEAD && st != 204 && st != 304)
+        truncate_now(c, s);
+}
+
+/* response_delay: the held response goes on. */
+static void resp_held_cb(struct fl_hold *hd)
+{
+    struct h1 *h = (struct h1 *)(void *)((char *)hd - offsetof(struct h1, resp_hold));
+    struct fl_conn *c = h->resp.data;
+    struct fl_chunk *ch = h->up_in;
+    if (c->closing)
+        return;
+    h->up_in = NULL;
+    c->s[FL_UPSTREAM].want_read = 1;
+    fl_conn_update_reading(c);
+    if (ch) {
+        upstream_data(c, ch, h->up_off, h->up_len);
+        fl_chunk_unref(ch);
+    }
 }
 
 static void response_done(struct fl_conn *c)
@@ -1116,8 +1426,10 @@ static void response_done(struct fl_conn *c)
     struct h1_slot *s = slot_front(h);
     if (status >= 100 && status < 200 && status != 101)
         return; /* interim response; the final one follows */
-    if (s && s->kind == SLOT_UPSTREAM)
+    if (s && s->kind == SLOT_UPSTREAM) {
+        rf_emit(c, s->rf, h->resp_status ? h->resp_status : status);
         slot_pop(h);
+    }
     if (h->rs == RQ_UPGRADE && h->sl_count == 0) {
         /* The Upgrade/CONNECT request was answered without switching (the
          * upgrade request is always the last slot): the connection stays
@@ -1186,7 +1498,43 @@ static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, si
     size_t left = len;
 
     while (left && !c->closing) {
+        struct h1_slot *fs = slot_front(h);
+        struct h1_resp *rf = fs && fs->kind == SLOT_UPSTREAM ? fs->rf : NULL;
+        if (rf && !h->resp_started) {
+            /* The first bytes of a response with faults on it. */
+            const struct fl_rule *r = rf->rule;
+            h->resp_started = 1;
+            if (c->up_deadline)
+                fl_conn_upstream_deadline(c, 0);
+            if (rf->bw && (r->bandwidth.dir & FL_DIR_DOWN)) {
+                if (fl_tox_set_rate(c, FL_CLIENT, r->bandwidth.rate) < 0) {
+                    fl_conn_close(c, 0);
+                    return;
+                }
+                h->resp_bw = 1;
+            }
+            if (rf->truncate) {
+                h->resp_trunc = 1;
+                h->trunc_left = r->truncate.after;
+            }
+            if (rf->modify)
+                h->resp_capture = 1;
+            if (rf->delay) {
+                /* Hold it, and read no more from the upstream meanwhile. */
+                rf->delay = 0;
+                h->up_in = fl_chunk_ref(ch);
+                h->up_off = (size_t)(p - ch->data);
+                h->up_len = left;
+                c->s[FL_UPSTREAM].want_read = 0;
+                fl_conn_update_reading(c);
+                if (fl_worker_hold(c->w, &h->resp_hold, fl_worker_deadline(rf->delay_ms),
+                                   resp_held_cb) < 0)
+                    fl_conn_close(c, 1);
+                return;
+            }
+        }
         h->ev = EV_NONE;
+        h->cut_at = NULL;
         llhttp_errno_t err = llhttp_execute(&h->resp, p, left);
         size_t used = left;
         if (c->up_deadline)
@@ -1204,6 +1552,15 @@ static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, si
             } else {
                 fl_conn_close(c, 0);
             }
+            return;
+        }
+        if (h->cut_at && h->cut_at <= p + used) {
+            /* truncate: the client gets the body up to here, then a reset. */
+            size_t n = (size_t)(h->cut_at - p);
+            if (n && !h->resp_drain && !h->resp_capture)
+                fl_conn_write(c, FL_CLIENT, ch, p, n);
+            if (!c->closing)
+                truncate_now(c, fs);
             return;
         }
         if (err == HPE_PAUSED && h->ev == EV_STATUS) {
@@ -1224,12 +1581,40 @@ static void upstream_data(struct fl_conn *c, struct fl_chunk *ch, size_t off, si
             if (h->resp.status_code >= 200 || h->resp.status_code == 101)
                 emit_line(c, &s->line, s->line_len, h->resp.status_code);
             h->resp_bytes += used;
+        } else if (used && h->resp_capture) {
+            /* modify: the head is rewritten once it is whole */
+            if (h->mhead_len + used > H1_MAX_HEAD) {
+                char up[64];
+                fl_addr_str((struct sockaddr *)&c->dst, up, sizeof(up));
+                fl_warn("conn %llu: a response head from %s is over %d bytes; rule '%s' cannot "
+                        "modify it; answered 502", (unsigned long long)c->id, up, H1_MAX_HEAD,
+                        rf ? rf->rule->name : "?");
+                fail_pending(c, 502);
+                push_error(c, 502, "faultline: the upstream's response head is over %d bytes\n",
+                           H1_MAX_HEAD);
+                return;
+            }
+            char *nb = realloc(h->mhead, h->mhead_len + used);
+            if (!nb) {
+                fl_conn_close(c, 0);
+                return;
+            }
+            h->mhead = nb;
+            memcpy(h->mhead + h->mhead_len, p, used);
+            h->mhead_len += used;
+            h->resp_bytes += used;
         } else if (used) {
-            fl_conn_write(c, FL_CLIENT, ch, p, used);
+            if (!h->resp_drain)
+                fl_conn_write(c, FL_CLIENT, ch, p, used);
             h->resp_bytes += used;
         }
         p += used;
         left -= used;
+        if (err == HPE_PAUSED && h->ev == EV_RHEAD) {
+            llhttp_resume(&h->resp);
+            on_rhead(c, fs);
+            continue;
+        }
         if (err == HPE_PAUSED) {
             llhttp_resume(&h->resp);
             if (h->ev == EV_DONE && h->resp_switch) {
@@ -1466,6 +1851,10 @@ static void h1_destroy(struct fl_conn *c)
     while (h->sl_count)
         slot_pop(h);
     emit_line(c, &h->held_line, h->held_line_len, 0);
+    rf_free(c, h->rf_next);
+    fl_worker_unhold(c->w, &h->resp_hold);
+    fl_chunk_unref(h->up_in);
+    free(h->mhead);
     free(h);
     c->proto = NULL;
 }
@@ -1483,6 +1872,7 @@ static const llhttp_settings_t req_cbs = {
 
 static const llhttp_settings_t resp_cbs = {
     .on_status_complete = on_status_complete,
+    .on_body = on_resp_body,
     .on_headers_complete = on_resp_headers_complete,
     .on_message_complete = on_resp_message_complete,
 };

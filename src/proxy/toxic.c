@@ -19,6 +19,7 @@ struct tox_seg {
     const char *p;
     size_t len;
     uint64_t due_ns; /* latency: not before (uv_hrtime clock) */
+    uint64_t rate;   /* a request's bandwidth fault, bytes/s (0: none) */
 };
 
 /* One direction: the bytes written toward one side. */
@@ -46,6 +47,7 @@ struct fl_tox {
     int in_pump;  /* re-entrancy guard: a write may call back into the protocol */
     uint64_t start_ns;
     struct tox_dir d[2]; /* by the side the bytes are written toward */
+    uint64_t req_rate[2]; /* fl_tox_set_rate: the bytes written now are throttled to it */
 };
 
 /* The side a toxic acts on for direction bit dir. */
@@ -150,7 +152,11 @@ static void pump(struct fl_conn *c, int side, int from_timer)
             arm(t, s->due_ns);
             break;
         }
-        int bw = ON(t, bandwidth, side), sl = ON(t, slicer, side);
+        /* The connection's bandwidth toxic, or the request's, whichever is slower. */
+        uint64_t rate = ON(t, bandwidth, side) ? t->cf.bandwidth.rate : 0;
+        if (s->rate && (!rate || s->rate < rate))
+            rate = s->rate;
+        int bw = rate != 0, sl = ON(t, slicer, side);
         if ((bw || sl) && d->next_ns > now) {
             arm(t, d->next_ns);
             break;
@@ -165,7 +171,7 @@ static void pump(struct fl_conn *c, int side, int from_timer)
         }
         if (bw) {
             /* 10 ms worth at a time: smooth, and few timer wakeups. */
-            uint64_t q = t->cf.bandwidth.rate / 100;
+            uint64_t q = rate / 100;
             if (q < 1)
                 q = 1;
             if (q < n)
@@ -186,8 +192,12 @@ static void pump(struct fl_conn *c, int side, int from_timer)
         s->len -= n;
         d->bytes -= n;
         if (bw) {
-            uint64_t base = d->next_ns > now ? d->next_ns : now;
-            d->next_ns = base + n * 1000000000ull / t->cf.bandwidth.rate;
+            /* From when this piece was due, so timer lateness does not add
+             * up; after an idle spell, from now (no burst). */
+            uint64_t base = d->next_ns > now || now - d->next_ns < 20000000u ? d->next_ns : now;
+            if (!d->next_ns)
+                base = now;
+            d->next_ns = base + n * 1000000000ull / rate;
         }
         if (sl)
             d->next_ns = (d->next_ns > now ? d->next_ns : now) + t->cf.slicer.delay_us * 1000u;
@@ -233,7 +243,7 @@ int fl_tox_intercepts(const struct fl_conn *c, int side)
     if (!t)
         return 0;
     const struct tox_dir *d = &t->d[side];
-    if (d->head || d->shut_pending || d->limited)
+    if (d->head || d->shut_pending || d->limited || t->req_rate[side])
         return 1;
     return ON(t, latency, side) || ON(t, bandwidth, side) || ON(t, slicer, side) ||
            ON(t, limit_data, side) || ON(t, timeout, side) || ON(t, slow_close, side);
@@ -260,6 +270,7 @@ static int enqueue(struct fl_conn *c, struct tox_dir *d, struct fl_chunk *ch, co
     }
     s->len = len;
     s->due_ns = due;
+    s->rate = c->tox->req_rate[d == &c->tox->d[FL_CLIENT] ? FL_CLIENT : FL_UPSTREAM];
     if (d->tail)
         d->tail->next = s;
     else
@@ -418,22 +429,39 @@ static void toxics_json(const struct fl_connection_fault *cf, char *buf, size_t 
         snprintf(buf + pos, len - pos, "]");
 }
 
+static struct fl_tox *tox_get(struct fl_conn *c)
+{
+    if (c->tox)
+        return c->tox;
+    c->tox = calloc(1, sizeof(*c->tox));
+    if (!c->tox)
+        return NULL;
+    c->tox->c = c;
+    uv_timer_init(c->w->loop, &c->tox->timer);
+    c->tox->timer.data = c;
+    return c->tox;
+}
+
+int fl_tox_set_rate(struct fl_conn *c, int side, uint64_t rate)
+{
+    if (!rate && !c->tox)
+        return 0;
+    struct fl_tox *t = tox_get(c);
+    if (!t)
+        return -ENOMEM;
+    t->req_rate[side] = rate;
+    return 0;
+}
+
 /* Rolls r's connection dice for c, once; starts the toxics on a hit. */
 static void roll_and_start(struct fl_conn *c, const struct fl_rule *r, const struct fl_request *rq)
 {
     struct fl_worker *w = c->w;
     if (c->tox && c->tox->rolled)
         return;
-    if (!c->tox) {
-        c->tox = calloc(1, sizeof(*c->tox));
-        if (!c->tox) {
-            fl_warn("conn %llu: out of memory; no connection fault on it",
-                    (unsigned long long)c->id);
-            return;
-        }
-        c->tox->c = c;
-        uv_timer_init(w->loop, &c->tox->timer);
-        c->tox->timer.data = c;
+    if (!tox_get(c)) {
+        fl_warn("conn %llu: out of memory; no connection fault on it", (unsigned long long)c->id);
+        return;
     }
     struct fl_tox *t = c->tox;
     t->rolled = 1;

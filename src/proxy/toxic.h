@@ -37,6 +37,11 @@ void fl_tox_accept(struct fl_conn *c);
 struct fl_request;
 void fl_tox_on_request(struct fl_conn *c, const struct fl_rule *r, const struct fl_request *rq);
 
+/* A request's bandwidth fault: the bytes written toward side from now on
+ * are throttled to rate bytes/s (0: those written from now on are not).
+ * Returns 0 or -ENOMEM. */
+int fl_tox_set_rate(struct fl_conn *c, int side, uint64_t rate) FL_WUR;
+
 /* Does a write toward side go through the toxic? */
 int fl_tox_intercepts(const struct fl_conn *c, int side);
 /* Takes a write toward side (as fl_conn_write). Returns 0 or a negative errno. */

@@ -4,6 +4,7 @@
 //   /hello        200 "hello\n"
 //   /echo         echoes the request body
 //   /status/N     answers N
+//   /bytes/N      N bytes, (i * 7 + 3) & 255, with content-length and an etag
 const http2 = require('http2');
 const { grpc, Echo, OPTS, block, sha256 } = require('./common');
 
@@ -53,6 +54,15 @@ server.bindAsync(`127.0.0.1:${grpcPort}`, grpc.ServerCredentials.createInsecure(
     if (p === '/echo') {
       stream.respond({ ':status': 200, 'content-type': 'application/octet-stream' });
       stream.pipe(stream);
+      return;
+    }
+    const b = /^\/bytes\/(\d+)$/.exec(p);
+    if (b) {
+      const n = Number(b[1]);
+      const body = Buffer.alloc(n);
+      for (let i = 0; i < n; i++) body[i] = (i * 7 + 3) & 0xff;
+      stream.respond({ ':status': 200, 'content-length': String(n), 'etag': '"v1"' });
+      stream.end(body);
       return;
     }
     const m = /^\/status\/(\d+)$/.exec(p);
