@@ -11,7 +11,7 @@
 FL_DEPS_PACKAGES=(
     build-essential cmake pkg-config libuv1-dev libyaml-dev node-llhttp libnghttp2-dev
     libbpf-dev bpftool clang llvm libelf-dev zlib1g-dev libjansson-dev libcurl4-openssl-dev openssl libclang-rt-14-dev kubernetes-client
-    curl wrk nghttp2-client haproxy nginx-light iproute2 nodejs npm netcat-openbsd jq python3 python3-yaml
+    curl wrk nghttp2-client haproxy nginx-light iproute2 nodejs npm netcat-openbsd jq python3 python3-yaml bc
 )
 
 fl_deps_missing() {

@@ -434,6 +434,103 @@ TEST(policy_parse_duration)
     }
 }
 
+TEST(policy_parse_sizes_rates_microseconds)
+{
+    static const struct {
+        const char *s;
+        uint64_t v;
+    } sizes[] = {{"0", 0},          {"64", 64},         {"512B", 512},     {"1KiB", 1024},
+                 {"1.5KiB", 1536},  {"4MiB", 4194304},  {"1GiB", 1073741824}, {".5KiB", 512}};
+    static const char *const bad_sizes[] = {"", "KiB", "1KB", "1 KiB", "-1", "1kib", "1.2.3B",
+                                            "99999999999999999999GiB", "2000000GiB"};
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        uint64_t v = 7;
+        if (fl_values_parse_size(sizes[i].s, &v) != 0)
+            UNIT_FAIL("size \"%s\" rejected", sizes[i].s);
+        ASSERT_UEQ(v, sizes[i].v);
+    }
+    for (size_t i = 0; i < sizeof(bad_sizes) / sizeof(bad_sizes[0]); i++) {
+        uint64_t v = 7;
+        if (fl_values_parse_size(bad_sizes[i], &v) == 0)
+            UNIT_FAIL("size \"%s\" accepted as %ju", bad_sizes[i], (uintmax_t)v);
+    }
+    uint64_t r = 0;
+    ASSERT_EQ(fl_values_parse_rate("64KiB/s", &r), 0);
+    ASSERT_UEQ(r, 65536);
+    ASSERT_EQ(fl_values_parse_rate("1MiB/s", &r), 0);
+    ASSERT_UEQ(r, 1048576);
+    ASSERT_EQ(fl_values_parse_rate("100/s", &r), 0);
+    ASSERT_UEQ(r, 100);
+    static const char *const bad_rates[] = {"0/s", "1MiB", "/s", "1MiB/m", "fast", "1MiB/s ", ""};
+    for (size_t i = 0; i < sizeof(bad_rates) / sizeof(bad_rates[0]); i++)
+        if (fl_values_parse_rate(bad_rates[i], &r) == 0)
+            UNIT_FAIL("rate \"%s\" accepted", bad_rates[i]);
+    uint64_t us = 0;
+    ASSERT_EQ(fl_values_parse_duration_us("500us", &us), 0);
+    ASSERT_UEQ(us, 500);
+    ASSERT_EQ(fl_values_parse_duration_us("1.5ms", &us), 0);
+    ASSERT_UEQ(us, 1500);
+    ASSERT_EQ(fl_values_parse_duration_us("2s", &us), 0);
+    ASSERT_UEQ(us, 2000000);
+    uint64_t ms = 9;
+    ASSERT_EQ(fl_values_parse_duration("500us", &ms), 0);
+    ASSERT_UEQ(ms, 0); /* fractions of a millisecond are dropped */
+}
+
+TEST(policy_response_and_connection_faults)
+{
+    static const char y[] =
+        "apiVersion: faultline/v1\nkind: FaultPolicy\nmetadata: {name: p}\nspec:\n"
+        "  listeners: [{name: l, listen: \"127.0.0.1:1\", upstream: \"127.0.0.1:2\"}]\n"
+        "  rules:\n"
+        "    - name: resp\n"
+        "      fault:\n"
+        "        response_delay: {fixed: 300ms, jitter: 10ms, percent: 20}\n"
+        "        modify: {status: 500, headers: {set: {X-A: b}, remove: [ETag]}, body: \"oops\", percent: 5}\n"
+        "        truncate: {after: 1KiB, percent: 2}\n"
+        "        bandwidth: {rate: 64KiB/s, direction: both}\n"
+        "    - name: conn\n"
+        "      fault:\n"
+        "        connection:\n"
+        "          percent: 30\n"
+        "          latency: {fixed: 100ms, jitter: 10ms, direction: upstream}\n"
+        "          slicer: {average: 64, variation: 16, delay: 500us}\n"
+        "          limit_data: {bytes: 1MiB}\n"
+        "          reset_peer: {after: 500ms, direction: both}\n"
+        "    - name: conn-match\n"
+        "      match: {path: {prefix: /x}}\n"
+        "      fault: {connection: {timeout: {after: 0s}}}\n";
+    struct fl_policy *p = NULL;
+    struct fl_policy_errors errs = {0};
+    ASSERT_EQ(fl_policy_load_buf("r.yaml", y, strlen(y), &p, &errs), 0);
+    const struct fl_rule *r = &p->rules[0];
+    ASSERT_EQ(r->response_delay.enabled, 1);
+    ASSERT_UEQ(r->response_delay.fixed_ms, 300);
+    ASSERT_UEQ(r->response_delay.ppm, 200000);
+    ASSERT_EQ(r->modify.status, 500);
+    ASSERT_EQ(r->modify.grpc_status, -1);
+    ASSERT_STR_EQ(r->modify.set[0].name, "x-a"); /* lower case, as HTTP/2 needs */
+    ASSERT_STR_EQ(r->modify.remove[0], "etag");
+    ASSERT_UEQ(r->modify.body_len, 4);
+    ASSERT_UEQ(r->truncate.after, 1024);
+    ASSERT_UEQ(r->bandwidth.rate, 65536);
+    ASSERT_UEQ(r->bandwidth.dir, FL_DIR_UP | FL_DIR_DOWN);
+    ASSERT_EQ(r->conn_only, 0);
+    const struct fl_rule *c = &p->rules[1];
+    ASSERT_UEQ(c->connection.ppm, 300000);
+    ASSERT_UEQ(c->connection.latency.dir, FL_DIR_UP);
+    ASSERT_UEQ(c->connection.slicer.delay_us, 500);
+    ASSERT_UEQ(c->connection.limit_data.bytes, 1048576);
+    ASSERT_UEQ(c->connection.limit_data.dir, FL_DIR_DOWN); /* the default */
+    ASSERT_EQ(c->conn_at_accept, 1);
+    ASSERT_EQ(c->conn_only, 1); /* never seen by requests */
+    ASSERT_EQ(p->rules[2].conn_at_accept, 0);
+    ASSERT_EQ(fl_policy_rule_has_kind(c, FL_FAULT_CONNECTION), 1);
+    ASSERT_EQ(fl_policy_rule_has_kind(r, FL_FAULT_TRUNCATE), 1);
+    ASSERT_UEQ(fl_policy_rule_file_ppm(r, FL_FAULT_MODIFY), 50000);
+    fl_policy_unref(p);
+}
+
 TEST(policy_parse_percent)
 {
     static const struct {
