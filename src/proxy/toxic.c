@@ -35,27 +35,85 @@ struct tox_dir {
     unsigned limited : 1; /* limit_data reached: the rest is dropped, the connection closes */
 };
 
+/* What acts on one direction: the toxics of every live rule, stacked as
+ * Toxiproxy chains them (latencies add up; the narrowest bandwidth, the
+ * smallest limit, the longest slow_close win; any timeout holds). */
+struct tox_params {
+    unsigned latency : 1, slicer : 1, limit : 1, timeout : 1, slow_close : 1;
+    uint64_t lat_fixed_ms, lat_jitter_ms;
+    uint64_t rate; /* 0: none */
+    uint64_t sl_average, sl_variation, sl_delay_us;
+    uint64_t limit_bytes;
+    uint64_t slow_close_ms;
+};
+
+/* A rule whose connection faults act on the connection. */
+struct tox_rule {
+    const struct fl_rule *rule; /* in t->policy */
+    uint64_t start_ns;
+};
+
+/* A rule the dice were rolled for, hit or not: by its loaded policy and name,
+ * which outlive snapshots. */
+struct tox_rolled {
+    const struct fl_policy *part; /* compared, never followed */
+    char *name;                   /* own copy */
+};
+
+#define TOX_RULES 16
+
 struct fl_tox {
     struct fl_conn *c;
     uv_timer_t timer;
     uint64_t armed_ns;        /* what the timer is set for; 0: idle */
-    struct fl_policy *policy; /* the snapshot rule is in (a reference) */
-    const struct fl_rule *rule;
-    struct fl_connection_fault cf;
-    int active;   /* the toxics act; 0 once the fault ended (held bytes drain) */
-    int rolled;   /* the dice were rolled for this connection */
-    int in_pump;  /* re-entrancy guard: a write may call back into the protocol */
-    uint64_t start_ns;
-    struct tox_dir d[2]; /* by the side the bytes are written toward */
-    uint64_t req_rate[2]; /* fl_tox_set_rate: the bytes written now are throttled to it */
+    struct fl_policy *policy; /* the snapshot the rules are in (a reference) */
+    struct tox_rule rules[TOX_RULES];
+    int n_rules;
+    struct tox_rolled rolled[TOX_RULES];
+    int n_rolled;
+    struct tox_params p[2]; /* by the side the bytes are written toward */
+    int in_pump;            /* re-entrancy guard: a write may call back into the protocol */
+    struct tox_dir d[2];    /* by the side the bytes are written toward */
+    uint64_t req_rate[2];   /* fl_tox_set_rate: the bytes written now are throttled to it */
 };
 
-/* The side a toxic acts on for direction bit dir. */
-static int on(const struct fl_tox *t, unsigned dirs, int side)
+static void merge(struct fl_tox *t)
 {
-    return t->active && (dirs & (side == FL_CLIENT ? FL_DIR_DOWN : FL_DIR_UP));
+    memset(t->p, 0, sizeof(t->p));
+    for (int i = 0; i < t->n_rules; i++) {
+        const struct fl_connection_fault *cf = &t->rules[i].rule->connection;
+        for (int side = 0; side < 2; side++) {
+            struct tox_params *p = &t->p[side];
+            unsigned bit = side == FL_CLIENT ? FL_DIR_DOWN : FL_DIR_UP;
+            if (cf->latency.enabled && (cf->latency.dir & bit)) {
+                p->latency = 1;
+                p->lat_fixed_ms += cf->latency.fixed_ms;
+                p->lat_jitter_ms += cf->latency.jitter_ms;
+            }
+            if (cf->bandwidth.enabled && (cf->bandwidth.dir & bit) &&
+                (!p->rate || cf->bandwidth.rate < p->rate))
+                p->rate = cf->bandwidth.rate;
+            if (cf->slicer.enabled && (cf->slicer.dir & bit)) {
+                p->slicer = 1;
+                p->sl_average = cf->slicer.average;
+                p->sl_variation = cf->slicer.variation;
+                p->sl_delay_us = cf->slicer.delay_us;
+            }
+            if (cf->limit_data.enabled && (cf->limit_data.dir & bit) &&
+                (!p->limit || cf->limit_data.bytes < p->limit_bytes)) {
+                p->limit = 1;
+                p->limit_bytes = cf->limit_data.bytes;
+            }
+            if (cf->timeout.enabled && (cf->timeout.dir & bit))
+                p->timeout = 1;
+            if (cf->slow_close.enabled && (cf->slow_close.dir & bit)) {
+                p->slow_close = 1;
+                if (cf->slow_close.delay_ms > p->slow_close_ms)
+                    p->slow_close_ms = cf->slow_close.delay_ms;
+            }
+        }
+    }
 }
-#define ON(t, kind, side) ((t)->cf.kind.enabled && on((t), (t)->cf.kind.dir, (side)))
 
 static void pump(struct fl_conn *c, int side, int from_timer);
 static void timer_cb(uv_timer_t *h);
@@ -90,32 +148,35 @@ static void drop_all(struct tox_dir *d)
     d->tail = NULL;
 }
 
-/* Time-driven toxics of the whole connection: timeout's close, reset_peer. */
+/* Time-driven toxics, counted from when their rule's fault began:
+ * timeout's close, reset_peer. Returns 1 when the connection was closed. */
 static int conn_events(struct fl_conn *c, uint64_t now)
 {
     struct fl_tox *t = c->tox;
-    if (!t->active)
-        return 0;
-    if (t->cf.reset_peer.enabled) {
-        uint64_t at = t->start_ns + t->cf.reset_peer.after_ms * 1000000u;
-        if (now >= at) {
-            unsigned mask = 0;
-            if (t->cf.reset_peer.dir & FL_DIR_DOWN)
-                mask |= 1u << FL_CLIENT;
-            if (t->cf.reset_peer.dir & FL_DIR_UP)
-                mask |= 1u << FL_UPSTREAM;
-            fl_conn_close_reset(c, mask);
-            return 1;
+    for (int i = 0; i < t->n_rules; i++) {
+        const struct fl_connection_fault *cf = &t->rules[i].rule->connection;
+        uint64_t start = t->rules[i].start_ns;
+        if (cf->reset_peer.enabled) {
+            uint64_t at = start + cf->reset_peer.after_ms * 1000000u;
+            if (now >= at) {
+                unsigned mask = 0;
+                if (cf->reset_peer.dir & FL_DIR_DOWN)
+                    mask |= 1u << FL_CLIENT;
+                if (cf->reset_peer.dir & FL_DIR_UP)
+                    mask |= 1u << FL_UPSTREAM;
+                fl_conn_close_reset(c, mask);
+                return 1;
+            }
+            arm(t, at);
         }
-        arm(t, at);
-    }
-    if (t->cf.timeout.enabled && t->cf.timeout.after_ms) {
-        uint64_t at = t->start_ns + t->cf.timeout.after_ms * 1000000u;
-        if (now >= at) {
-            fl_conn_close(c, 0);
-            return 1;
+        if (cf->timeout.enabled && cf->timeout.after_ms) {
+            uint64_t at = start + cf->timeout.after_ms * 1000000u;
+            if (now >= at) {
+                fl_conn_close(c, 0);
+                return 1;
+            }
+            arm(t, at);
         }
-        arm(t, at);
     }
     return 0;
 }
@@ -140,30 +201,31 @@ static void pump(struct fl_conn *c, int side, int from_timer)
 {
     struct fl_tox *t = c->tox;
     struct tox_dir *d = &t->d[side];
+    const struct tox_params *pp = &t->p[side];
     uint64_t now = uv_hrtime();
     if (t->in_pump)
         return;
     t->in_pump = 1;
     struct tox_seg *s;
     while ((s = d->head) && !c->closing) {
-        if (ON(t, timeout, side))
+        if (pp->timeout)
             break; /* held until the fault ends, or the connection closes */
         if (s->due_ns > now) {
             arm(t, s->due_ns);
             break;
         }
         /* The connection's bandwidth toxic, or the request's, whichever is slower. */
-        uint64_t rate = ON(t, bandwidth, side) ? t->cf.bandwidth.rate : 0;
+        uint64_t rate = pp->rate;
         if (s->rate && (!rate || s->rate < rate))
             rate = s->rate;
-        int bw = rate != 0, sl = ON(t, slicer, side);
+        int bw = rate != 0, sl = pp->slicer;
         if ((bw || sl) && d->next_ns > now) {
             arm(t, d->next_ns);
             break;
         }
         size_t n = s->len;
         if (sl) {
-            uint64_t v = t->cf.slicer.variation, sz = t->cf.slicer.average - v;
+            uint64_t v = pp->sl_variation, sz = pp->sl_average - v;
             if (v)
                 sz += fl_rng_below(&c->w->rng, 2 * v + 1);
             if (sz < n)
@@ -177,8 +239,8 @@ static void pump(struct fl_conn *c, int side, int from_timer)
             if (q < n)
                 n = (size_t)q;
         }
-        if (ON(t, limit_data, side)) {
-            uint64_t room = t->cf.limit_data.bytes - d->sent;
+        if (pp->limit) {
+            uint64_t room = pp->limit_bytes > d->sent ? pp->limit_bytes - d->sent : 0;
             if (room < n)
                 n = (size_t)room;
         }
@@ -200,8 +262,8 @@ static void pump(struct fl_conn *c, int side, int from_timer)
             d->next_ns = base + n * 1000000000ull / rate;
         }
         if (sl)
-            d->next_ns = (d->next_ns > now ? d->next_ns : now) + t->cf.slicer.delay_us * 1000u;
-        if (ON(t, limit_data, side) && d->sent >= t->cf.limit_data.bytes) {
+            d->next_ns = (d->next_ns > now ? d->next_ns : now) + pp->sl_delay_us * 1000u;
+        if (pp->limit && d->sent >= pp->limit_bytes) {
             /* Exactly the limit went through: the rest is dropped and the
              * connection closes once it is out. */
             d->limited = 1;
@@ -219,10 +281,10 @@ static void pump(struct fl_conn *c, int side, int from_timer)
         }
     }
     if (!c->closing && !d->head && d->shut_pending && !d->limited) {
-        uint64_t delay = ON(t, slow_close, side) ? t->cf.slow_close.delay_ms * 1000000u : 0;
+        uint64_t delay = pp->slow_close ? pp->slow_close_ms * 1000000u : 0;
         if (!d->shut_due)
             d->shut_due = now + delay;
-        if (d->shut_due > now && ON(t, slow_close, side)) {
+        if (d->shut_due > now && pp->slow_close) {
             arm(t, d->shut_due);
         } else {
             d->shut_pending = 0;
@@ -245,8 +307,8 @@ int fl_tox_intercepts(const struct fl_conn *c, int side)
     const struct tox_dir *d = &t->d[side];
     if (d->head || d->shut_pending || d->limited || t->req_rate[side])
         return 1;
-    return ON(t, latency, side) || ON(t, bandwidth, side) || ON(t, slicer, side) ||
-           ON(t, limit_data, side) || ON(t, timeout, side) || ON(t, slow_close, side);
+    const struct tox_params *p = &t->p[side];
+    return p->latency || p->rate || p->slicer || p->limit || p->timeout || p->slow_close;
 }
 
 static int enqueue(struct fl_conn *c, struct tox_dir *d, struct fl_chunk *ch, const char *p,
@@ -290,10 +352,10 @@ int fl_tox_write(struct fl_conn *c, int side, struct fl_chunk *ch, const char *p
     if (len == 0)
         return 0;
     uint64_t due = 0;
-    if (ON(t, latency, side)) {
-        uint64_t ms = t->cf.latency.fixed_ms;
-        if (t->cf.latency.jitter_ms)
-            ms += fl_rng_below(&c->w->rng, t->cf.latency.jitter_ms + 1);
+    if (t->p[side].latency) {
+        uint64_t ms = t->p[side].lat_fixed_ms;
+        if (t->p[side].lat_jitter_ms)
+            ms += fl_rng_below(&c->w->rng, t->p[side].lat_jitter_ms + 1);
         due = uv_hrtime() + ms * 1000000u;
         if (due < d->last_due)
             due = d->last_due;
@@ -342,65 +404,87 @@ void fl_tox_flushed(struct fl_conn *c, int side)
         fl_conn_close(c, 0);
 }
 
-/* Ends the fault: the toxics stop acting and what they hold goes out now. */
-static void tox_end(struct fl_conn *c)
+/* Some rules' faults ended: the rest stay, and what was held goes out now
+ * (a latency that ended releases its bytes at once). */
+static void tox_changed(struct fl_conn *c)
 {
     struct fl_tox *t = c->tox;
-    if (!t->active)
-        return;
-    t->active = 0;
+    merge(t);
     for (int i = 0; i < 2; i++) {
         for (struct tox_seg *s = t->d[i].head; s; s = s->next)
             s->due_ns = 0;
         t->d[i].next_ns = 0;
         t->d[i].shut_due = 0;
+        t->d[i].last_due = 0;
     }
-    fl_policy_unref(t->policy);
-    t->policy = NULL;
-    t->rule = NULL;
-    fl_info("conn %llu: connection fault ended", (unsigned long long)c->id);
+    if (!t->n_rules) {
+        fl_policy_unref(t->policy);
+        t->policy = NULL;
+    }
+    fl_info("conn %llu: connection fault ended%s", (unsigned long long)c->id,
+            t->n_rules ? " for some of its rules" : "");
     pump(c, FL_CLIENT, 1);
     if (!c->closing)
         pump(c, FL_UPSTREAM, 1);
 }
 
+/* Is rule r's fault still in force? */
+static int rule_live(const struct fl_conn *c, const struct fl_rule *r)
+{
+    if (!atomic_load_explicit(&((struct fl_rule *)r)->live.enabled, memory_order_relaxed))
+        return 0;
+    uint64_t now = fl_worker_now(c->w);
+    uint64_t dl = r->deadline_ms ? r->deadline_ms
+                                 : atomic_load_explicit(&fl_fault_global.policy_deadline_ms,
+                                                        memory_order_relaxed);
+    return !(dl && now >= dl);
+}
+
 void fl_tox_check(struct fl_conn *c)
 {
     struct fl_tox *t = c->tox;
-    if (!t || !t->active || c->closing)
+    if (!t || !t->n_rules || c->closing)
         return;
-    int live = !atomic_load_explicit(&fl_fault_global.halted, memory_order_relaxed);
+    int halted = atomic_load_explicit(&fl_fault_global.halted, memory_order_relaxed);
     struct fl_policy *cur = c->w->policy;
-    if (live && cur != t->policy) {
-        /* Another snapshot: the fault goes on while its rule is in it unchanged
-         * (the same loaded policy), and follows the rule's live state there. */
-        const struct fl_rule *nr = NULL;
-        for (size_t i = 0; cur && i < cur->n_rules && !nr; i++)
-            if (cur->rules[i].part == t->rule->part && strcmp(cur->rules[i].name, t->rule->name) == 0)
-                nr = &cur->rules[i];
-        if (nr) {
-            fl_policy_unref(t->policy);
-            t->policy = fl_policy_ref(cur);
-            t->rule = nr;
-        } else {
-            live = 0;
+    int n = 0, changed = 0;
+    for (int i = 0; i < t->n_rules; i++) {
+        const struct fl_rule *r = t->rules[i].rule, *nr = r;
+        if (!halted && cur != t->policy) {
+            /* Another snapshot: a fault goes on while its rule is in it
+             * unchanged (the same loaded policy), with the rule's live state
+             * there. */
+            nr = NULL;
+            for (size_t k = 0; cur && k < cur->n_rules && !nr; k++)
+                if (cur->rules[k].part == r->part && strcmp(cur->rules[k].name, r->name) == 0)
+                    nr = &cur->rules[k];
         }
+        if (halted || !nr || !rule_live(c, nr)) {
+            changed = 1;
+            continue;
+        }
+        t->rules[n] = t->rules[i];
+        t->rules[n++].rule = nr;
     }
-    if (live)
-        live = atomic_load_explicit(&((struct fl_rule *)t->rule)->live.enabled, memory_order_relaxed);
-    if (live) {
-        uint64_t now = fl_worker_now(c->w);
-        uint64_t dl = t->rule->deadline_ms
-                          ? t->rule->deadline_ms
-                          : atomic_load_explicit(&fl_fault_global.policy_deadline_ms,
-                                                 memory_order_relaxed);
-        if (dl && now >= dl)
-            live = 0;
-        else if (dl)
-            arm(t, uv_hrtime() + (dl - now) * 1000000u);
+    t->n_rules = n;
+    if (n && cur != t->policy) {
+        fl_policy_unref(t->policy);
+        t->policy = fl_policy_ref(cur);
     }
-    if (!live)
-        tox_end(c);
+    /* The earliest deadline of the rest, for the timer. */
+    uint64_t now = fl_worker_now(c->w), dl = 0;
+    for (int i = 0; i < t->n_rules; i++) {
+        const struct fl_rule *r = t->rules[i].rule;
+        uint64_t d = r->deadline_ms ? r->deadline_ms
+                                    : atomic_load_explicit(&fl_fault_global.policy_deadline_ms,
+                                                           memory_order_relaxed);
+        if (d && (!dl || d < dl))
+            dl = d;
+    }
+    if (dl && dl > now)
+        arm(t, uv_hrtime() + (dl - now) * 1000000u);
+    if (changed)
+        tox_changed(c);
 }
 
 /* The toxics' names for the log line: ,"toxics":["latency",...]. */
@@ -453,36 +537,45 @@ int fl_tox_set_rate(struct fl_conn *c, int side, uint64_t rate)
     return 0;
 }
 
-/* Rolls r's connection dice for c, once; starts the toxics on a hit. */
+/* Rolls r's connection dice for c, once per rule; starts its toxics on a hit. */
 static void roll_and_start(struct fl_conn *c, const struct fl_rule *r, const struct fl_request *rq)
 {
     struct fl_worker *w = c->w;
-    if (c->tox && c->tox->rolled)
-        return;
     if (!tox_get(c)) {
         fl_warn("conn %llu: out of memory; no connection fault on it", (unsigned long long)c->id);
         return;
     }
     struct fl_tox *t = c->tox;
-    t->rolled = 1;
+    for (int i = 0; i < t->n_rolled; i++)
+        if (t->rolled[i].part == r->part && strcmp(t->rolled[i].name, r->name) == 0)
+            return;
+    if (t->n_rolled == TOX_RULES || c->policy != w->policy)
+        return; /* that many rules on one connection: the rest are not rolled */
+    if (!(t->rolled[t->n_rolled].name = strdup(r->name)))
+        return;
+    t->rolled[t->n_rolled++].part = r->part;
     uint32_t ppm = fl_policy_rule_ppm(r, FL_FAULT_CONNECTION);
     if (ppm < FL_PPM_MAX && fl_rng_below(&w->rng, FL_PPM_MAX) >= ppm)
         return;
-    uint64_t now = fl_worker_now(w);
-    uint64_t dl = r->deadline_ms ? r->deadline_ms
-                                 : atomic_load_explicit(&fl_fault_global.policy_deadline_ms,
-                                                        memory_order_relaxed);
-    if (atomic_load_explicit(&fl_fault_global.halted, memory_order_relaxed) || (dl && now >= dl))
+    if (atomic_load_explicit(&fl_fault_global.halted, memory_order_relaxed) || !rule_live(c, r))
         return;
-    t->cf = r->connection;
-    t->rule = r;
-    t->policy = fl_policy_ref(c->policy);
-    t->active = 1;
-    t->start_ns = uv_hrtime();
+    if (t->policy != c->policy) {
+        /* The rules already acting are looked up in this snapshot. */
+        if (t->n_rules) {
+            fl_tox_check(c);
+            if (c->closing)
+                return;
+        }
+        fl_policy_unref(t->policy);
+        t->policy = fl_policy_ref(c->policy);
+    }
+    t->rules[t->n_rules].rule = r;
+    t->rules[t->n_rules++].start_ns = uv_hrtime();
+    merge(t);
     atomic_fetch_add_explicit(&((struct fl_rule *)r)->live.injected[FL_FAULT_CONNECTION], 1,
                               memory_order_relaxed);
     char extra[160];
-    toxics_json(&t->cf, extra, sizeof(extra));
+    toxics_json(&r->connection, extra, sizeof(extra));
     struct fl_fault_event ev = {
         .policy = r->policy ? r->policy : c->policy->name,
         .rule = r->name,
@@ -498,7 +591,8 @@ static void roll_and_start(struct fl_conn *c, const struct fl_rule *r, const str
     };
     fl_faultlog_emit(&w->log, &ev);
     fl_tox_check(c); /* arms the TTL */
-    conn_events(c, t->start_ns);
+    if (!c->closing)
+        conn_events(c, uv_hrtime());
 }
 
 void fl_tox_accept(struct fl_conn *c)
@@ -506,14 +600,14 @@ void fl_tox_accept(struct fl_conn *c)
     const struct fl_policy *p = c->policy;
     if (!p)
         return;
-    for (size_t i = 0; i < p->n_rules; i++) {
+    /* Every rule with connection faults and no match rolls for it: their
+     * toxics stack, as Toxiproxy's on one proxy do. */
+    for (size_t i = 0; i < p->n_rules && !c->closing; i++) {
         const struct fl_rule *r = &p->rules[i];
         if (r->conn_at_accept && atomic_load_explicit(&((struct fl_rule *)r)->live.enabled,
                                                       memory_order_relaxed) &&
-            fl_policy_rule_applies_to(r, c->scope)) {
+            fl_policy_rule_applies_to(r, c->scope))
             roll_and_start(c, r, NULL);
-            return;
-        }
     }
 }
 
@@ -537,6 +631,8 @@ void fl_tox_free(struct fl_tox *t)
         return;
     for (int i = 0; i < 2; i++)
         drop_all(&t->d[i]);
+    for (int i = 0; i < t->n_rolled; i++)
+        free(t->rolled[i].name);
     fl_policy_unref(t->policy);
     free(t);
 }

@@ -32,20 +32,23 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 idle_n=$(( ($(ulimit -n) - 100) / 2 ))
 [ "$idle_n" -gt 10000 ] && idle_n=10000
 
-B1=18911 B2=18912 HA=18913 NG=18914 HAA=18915 HA2=18916
-FP=18921 FA=18922 FR=18923 FD=18924 FW=18925 FH=18926 FI=18927
+B1=18911 B2=18912 HA=18913 NG=18914 HAA=18915 HA2=18916 HAM=18917
+FP=18921 FA=18922 FR=18923 FD=18924 FW=18925 FH=18926 FI=18927 FM=18928 FQ=18929 FB=18930 FT=18931
 # shellcheck source=test/bench/lib.sh
 source "$here/lib.sh"
 bench_init bench-all
 
 # ---- backend and peers ----
-mkdir -p "$tmp/be" "$tmp/ng"
+mkdir -p "$tmp/be/files" "$tmp/ng"
+head -c 4194304 /dev/urandom > "$tmp/be/files/4m.bin"
+chmod 755 "$tmp" "$tmp/be" "$tmp/be/files"; chmod 644 "$tmp/be/files/4m.bin" # nginx's workers read it
 cat > "$tmp/be/nginx.conf" <<EOC
 worker_processes 1; daemon off; pid $tmp/be/pid; error_log stderr error;
 events { worker_connections 20000; }
 http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
   http2_max_concurrent_streams 256;
-  server { listen 127.0.0.1:$B1; location / { return 200 "hello from backend\n"; } }
+  server { listen 127.0.0.1:$B1; location / { return 200 "hello from backend\n"; }
+    location /files/ { alias $tmp/be/files/; } }
   server { listen 127.0.0.1:$B2 http2; location / { return 200 "hello from backend\n"; } } }
 EOC
 nginx -p "$tmp/be" -c "$tmp/be/nginx.conf" 2>"$tmp/be.err" & pids+=($!)
@@ -76,6 +79,10 @@ frontend abort
   bind 127.0.0.1:$HAA
   http-request return status 503 if { rand(100) lt 10 }
   default_backend be
+frontend modify
+  bind 127.0.0.1:$HAM
+  http-response set-status 500 if { rand(100) lt 10 }
+  default_backend be
 frontend h2
   bind 127.0.0.1:$HA2 proto h2
   default_backend be2
@@ -95,6 +102,11 @@ bench_policy delay $FD $B1 '    - {name: delay100, fault: {delay: {fixed: 100ms}
 bench_policy workers $FW $B1 "$BENCH_NEVER"
 bench_policy h2 $FH $B2 "$BENCH_NEVER"
 bench_policy idle $FI $B1 "$BENCH_NEVER"
+bench_policy modify $FM $B1 '    - {name: modify10, fault: {modify: {status: 500, percent: 10}}}'
+# Every request decided by a rule with response faults whose dice never hit.
+bench_policy resp0 $FQ $B1 '    - {name: resp0, fault: {modify: {status: 500, percent: 0}, response_delay: {fixed: 1s, percent: 0}, truncate: {after: 1, percent: 0}}}'
+bench_policy bandwidth $FB $B1 '    - {name: bw, fault: {bandwidth: {rate: 1MiB/s}}}'
+bench_policy toxic $FT $B1 '    - {name: tox, fault: {connection: {bandwidth: {rate: 1MiB/s}}}}'
 {
   for i in $(seq 1 1000); do
     echo "    - {name: r$i, match: {method: [POST], path: {prefix: /api/v$i/}, headers: [{name: x-tenant, exact: t$i}]}, fault: {abort: {status: 503}}}"
@@ -109,7 +121,7 @@ start_fl() { # name port [args]
   eval "pid_$name=$!"
   wait_port "$port"
 }
-for p in $B1 $B2 $HA $NG $HAA $HA2; do wait_port "$p"; done
+for p in $B1 $B2 $HA $NG $HAA $HA2 $HAM; do wait_port "$p"; done
 start_fl pass $FP
 start_fl abort $FA
 start_fl rules $FR
@@ -117,6 +129,10 @@ start_fl delay $FD
 start_fl workers $FW --workers 2
 start_fl h2 $FH
 start_fl idle $FI
+start_fl modify $FM
+start_fl resp0 $FQ
+start_fl bandwidth $FB
+start_fl toxic $FT
 ng_pids="$pid_nginx $(pgrep -P "$pid_nginx" | tr '\n' ' ')"
 
 # ---- measurements ----
@@ -196,6 +212,33 @@ row "2c. proxy CPU per request, same runs" "$fa_cpu us" "haproxy $ha_cpu us" "(r
 
 read -r fr_rps _ _ _ _ <<<"$(wrk_run $FR 50)"
 row "3. 1,000 non-matching rules" "$fr_rps req/s" "no rules: $f_rps" "x$(ratio "$fr_rps" "$f_rps") >= 0.9" "$(meets "$(ratio "$fr_rps" "$f_rps")" 0.9 '>=')"
+
+# Response side (issue 15): a rule whose response faults never fire costs next
+# to nothing; modify at 10% against HAProxy's http-response set-status at 10%.
+wrk_rounds "fq $FQ 50 $pid_resp0" "fp $FP 50 $pid_pass"
+read -r fq_rps _ _ fq_cpu _ < "$tmp/med.fq"
+read -r fp_rps _ _ fp_cpu _ < "$tmp/med.fp"
+row "9. response-side rule that never fires (median)" "$fq_rps req/s" "no such rule: $fp_rps" "x$(ratio "$fq_rps" "$fp_rps") >= 0.95" "$(meets "$(ratio "$fq_rps" "$fp_rps")" 0.95 '>=')"
+row "9c. proxy CPU per request, same runs" "$fq_cpu us" "no such rule: $fp_cpu us" "(reported: the cost)" "reported"
+wrk_rounds "fm $FM 50 $pid_modify" "hm $HAM 50 $pid_haproxy"
+read -r fm_rps _ _ fm_cpu _ < "$tmp/med.fm"
+read -r hm_rps _ _ hm_cpu _ < "$tmp/med.hm"
+row "10. modify status 500 at 10% (median)" "$fm_rps req/s" "haproxy set-status $hm_rps" "x$(ratio "$fm_rps" "$hm_rps") >= 1.0" "$(meets "$(ratio "$fm_rps" "$hm_rps")" 1.0 '>=')"
+row "10c. proxy CPU per request, same runs" "$fm_cpu us" "haproxy $hm_cpu us" "(reported: the cost)" "x$(ratio "$hm_cpu" "$fm_cpu") less than haproxy"
+# Bandwidth: a 4 MiB body at 1 MiB/s should take 4 s (1 MiB less one 10 ms
+# slice is in flight at the start); the error against that, and the RSS.
+bw_run() { # port pid -> "seconds error% rss_growth_kib"
+  local rss0 rss1 t
+  rss0=$(awk '/VmRSS/ {print $2}' "/proc/$2/status")
+  t=$(curl -s -o "$tmp/bw.out" -w '%{time_total}' "http://127.0.0.1:$1/files/4m.bin")
+  [ "$(stat -c %s "$tmp/bw.out")" = 4194304 ] || { echo "0 100 0"; return; }
+  rss1=$(awk '/VmHWM/ {print $2}' "/proc/$2/status")
+  awk -v t="$t" -v a="$rss0" -v b="$rss1" 'BEGIN { e = (t - 4) / 4 * 100; if (e < 0) e = -e; printf "%.3f %.1f %d", t, e, b - a }'
+}
+read -r bw_t bw_e bw_rss <<<"$(bw_run $FB "$pid_bandwidth")"
+read -r tx_t tx_e tx_rss <<<"$(bw_run $FT "$pid_toxic")"
+row "11. bandwidth 1MiB/s, 4 MiB response" "$bw_t s (err $bw_e %)" "toxic 1MiB/s: $tx_t s (err $tx_e %)" "within 5% of 4 s" "$( [ "$(meets "$bw_e" 5 '<=')" = met ] && [ "$(meets "$tx_e" 5 '<=')" = met ] && echo met || echo MISSED)"
+row "11b. peak RSS growth, same runs" "$bw_rss KiB" "toxic: $tx_rss KiB" "bounded (< 8 MiB)" "$( [ "$bw_rss" -lt 8192 ] && [ "$tx_rss" -lt 8192 ] && echo met || echo MISSED)"
 
 # 10,000 idle keep-alive connections: each sends one request, then stays open.
 cat > "$tmp/idle.js" <<'EOJ'

@@ -137,6 +137,11 @@ spec:
       match: {path: {prefix: /delay}}
       fault:
         delay: {fixed: 400ms}
+    - name: slow-conn
+      on: [slow4, slow6]
+      match: {path: {prefix: /toxic}}
+      fault:
+        connection: {latency: {fixed: 300ms}}
 EOF
 
 # start_daemon [args...]: the real daemon in the background; waits for "ready".
@@ -216,6 +221,19 @@ for u in "10.77.1.1" "[fd77:1::1]"; do
     [ "$code" = 200 ] && [ "$ms" -ge 390 ] && [ "$ms" -lt 2000 ] &&
         ok "$u: delay 400ms injected (${ms} ms, then the server answered)" ||
         bad "$u: delay: code $code after ${ms} ms" "$out"
+done
+
+# A connection fault (latency toxic) on a transparently steered connection:
+# it starts at the first matching request and then holds every answer on it.
+for u in "10.77.1.1" "[fd77:1::1]"; do
+    out=$(curl_in "$A" a -o /dev/null -o /dev/null -o /dev/null -w '%{http_code} %{time_total}\n' \
+        "http://$u:$DPORT/plain/before" "http://$u:$DPORT/toxic/x" "http://$u:$DPORT/plain/after")
+    ms=$(awk '{ printf "%d ", $2 * 1000 }' <<<"$out")
+    read -r m1 m2 m3 <<<"$ms"
+    [ "$(awk '{print $1}' <<<"$out" | sort -u)" = 200 ] && [ "$m1" -lt 250 ] && [ "$m2" -ge 290 ] &&
+        [ "$m3" -ge 290 ] && [ "$m3" -lt 2000 ] &&
+        ok "$u: latency toxic on a steered connection: from its first match on (${ms}ms)" ||
+        bad "$u: latency toxic: ${ms}ms" "$out"
 done
 
 for u in "10.77.1.1" "[fd77:1::1]"; do

@@ -97,6 +97,14 @@ spec:
       "on": h2
       match: {path: {prefix: /bytes/64}}
       fault: {modify: {headers: {remove: [etag]}}}
+    - name: grpc-slow
+      "on": grpc
+      match: {headers: [{name: x-kind, exact: delay}]}
+      fault: {response_delay: {fixed: 300ms}}
+    - name: grpc-cut
+      "on": grpc
+      match: {headers: [{name: x-kind, exact: cut}]}
+      fault: {truncate: {after: 3}}
     - name: grpc-rewrite
       "on": grpc
       match: {grpc: {method: Unary}}
@@ -159,6 +167,12 @@ assert_eq "  ... the body untouched" 64 "$(stat -c %s "$FL_TMP/b")"
 j=$(timeout 30 node "$gdir/client.js" meta "127.0.0.1:$P_GRPC")
 assert_eq "gRPC modify: grpc-js sees INTERNAL (13), the new message and the marker" \
     '13 modified by faultline grpc-rewrite' "$(jq -r '"\(.code) \(.details) \(.injected)"' <<<"$j")"
+
+j=$(timeout 30 node "$gdir/client.js" meta "127.0.0.1:$P_GRPC" x-kind=delay)
+assert_eq "gRPC response_delay: the call succeeds" 0 "$(jq -r .code <<<"$j")"
+assert_cmp "  ... after at least 300 ms" "$(jq -r .ms <<<"$j")" ">=" 300
+j=$(timeout 30 node "$gdir/client.js" meta "127.0.0.1:$P_GRPC" x-kind=cut)
+assert_eq "gRPC truncate: grpc-js sees the stream reset as INTERNAL (13)" 13 "$(jq -r .code <<<"$j")"
 
 # ---- truncate ----
 curl -sS -H 'x-cut: 1' -o "$FL_TMP/t.bin" "$U1/bytes?n=100000" 2>"$FL_TMP/t.err"

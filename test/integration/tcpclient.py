@@ -2,7 +2,8 @@
 """A raw TCP client for the connection-fault tests: plain sockets, as a
 database driver or any non-HTTP client would use them. Prints one JSON line.
 
-  tcpclient.py rtt HOST PORT N            N echo round trips: {"rtt": [s, ...]}
+  tcpclient.py rtt HOST PORT N [PAUSE]    N echo round trips, PAUSE s after the first:
+                                          {"rtt": [s, ...]}
   tcpclient.py send HOST PORT BYTES [WAIT] sends BYTES, reads until EOF, reset or WAIT s
                                           (default 10): {"got", "eof", "reset", "t", "reads",
                                           "first", "gaps_min", "intact"}
@@ -22,10 +23,12 @@ def connect(host, port):
     return s
 
 
-def rtt(host, port, n):
+def rtt(host, port, n, pause=0.0):
     s = connect(host, port)
     out = []
     for i in range(n):
+        if i == 1 and pause:
+            time.sleep(pause)
         msg = b"ping %d\n" % i
         t = time.monotonic()
         s.sendall(msg)
@@ -108,7 +111,7 @@ def main():
         sys.exit(__doc__)
     mode, host, port = a[0], a[1], int(a[2])
     if mode == "rtt":
-        r = rtt(host, port, int(a[3]))
+        r = rtt(host, port, int(a[3]), float(a[4]) if len(a) > 4 else 0.0)
     elif mode == "send":
         r = send(host, port, int(a[3]), float(a[4]) if len(a) > 4 else 10.0)
     elif mode == "fin":

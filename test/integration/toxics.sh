@@ -45,7 +45,7 @@ bad_case "no toxic at all" "11:11" '          percent: 50'
 bad_case "slow_close delay: soon" "11:31" '          slow_close: {delay: soon}'
 
 # ---- the daemon, one listener per case ----
-for n in LAT_DOWN LAT_UP LAT_BOTH JIT BW SLICE LIMIT TMO TMO0 SLOW RST PCT MATCH TLS OFF; do
+for n in LAT_DOWN LAT_UP LAT_BOTH JIT BW SLICE LIMIT TMO TMO0 SLOW RST PCT MATCH TLS OFF STACK; do
     next_port "P_$n"
 done
 next_port TLS_UP
@@ -70,6 +70,7 @@ spec:
     - {name: match, listen: "127.0.0.1:$P_MATCH", upstream: "$BACKEND"}
     - {name: tls, listen: "127.0.0.1:$P_TLS", upstream: "127.0.0.1:$TLS_UP"}
     - {name: off, listen: "127.0.0.1:$P_OFF", upstream: "$ECHO"}
+    - {name: stack, listen: "127.0.0.1:$P_STACK", upstream: "$ECHO"}
   rules:
     - {name: lat-down, "on": [lat-down, tls], fault: {connection: {latency: {fixed: 200ms}}}}
     - {name: lat-up, "on": lat-up, fault: {connection: {latency: {fixed: 150ms, direction: upstream}}}}
@@ -85,6 +86,8 @@ spec:
     - {name: slow, "on": slow, fault: {connection: {slow_close: {delay: 1s}}}}
     - {name: rst, "on": rst, fault: {connection: {reset_peer: {after: 300ms}}}}
     - {name: pct, "on": pct, fault: {connection: {percent: 30, limit_data: {bytes: 0}}}}
+    - {name: stack-down, "on": stack, fault: {connection: {latency: {fixed: 100ms}}}}
+    - {name: stack-up, "on": stack, fault: {connection: {latency: {fixed: 150ms, direction: upstream}}}}
     - name: match
       "on": match
       match: {path: {prefix: /slow}}
@@ -114,6 +117,21 @@ j=$($TC rtt 127.0.0.1 "$P_JIT" 20)
 assert_cmp "latency 100ms + jitter 100ms: never under 0.1 s" "$(jqr '.rtt|min' "$j")" ">=" 0.1
 assert_cmp "  ... never over 0.2 s and a margin" "$(jqr '.rtt|max' "$j")" "<" 0.25
 assert_cmp "  ... and they vary (max - min)" "$(jqr '(.rtt|max) - (.rtt|min)' "$j")" ">" 0.02
+
+# ---- two rules on one listener: their toxics stack; disabling one ends only it ----
+$TC rtt 127.0.0.1 "$P_STACK" 2 1.5 >"$FL_TMP/stack.json" &
+c=$!
+sleep 0.8
+fctl disable stack-up >/dev/null
+wait $c
+j=$(cat "$FL_TMP/stack.json")
+assert_cmp "stacked: latency 100ms down + 150ms up: a round trip takes at least 0.25 s" \
+    "$(jqr '.rtt[0]' "$j")" ">=" 0.25
+assert_cmp "  ... and not much more" "$(jqr '.rtt[0]' "$j")" "<" 0.35
+assert_cmp "stack-up disabled on the live connection: the next round trip only has the 100 ms" \
+    "$(jqr '.rtt[1]' "$j")" ">=" 0.1
+assert_cmp "  ... and not the 150 ms any more" "$(jqr '.rtt[1]' "$j")" "<" 0.2
+fctl enable stack-up >/dev/null
 
 # ---- TLS: openssl s_client -> faultline -> openssl s_server, latency 200ms downstream ----
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$FL_TMP/k.pem" -out "$FL_TMP/c.pem" \
@@ -248,5 +266,24 @@ assert_eq "faultctl set --fault connection --percent 0: no connection faulted" 0
 m=$(fctl metrics)
 assert_match "metrics: faults_injected_total with fault=\"connection\"" \
     'faultline_faults_injected_total\{policy="toxics",rule="limit",fault="connection"\} 1' "$m"
+
+# ---- the TTL ends a live toxic: the held bytes go at once ----
+next_port P_TTL
+ttlp=$(write_policy ttl <<EOF
+apiVersion: faultline/v1
+kind: FaultPolicy
+metadata: {name: ttl}
+spec:
+  ttl: 2s
+  listeners: [{name: ttl, listen: "127.0.0.1:$P_TTL", upstream: "$ECHO"}]
+  rules: [{name: hold, fault: {connection: {timeout: {after: 0s}}}}]
+EOF
+)
+start_faultline "$ttlp" "$P_TTL" || fail "the ttl daemon starts"
+j=$($TC send 127.0.0.1 "$P_TTL" 100 5)
+assert_eq "ttl 2s: the bytes a timeout toxic held are released whole when the policy expires" \
+    "100 true" "$(jqr '"\(.got) \(.intact)"' "$j")"
+assert_cmp "  ... not before (2 s after the policy was applied, less the start-up)" "$(jqr .first "$j")" ">=" 1.2
+assert_cmp "  ... and at once then" "$(jqr .first "$j")" "<" 2.5
 fl_check_sanitizers
 fl_finish
