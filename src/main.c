@@ -14,7 +14,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: faultline run -f POLICY.yaml [--admin PATH] [--fault-log PATH|-] [--workers N]\n"
-            "                     [--metrics-listen ADDR:PORT] [--header-timeout DURATION]\n"
+            "                     [--metrics-listen ADDR:PORT] [--toxiproxy-listen ADDR:PORT]\n"
+            "                     [--header-timeout DURATION]\n"
             "                     [--idle-timeout DURATION] [--upstream-timeout DURATION]\n"
             "                     [--connect-timeout DURATION] [--no-sockmap] [-v]\n"
             "                     [--kubernetes [--kubeconfig PATH] [--node NAME]\n"
@@ -26,8 +27,9 @@ static void usage(FILE *f)
             "          SIGTERM/SIGINT stop gracefully, SIGUSR1 halts injection, SIGUSR2 resumes;\n"
             "          a file named HALT beside the admin socket halts while it exists;\n"
             "          faultctl talks to the admin socket; --metrics-listen also serves\n"
-            "          /metrics over TCP for Prometheus; a client that starts a request head\n"
-            "          must finish it within --header-timeout (default 30s, else 408), and a\n"
+            "          /metrics over TCP for Prometheus; --toxiproxy-listen serves Toxiproxy's\n"
+            "          HTTP API (its clients drive faultline unchanged); a client that starts\n"
+            "          a request head must finish it within --header-timeout (default 30s, else 408), and a\n"
             "          keep-alive connection idle for --idle-timeout (default 15m) is closed; an\n"
             "          upstream must accept within --connect-timeout (default 5s, else 502) and\n"
             "          start answering a request within --upstream-timeout (default 60s, else\n"
@@ -87,6 +89,7 @@ static int cmd_run(int argc, char **argv)
                                          {"admin", required_argument, NULL, 'a'},
                                          {"fault-log", required_argument, NULL, 'l'},
                                          {"metrics-listen", required_argument, NULL, 'm'},
+                                         {"toxiproxy-listen", required_argument, NULL, 'X'},
                                          {"workers", required_argument, NULL, 'w'},
                                          {"no-sockmap", no_argument, NULL, 'S'},
                                          {"header-timeout", required_argument, NULL, 'T'},
@@ -109,6 +112,7 @@ static int cmd_run(int argc, char **argv)
         case 'a': o.admin_path = optarg; break;
         case 'l': o.fault_log = optarg; break;
         case 'm': o.metrics_listen = optarg; break;
+        case 'X': o.toxiproxy_listen = optarg; break;
         case 'w':
             o.workers = (int)strtol(optarg, &end, 10);
             if (*end || o.workers < 1 || o.workers > 64) {
@@ -162,9 +166,10 @@ static int cmd_run(int argc, char **argv)
                         "--kubernetes\n");
         return 2;
     }
-    if ((!o.policy_path && !o.kubernetes) || optind != argc) {
+    if ((!o.policy_path && !o.kubernetes && !o.toxiproxy_listen) || optind != argc) {
         fprintf(stderr, "faultline run: give the policy file with -f FILE (see policies/ for "
-                        "examples), or --kubernetes to run the cluster's FaultPolicies\n");
+                        "examples), --kubernetes to run the cluster's FaultPolicies, or "
+                        "--toxiproxy-listen ADDR:PORT to be driven by Toxiproxy clients\n");
         return 2;
     }
     return fl_daemon_run(&o);

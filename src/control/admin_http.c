@@ -49,6 +49,7 @@ struct fl_admin_http_req {
     int reject; /* 403 or 503: answered once the request is read, so the peer sees it */
     int pending_closes;
     unsigned metrics_only : 1;
+    unsigned toxiproxy : 1; /* came in on the Toxiproxy API's port */
     unsigned complete : 1;
     unsigned url_overflow : 1;
     unsigned body_overflow : 1;
@@ -65,6 +66,9 @@ static struct {
     int pipe_open;
     uv_tcp_t mtcp[2];
     int n_mtcp;
+    uv_tcp_t ttcp[2]; /* --toxiproxy-listen */
+    int n_ttcp;
+    fl_admin_http_handler thandler;
     struct fl_admin_http_req *clients;
     unsigned n_clients;
 } server;
@@ -143,6 +147,10 @@ static const char *status_text(int s)
     switch (s) {
     case 200:
         return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
     case 400:
         return "Bad Request";
     case 403:
@@ -340,7 +348,10 @@ static void dispatch(struct fl_admin_http_req *c)
     if (q)
         *q++ = '\0';
     c->query = q;
-    server.handler(c);
+    if (c->toxiproxy)
+        server.thandler(c);
+    else
+        server.handler(c);
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -411,6 +422,8 @@ static int peer_allowed(struct fl_admin_http_req *c)
 static void on_connection(uv_stream_t *listener, int status)
 {
     int metrics_only = listener != (uv_stream_t *)&server.pipe;
+    int toxiproxy = listener == (uv_stream_t *)&server.ttcp[0] ||
+                    listener == (uv_stream_t *)&server.ttcp[1];
     if (status < 0 || server.stopped)
         return;
     struct fl_admin_http_req *c = calloc(1, sizeof(*c));
@@ -423,7 +436,8 @@ static void on_connection(uv_stream_t *listener, int status)
     uv_timer_init(server.loop, &c->timer);
     c->u.h.data = c;
     c->timer.data = c;
-    c->metrics_only = metrics_only;
+    c->metrics_only = metrics_only && !toxiproxy;
+    c->toxiproxy = toxiproxy;
     c->next = server.clients;
     if (server.clients)
         server.clients->prev = c;
@@ -555,6 +569,33 @@ static int open_metrics(const char *addr, char *err, size_t errlen)
     return 0;
 }
 
+int fl_admin_http_listen_toxiproxy(const char *addr, fl_admin_http_handler handler, char *err,
+                                   size_t errlen)
+{
+    struct sockaddr_storage ss[2];
+    int n = fl_values_parse_hostport(addr, 1, ss);
+    if (n <= 0) {
+        snprintf(err, errlen, "--toxiproxy-listen %s: give ADDR:PORT, e.g. 127.0.0.1:8474", addr);
+        return -EINVAL;
+    }
+    server.thandler = handler;
+    for (int i = 0; i < n; i++) {
+        uv_tcp_init(server.loop, &server.ttcp[i]);
+        server.n_ttcp++;
+        int e = uv_tcp_bind(&server.ttcp[i], (const struct sockaddr *)&ss[i], 0);
+        if (e == 0)
+            e = uv_listen((uv_stream_t *)&server.ttcp[i], 64, on_connection);
+        if (e < 0) {
+            snprintf(err, errlen, "--toxiproxy-listen %s: %s%s", addr, uv_strerror(e),
+                     e == UV_EADDRINUSE ? " (a Toxiproxy server may be running there; stop it or "
+                                          "pick another port)"
+                                        : "");
+            return e;
+        }
+    }
+    return 0;
+}
+
 int fl_admin_http_start(uv_loop_t *loop, const char *path, const char *metrics_listen,
                         fl_admin_http_handler handler, char *err, size_t errlen)
 {
@@ -595,6 +636,9 @@ void fl_admin_http_stop(void)
     for (int i = 0; i < server.n_mtcp; i++)
         uv_close((uv_handle_t *)&server.mtcp[i], NULL);
     server.n_mtcp = 0;
+    for (int i = 0; i < server.n_ttcp; i++)
+        uv_close((uv_handle_t *)&server.ttcp[i], NULL);
+    server.n_ttcp = 0;
     if (server.path[0])
         unlink(server.path);
     server.path[0] = '\0';

@@ -39,6 +39,12 @@ typedef void (*fl_admin_http_handler)(struct fl_admin_http_req *rq);
 int fl_admin_http_start(uv_loop_t *loop, const char *path, const char *metrics_listen,
                         fl_admin_http_handler handler, char *err, size_t errlen) FL_WUR;
 
+/* Also listens on ADDR:PORT for the Toxiproxy API: its requests go to
+ * handler. After fl_admin_http_start. Returns 0 or a negative errno with err
+ * saying what to do. */
+int fl_admin_http_listen_toxiproxy(const char *addr, fl_admin_http_handler handler, char *err,
+                                   size_t errlen) FL_WUR;
+
 /* Ends every stream (a last chunk when the socket takes it now), closes every
  * client and listener, and removes the socket file. Idempotent. */
 void fl_admin_http_stop(void);

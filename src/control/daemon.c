@@ -13,6 +13,7 @@
 #include "faultlog.h"
 #include "log.h"
 #include "runtime.h"
+#include "toxiproxy.h"
 #include "kubernetes.h"
 #include "transparent.h"
 #include "workers.h"
@@ -149,6 +150,7 @@ static void begin_drain(const char *why)
     lifecycle.draining = 1;
     fl_transparent_drain(); /* new connections go direct at once */
     fl_admin_stop();        /* event streams end; a second daemon may now take the socket */
+    fl_toxiproxy_stop();
     fl_info("%s: no longer accepting; finishing in-flight requests (up to %d ms)", why,
             FL_DRAIN_MS);
     fl_workers_drain();
@@ -300,13 +302,26 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
         uv_loop_close(lifecycle.loop);
         return 1;
     }
+    if (o->toxiproxy_listen && fl_toxiproxy_start(lifecycle.loop, o->toxiproxy_listen, err,
+                                                   sizeof(err)) < 0) {
+        fprintf(stderr, "faultline: %s\n", err);
+        fl_admin_stop();
+        fl_workers_stop();
+        fl_runtime_close();
+        fl_policy_unref(p);
+        fl_faultlog_close();
+        uv_run(lifecycle.loop, UV_RUN_DEFAULT);
+        fl_workers_fini();
+        uv_loop_close(lifecycle.loop);
+        return 1;
+    }
     uv_timer_init(lifecycle.loop, &lifecycle.drain_timer);
     uv_signal_init(lifecycle.loop, &lifecycle.sig_term);
     uv_signal_init(lifecycle.loop, &lifecycle.sig_int);
     uv_signal_init(lifecycle.loop, &lifecycle.sig_hup);
     uv_signal_init(lifecycle.loop, &lifecycle.sig_usr1);
     uv_signal_init(lifecycle.loop, &lifecycle.sig_usr2);
-    if (!o->policy_path && (e = fl_transparent_probe(err, sizeof(err))) < 0) {
+    if (!o->policy_path && o->kubernetes && (e = fl_transparent_probe(err, sizeof(err))) < 0) {
         fprintf(stderr, "faultline: --kubernetes: %s\n", err);
         lifecycle.exit_code = 2;
         goto out;
@@ -341,9 +356,12 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
     }
     if (o->policy_path)
         describe(p);
-    else
+    else if (o->kubernetes)
         fl_info("no policy file: running the FaultPolicies of the cluster that select pods of "
                 "this node");
+    else
+        fl_info("no policy file: running what the Toxiproxy API on %s is given",
+                o->toxiproxy_listen);
 
     uv_signal_start(&lifecycle.sig_term, signal_cb, SIGTERM);
     uv_signal_start(&lifecycle.sig_int, signal_cb, SIGINT);
@@ -360,6 +378,7 @@ out:
     fl_kubernetes_stop();
     fl_transparent_stop();
     fl_admin_stop();
+    fl_toxiproxy_stop();
     fl_runtime_close();
     close_main_handles();
     /* Let pending closes and fault-log writes complete. */

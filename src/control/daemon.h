@@ -16,6 +16,7 @@ struct fl_daemon_opts {
     const char *admin_path;     /* NULL: default per fl_paths_admin_socket() */
     const char *fault_log;      /* NULL or "-": stdout */
     const char *metrics_listen; /* NULL, or ADDR:PORT serving only /metrics */
+    const char *toxiproxy_listen; /* NULL, or ADDR:PORT serving Toxiproxy's API */
     int workers;
     int no_sockmap;
     uint64_t header_timeout_ms; /* 0: the default */

@@ -32,6 +32,7 @@ static struct {
     int file_expired;
     struct rt_part *res;
     size_t n_res;
+    struct fl_policy *toxi; /* the Toxiproxy API's proxies and toxics, or NULL */
     uv_timer_t ttl_timer;
     int timer_open;
     struct fl_runtime_snapshot snaps[FL_RUNTIME_HISTORY];
@@ -71,6 +72,8 @@ void fl_runtime_close(void)
     fl_policy_unref(runtime.policy);
     runtime.policy = NULL;
     fl_policy_unref(runtime.file);
+    fl_policy_unref(runtime.toxi);
+    runtime.toxi = NULL;
     runtime.file = NULL;
     for (size_t i = 0; i < runtime.n_res; i++)
         fl_policy_unref(runtime.res[i].p);
@@ -233,6 +236,8 @@ static int compose(struct fl_policy *file, uint64_t file_deadline, struct fl_pol
         dl[n] = file_deadline;
         parts[n++] = file;
     }
+    if (runtime.toxi)
+        parts[n++] = runtime.toxi; /* no TTL: Toxiproxy's toxics last until removed */
     for (size_t i = 0; i < runtime.n_res; i++)
         if (!runtime.res[i].expired) {
             dl[n] = runtime.res[i].deadline;
@@ -319,6 +324,20 @@ int fl_runtime_set_resources(struct fl_policy *const *ps, const uint64_t *deadli
         fl_policy_unref(old[i].p);
     free(old);
     arm_ttl();
+    return 0;
+}
+
+int fl_runtime_set_toxiproxy(struct fl_policy *p, char *err, size_t errlen)
+{
+    struct fl_policy *old = runtime.toxi;
+    runtime.toxi = p ? fl_policy_ref(p) : NULL;
+    int e = recompose(err, errlen);
+    if (e < 0) {
+        fl_policy_unref(runtime.toxi);
+        runtime.toxi = old;
+        return e;
+    }
+    fl_policy_unref(old);
     return 0;
 }
 

@@ -92,6 +92,11 @@ struct fl_policy *fl_runtime_file_policy(void);
  * applies the result as fl_runtime_apply does; nothing changes when that
  * fails. At a deadline the policy is dropped from the set and
  * FL_EVENT_EXPIRED names its id. Returns 0 or a negative errno. */
+/* Replaces the Toxiproxy API's policy (its proxies as listeners, its toxics
+ * as rules; NULL: none) in the set, composed after the file's. It has no
+ * TTL. Nothing changes when applying fails (a listen address in use). */
+int fl_runtime_set_toxiproxy(struct fl_policy *p, char *err, size_t errlen) FL_WUR;
+
 int fl_runtime_set_resources(struct fl_policy *const *ps, const uint64_t *deadlines, size_t n,
                              char *err, size_t errlen) FL_WUR;
 

@@ -2454,7 +2454,7 @@ int fl_policy_compose(struct fl_policy *const *parts, const uint64_t *deadlines,
     for (size_t i = 0; i < n; i++) {
         nr += parts[i]->n_rules;
         nt += parts[i]->n_targets;
-        nl += parts[i] == file ? parts[i]->n_listeners : 0;
+        nl += parts[i]->n_listeners; /* the file's, and the Toxiproxy API's */
     }
     if (n == 1 && file) {
         *out = fl_policy_ref(parts[0]);
@@ -2470,7 +2470,7 @@ int fl_policy_compose(struct fl_policy *const *parts, const uint64_t *deadlines,
     p->listeners = calloc(nl + 1, sizeof(*p->listeners));
     p->name = strdup(file ? file->name : n == 1 ? parts[0]->name : "(set)");
     p->id = strdup(file ? file->id : n == 1 ? parts[0]->id : "(set)");
-    p->file = strdup(file ? file->file : "<kubernetes>");
+    p->file = strdup(file ? file->file : n == 1 ? parts[0]->file : "<kubernetes>");
     if (!p->parts || !p->rules || !p->targets || !p->listeners || !p->name || !p->id || !p->file)
         goto nomem;
     p->max_active_faults = file ? file->max_active_faults : FL_DEFAULT_MAX_ACTIVE_FAULTS;
@@ -2490,9 +2490,8 @@ int fl_policy_compose(struct fl_policy *const *parts, const uint64_t *deadlines,
             p->proxy_port = q->proxy_port;
             port_set = 1;
         }
-        if (q == file)
-            for (size_t k = 0; k < q->n_listeners; k++)
-                p->listeners[p->n_listeners++] = q->listeners[k];
+        for (size_t k = 0; k < q->n_listeners; k++)
+            p->listeners[p->n_listeners++] = q->listeners[k];
         for (size_t k = 0; k < q->n_targets; k++) {
             struct fl_target_spec *t = &p->targets[p->n_targets];
             *t = q->targets[k];

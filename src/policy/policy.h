@@ -353,9 +353,10 @@ const char *fl_policy_rule_label(const struct fl_policy *p, const struct fl_rule
  * renamed "ID/target" (ID: namespace/name) and the rules' `on` lists say
  * so explicitly. deadlines[i] (monotonic ms, 0 = none) is when parts[i]
  * expires; it becomes its rules' deadline_ms. With has_file, parts[0] is
- * the file's policy: it keeps its names and gives listeners, seed,
- * proxy_port and max_active_faults (otherwise the defaults and the
- * smallest limit). A file policy alone is returned as it is (a new
+ * the file's policy: it keeps its names and gives seed, proxy_port and
+ * max_active_faults (otherwise the defaults and the smallest limit).
+ * Listeners come from every part that has them (the file's and the
+ * Toxiproxy API's; a resource has none); their names must not clash. A file policy alone is returned as it is (a new
  * reference). Returns 0 or -ENOMEM. */
 int fl_policy_compose(struct fl_policy *const *parts, const uint64_t *deadlines, size_t n,
                       int has_file, struct fl_policy **out) FL_WUR;

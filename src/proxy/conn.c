@@ -665,5 +665,17 @@ void fl_conn_recheck_all(struct fl_worker *w)
         next = c->next;
         if (c->tox && !c->closing)
             fl_tox_check(c);
+        if (!c->closing && c->scope)
+            fl_tox_reroll(c);
+    }
+}
+
+void fl_conn_close_scope(struct fl_worker *w, const char *scope)
+{
+    struct fl_conn *c, *next;
+    for (c = w->conns; c; c = next) {
+        next = c->next;
+        if (!c->closing && c->scope && strcmp(c->scope, scope) == 0)
+            fl_conn_close(c, 0);
     }
 }

@@ -224,6 +224,9 @@ void fl_conn_drain_all(struct fl_worker *w);
  * force (halt, disabled, expired, a policy without it): after every change. */
 void fl_conn_recheck_all(struct fl_worker *w);
 
+/* Closes w's connections that came in through scope (a listener's name). */
+void fl_conn_close_scope(struct fl_worker *w, const char *scope);
+
 /* Closes every connection of w at once (the drain deadline passed). */
 void fl_conn_close_all(struct fl_worker *w);
 

@@ -549,7 +549,8 @@ static void roll_and_start(struct fl_conn *c, const struct fl_rule *r, const str
     for (int i = 0; i < t->n_rolled; i++)
         if (t->rolled[i].part == r->part && strcmp(t->rolled[i].name, r->name) == 0)
             return;
-    if (t->n_rolled == TOX_RULES || c->policy != w->policy)
+    struct fl_policy *snap = w->policy;
+    if (t->n_rolled == TOX_RULES || !snap || r < snap->rules || r >= snap->rules + snap->n_rules)
         return; /* that many rules on one connection: the rest are not rolled */
     if (!(t->rolled[t->n_rolled].name = strdup(r->name)))
         return;
@@ -559,7 +560,7 @@ static void roll_and_start(struct fl_conn *c, const struct fl_rule *r, const str
         return;
     if (atomic_load_explicit(&fl_fault_global.halted, memory_order_relaxed) || !rule_live(c, r))
         return;
-    if (t->policy != c->policy) {
+    if (t->policy != snap) {
         /* The rules already acting are looked up in this snapshot. */
         if (t->n_rules) {
             fl_tox_check(c);
@@ -567,7 +568,7 @@ static void roll_and_start(struct fl_conn *c, const struct fl_rule *r, const str
                 return;
         }
         fl_policy_unref(t->policy);
-        t->policy = fl_policy_ref(c->policy);
+        t->policy = fl_policy_ref(snap);
     }
     t->rules[t->n_rules].rule = r;
     t->rules[t->n_rules++].start_ns = uv_hrtime();
@@ -607,6 +608,24 @@ void fl_tox_accept(struct fl_conn *c)
         if (r->conn_at_accept && atomic_load_explicit(&((struct fl_rule *)r)->live.enabled,
                                                       memory_order_relaxed) &&
             fl_policy_rule_applies_to(r, c->scope))
+            roll_and_start(c, r, NULL);
+    }
+}
+
+void fl_tox_reroll(struct fl_conn *c)
+{
+    const struct fl_policy *p = c->w->policy;
+    if (!p || c->closing || atomic_load_explicit(&fl_fault_global.halted, memory_order_relaxed))
+        return;
+    for (size_t i = 0; i < p->n_rules && !c->closing; i++) {
+        const struct fl_rule *r = &p->rules[i];
+        if (!r->conn_at_accept || !fl_policy_rule_applies_to(r, c->scope) ||
+            !atomic_load_explicit(&((struct fl_rule *)r)->live.enabled, memory_order_relaxed))
+            continue;
+        int seen = 0;
+        for (int k = 0; c->tox && k < c->tox->n_rolled && !seen; k++)
+            seen = c->tox->rolled[k].part == r->part && strcmp(c->tox->rolled[k].name, r->name) == 0;
+        if (!seen)
             roll_and_start(c, r, NULL);
     }
 }

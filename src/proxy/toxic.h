@@ -55,6 +55,11 @@ size_t fl_tox_pinned(const struct fl_conn *c, int side);
 /* The connection's writes toward side completed down to an empty queue. */
 void fl_tox_flushed(struct fl_conn *c, int side);
 
+/* A new snapshot: connection-fault rules without match that c has not rolled
+ * for yet (added or changed since it was accepted) roll for it now, so a
+ * toxic added to a Toxiproxy proxy reaches its open connections. */
+void fl_tox_reroll(struct fl_conn *c);
+
 /* Ends the fault on c when its rule is no longer in force. */
 void fl_tox_check(struct fl_conn *c);
 

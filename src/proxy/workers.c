@@ -21,6 +21,8 @@ struct wthread {
     uv_mutex_t mu;
     struct fl_policy *pending; /* policy to adopt (reference) */
     int cmd_drain, cmd_close_all, cmd_recheck;
+    char **close_scopes; /* listeners whose connections are to be closed (owned) */
+    size_t n_close_scopes;
     struct fl_conn_handoff *handoffs; /* connections to serve, oldest first */
     struct fl_conn_handoff **handoffs_tail;
     atomic_int empty; /* drained: no connection left */
@@ -44,6 +46,8 @@ static void wt_async_cb(uv_async_t *a)
     struct fl_conn_handoff *hs;
     int drain, close_all, recheck;
     char err[512];
+    char **scopes;
+    size_t n_scopes;
 
     uv_mutex_lock(&t->mu);
     p = t->pending;
@@ -52,6 +56,10 @@ static void wt_async_cb(uv_async_t *a)
     close_all = t->cmd_close_all;
     recheck = t->cmd_recheck;
     t->cmd_drain = t->cmd_close_all = t->cmd_recheck = 0;
+    scopes = t->close_scopes;
+    n_scopes = t->n_close_scopes;
+    t->close_scopes = NULL;
+    t->n_close_scopes = 0;
     hs = t->handoffs;
     t->handoffs = NULL;
     t->handoffs_tail = &t->handoffs;
@@ -77,6 +85,11 @@ static void wt_async_cb(uv_async_t *a)
     }
     if (p || recheck)
         fl_conn_recheck_all(&t->w);
+    for (size_t i = 0; i < n_scopes; i++) {
+        fl_conn_close_scope(&t->w, scopes[i]);
+        free(scopes[i]);
+    }
+    free(scopes);
     if (drain && !t->w.draining) {
         fl_listener_close_all(&t->w);
         fl_conn_drain_all(&t->w);
@@ -160,6 +173,26 @@ void fl_workers_recheck(void)
         uv_mutex_lock(&t->mu);
         t->cmd_recheck = 1;
         uv_mutex_unlock(&t->mu);
+        uv_async_send(&t->async);
+    }
+}
+
+void fl_workers_close_scope(const char *scope)
+{
+    if (workers.w0_ready)
+        fl_conn_close_scope(&workers.w0, scope);
+    for (int i = 1; i < workers.n; i++) {
+        struct wthread *t = workers.wt[i];
+        char *dup = strdup(scope);
+        uv_mutex_lock(&t->mu);
+        char **n = dup ? realloc(t->close_scopes, (t->n_close_scopes + 1) * sizeof(*n)) : NULL;
+        if (n) {
+            t->close_scopes = n;
+            t->close_scopes[t->n_close_scopes++] = dup;
+            dup = NULL;
+        }
+        uv_mutex_unlock(&t->mu);
+        free(dup);
         uv_async_send(&t->async);
     }
 }
@@ -296,6 +329,9 @@ void fl_workers_stop(void)
             uv_run(&t->loop, UV_RUN_DEFAULT);
         }
         fl_policy_unref(t->pending);
+        for (size_t k = 0; k < t->n_close_scopes; k++)
+            free(t->close_scopes[k]);
+        free(t->close_scopes);
         while (t->handoffs) { /* handed over after the worker stopped taking them */
             struct fl_conn_handoff *h = t->handoffs;
             t->handoffs = h->next;

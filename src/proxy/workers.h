@@ -40,6 +40,11 @@ int fl_workers_apply(struct fl_policy *p, char *err, size_t errlen) FL_WUR;
  * Main thread. */
 void fl_workers_recheck(void);
 
+/* Every worker closes the connections that came in through the listener or
+ * target named scope (a Toxiproxy proxy disabled, changed or deleted).
+ * Main thread. */
+void fl_workers_close_scope(const char *scope);
+
 /* Starts workers 1..n-1 (n at most FL_WORKERS_MAX) with p, the policy in
  * force, after re-opening worker 0's listeners with SO_REUSEPORT so they can
  * share the ports. n <= 1 does nothing. Returns 0 or a negative errno with err
