@@ -90,6 +90,10 @@ assert_cmp() { # WHAT ACTUAL OP LIMIT   (OP: < <= > >= ==)
     fi
 }
 
+# 1 when $FAULTLINE is the ASan+UBSan build: tests that measure a rate over
+# seconds measure it there over less (the plain build takes the full figure).
+fl_sanitized() { grep -q __asan_init "$FAULTLINE" 2>/dev/null; }
+
 # Sanitizer reports in any daemon stderr of this test count as failures.
 fl_check_sanitizers() {
     local f

@@ -4,8 +4,9 @@ database driver or any non-HTTP client would use them. Prints one JSON line.
 
   tcpclient.py rtt HOST PORT N [PAUSE]    N echo round trips, PAUSE s after the first:
                                           {"rtt": [s, ...]}
-  tcpclient.py send HOST PORT BYTES [WAIT] sends BYTES, reads until EOF, reset or WAIT s
-                                          (default 10): {"got", "eof", "reset", "t", "reads",
+  tcpclient.py send HOST PORT BYTES [WAIT] [EXPECT]
+                                          sends BYTES, reads until EOF, reset, EXPECT bytes
+                                          or WAIT s (default 10): {"got", "eof", "reset", "t", "reads",
                                           "first", "gaps_min", "intact"}
   tcpclient.py fin HOST PORT              sends a line and a FIN, times the peer's FIN
   tcpclient.py many HOST PORT N           N connections one after another, each a round
@@ -45,7 +46,7 @@ def rtt(host, port, n, pause=0.0):
     return {"rtt": out}
 
 
-def send(host, port, nbytes, wait):
+def send(host, port, nbytes, wait, expect=0):
     s = connect(host, port)
     payload = bytes((i * 7 + 3) & 0xFF for i in range(nbytes))
     t0 = time.monotonic()
@@ -62,6 +63,8 @@ def send(host, port, nbytes, wait):
             got += d
             reads += 1
             stamps.append(time.monotonic())
+            if expect and len(got) >= expect:
+                break
     except ConnectionResetError:
         reset = 1
     except socket.timeout:
@@ -113,7 +116,8 @@ def main():
     if mode == "rtt":
         r = rtt(host, port, int(a[3]), float(a[4]) if len(a) > 4 else 0.0)
     elif mode == "send":
-        r = send(host, port, int(a[3]), float(a[4]) if len(a) > 4 else 10.0)
+        r = send(host, port, int(a[3]), float(a[4]) if len(a) > 4 else 10.0,
+                 int(a[5]) if len(a) > 5 else 0)
     elif mode == "fin":
         r = fin(host, port)
     elif mode == "many":

@@ -143,7 +143,7 @@ wait_port 127.0.0.1 "$TLS_UP" 5
 tls_time() { # PORT: "SECONDS LINE": a TLS 1.3 handshake and one line reversed by s_server
     local t0 t1
     t0=$(date +%s.%N)
-    t1=$( (echo faultline; sleep 2) | timeout 10 openssl s_client -connect "127.0.0.1:$1" \
+    t1=$( (echo faultline; sleep 1) | timeout 10 openssl s_client -connect "127.0.0.1:$1" \
         -tls1_3 -quiet 2>/dev/null | { head -c 9 >"$FL_TMP/tls.out"; date +%s.%N; })
     echo "$(echo "$t1 - $t0" | bc) $(cat "$FL_TMP/tls.out")"
 }
@@ -152,27 +152,30 @@ read -r t_lat rev_lat <<<"$(tls_time "$P_TLS")"
 assert_eq "TLS direct: s_server -rev answers the line reversed" "eniltluaf" "${rev_off:-}"
 assert_eq "TLS through the latency toxic: the same bytes" "eniltluaf" "${rev_lat:-}"
 d=$(echo "$t_lat - $t_off" | bc)
-assert_cmp "TLS: latency 200ms adds at least 0.4 s (the server's handshake flight and the reply)" "$d" ">=" 0.39
-assert_cmp "  ... and not much more than 2 x 200ms" "$d" "<" 0.7
+assert_cmp "TLS: latency 200ms: handshake and reply take at least 0.4 s (the server's flight and the reply wait)" \
+    "$t_lat" ">=" 0.4
+assert_cmp "  ... and add not much more than 2 x 200ms to the direct run ($t_off s)" "$d" "<" 0.7
 
 # ---- bandwidth: 4 MiB at 1 MiB/s takes 4 s within 5%, memory bounded ----
 rss0=$(awk '/VmRSS/ {print $2}' /proc/"$FL_PID"/status)
 ( while sleep 0.2; do awk '/VmRSS/ {print $2}' /proc/"$FL_PID"/status; done >"$FL_TMP/rss" ) &
 sampler=$!
 fl_track $sampler
-t=$(curl -sS -o "$FL_TMP/bw.bin" -w '%{time_total}' "http://127.0.0.1:$P_BW/bytes?n=4194304&seed=3")
+if fl_sanitized; then q=1; else q=4; fi # the full figure in the plain build
+n=$((q * 1048576)) lo=$(awk -v q=$q 'BEGIN {print q * 0.95}') hi=$(awk -v q=$q 'BEGIN {print q * 1.05}')
+t=$(curl -sS -o "$FL_TMP/bw.bin" -w '%{time_total}' "http://127.0.0.1:$P_BW/bytes?n=$n&seed=3")
 kill $sampler 2>/dev/null
-assert_eq "bandwidth: the 4 MiB body arrives whole" 4194304 "$(stat -c %s "$FL_TMP/bw.bin")"
-assert_eq "  ... byte for byte" "$(node "$FL_ROOT/examples/backend.js" --gen 4194304 3 | md5sum | cut -c1-32)" \
+assert_eq "bandwidth: the $q MiB body arrives whole" $n "$(stat -c %s "$FL_TMP/bw.bin")"
+assert_eq "  ... byte for byte" "$(node "$FL_ROOT/examples/backend.js" --gen $n 3 | md5sum | cut -c1-32)" \
     "$(md5sum <"$FL_TMP/bw.bin" | cut -c1-32)"
-assert_cmp "bandwidth 1MiB/s: 4 MiB takes at least 3.8 s" "$t" ">=" 3.8
-assert_cmp "  ... and at most 4.2 s" "$t" "<=" 4.2
+assert_cmp "bandwidth 1MiB/s: $q MiB takes at least $lo s" "$t" ">=" "$lo"
+assert_cmp "  ... and at most $hi s" "$t" "<=" "$hi"
 rss_max=$(sort -n "$FL_TMP/rss" | tail -1)
 assert_cmp "  ... while faultline's RSS grew by under 8 MiB (it throttles, never buffers)" \
     "$((rss_max - rss0))" "<" 8192
 
 # ---- slicer ----
-j=$($TC send 127.0.0.1 "$P_SLICE" 100 3)
+j=$($TC send 127.0.0.1 "$P_SLICE" 100 3 100)
 assert_eq "slicer: all 100 bytes arrive, intact" "100 true" "$(jqr '"\(.got) \(.intact)"' "$j")"
 assert_cmp "  ... in many small reads (5-15 byte slices)" "$(jqr .reads "$j")" ">=" 6
 assert_cmp "  ... 10 ms or more apart" "$(jqr .gaps_min "$j")" ">=" 0.009
@@ -187,7 +190,7 @@ j=$($TC send 127.0.0.1 "$P_TMO" 100 5)
 assert_eq "timeout after 500ms: nothing relayed, then the close" "0 1" "$(jqr '"\(.got) \(.eof)"' "$j")"
 assert_cmp "  ... at 0.5 s" "$(jqr .t "$j")" ">=" 0.5
 assert_cmp "  ... not much later" "$(jqr .t "$j")" "<" 0.8
-$TC send 127.0.0.1 "$P_TMO0" 100 5 >"$FL_TMP/tmo0.json" &
+$TC send 127.0.0.1 "$P_TMO0" 100 5 100 >"$FL_TMP/tmo0.json" &
 c=$!
 sleep 1.5
 fctl disable tmo0 >/dev/null
@@ -215,7 +218,7 @@ assert_cmp "  ... at 0.3 s" "$(jqr .t "$j")" ">=" 0.3
 assert_cmp "  ... not much later" "$(jqr .t "$j")" "<" 0.6
 
 # ---- a halt ends a live toxic at once; new connections go untouched ----
-$TC send 127.0.0.1 "$P_TMO0" 100 5 >"$FL_TMP/halt.json" &
+$TC send 127.0.0.1 "$P_TMO0" 100 5 100 >"$FL_TMP/halt.json" &
 c=$!
 sleep 1
 fctl halt --reason toxics-test >/dev/null
@@ -280,7 +283,7 @@ spec:
 EOF
 )
 start_faultline "$ttlp" "$P_TTL" || fail "the ttl daemon starts"
-j=$($TC send 127.0.0.1 "$P_TTL" 100 5)
+j=$($TC send 127.0.0.1 "$P_TTL" 100 5 100)
 assert_eq "ttl 2s: the bytes a timeout toxic held are released whole when the policy expires" \
     "100 true" "$(jqr '"\(.got) \(.intact)"' "$j")"
 assert_cmp "  ... not before (2 s after the policy was applied, less the start-up)" "$(jqr .first "$j")" ">=" 1.2
