@@ -291,21 +291,15 @@ int fl_daemon_run(const struct fl_daemon_opts *o)
     }
     /* Before the policy's listeners: a second daemon on the same socket is
      * refused with a message about the socket, not about a busy port. */
-    if (fl_admin_start(lifecycle.loop, o->admin_path, o->metrics_listen, err, sizeof(err)) < 0) {
+    int admin_up = 0;
+    if ((e = fl_admin_start(lifecycle.loop, o->admin_path, o->metrics_listen, err, sizeof(err))) == 0)
+        admin_up = 1;
+    if (e == 0 && o->toxiproxy_listen)
+        e = fl_toxiproxy_start(lifecycle.loop, o->toxiproxy_listen, err, sizeof(err));
+    if (e < 0) {
         fprintf(stderr, "faultline: %s\n", err);
-        fl_workers_stop();
-        fl_runtime_close();
-        fl_policy_unref(p);
-        fl_faultlog_close();
-        uv_run(lifecycle.loop, UV_RUN_DEFAULT);
-        fl_workers_fini();
-        uv_loop_close(lifecycle.loop);
-        return 1;
-    }
-    if (o->toxiproxy_listen && fl_toxiproxy_start(lifecycle.loop, o->toxiproxy_listen, err,
-                                                   sizeof(err)) < 0) {
-        fprintf(stderr, "faultline: %s\n", err);
-        fl_admin_stop();
+        if (admin_up)
+            fl_admin_stop();
         fl_workers_stop();
         fl_runtime_close();
         fl_policy_unref(p);

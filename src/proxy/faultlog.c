@@ -329,3 +329,20 @@ void fl_faultlog_buf_flush_sync(struct fl_faultlog_buf *lb)
     }
     lb->len = 0;
 }
+
+const char *fl_faultlog_resp_extra(const struct fl_rule *r, enum fl_fault_kind kind, int grpc,
+                                   char *buf, size_t len)
+{
+    buf[0] = 0;
+    if (kind == FL_FAULT_TRUNCATE)
+        snprintf(buf, len, ",\"after\":%llu", (unsigned long long)r->truncate.after);
+    else if (kind == FL_FAULT_BANDWIDTH)
+        snprintf(buf, len, ",\"rate\":%llu,\"direction\":\"%s\"",
+                 (unsigned long long)r->bandwidth.rate,
+                 r->bandwidth.dir == (FL_DIR_UP | FL_DIR_DOWN) ? "both"
+                 : r->bandwidth.dir == FL_DIR_UP            ? "upstream"
+                                                            : "downstream");
+    else if (kind == FL_FAULT_MODIFY && grpc && r->modify.grpc_status >= 0)
+        snprintf(buf, len, ",\"grpc_status\":%d", r->modify.grpc_status);
+    return buf[0] ? buf : NULL;
+}

@@ -91,6 +91,12 @@ void fl_faultlog_release(struct fl_faultlog_buf *lb, char **line, size_t len, in
 /* Queues an arbitrary pre-formatted JSON object line (events such as reloads). */
 void fl_faultlog_emit_raw(struct fl_faultlog_buf *lb, const char *json, size_t len);
 
+/* The fields a response fault's line adds for kind (truncate's after,
+ * bandwidth's rate and direction, a gRPC modify's grpc_status), written into
+ * buf; NULL when there are none. */
+const char *fl_faultlog_resp_extra(const struct fl_rule *r, enum fl_fault_kind kind, int grpc,
+                                   char *buf, size_t len);
+
 /* Writes out everything queued, blocking; for shutdown. */
 void fl_faultlog_buf_flush_sync(struct fl_faultlog_buf *lb);
 

@@ -733,18 +733,10 @@ static struct h1_resp *resp_faults(struct fl_conn *c, const struct fl_decision *
     for (int k = 0; k < RF_KINDS; k++) {
         if (!on[k])
             continue;
-        char extra[96] = "";
+        char extra[96];
         enum fl_fault_kind kind = (enum fl_fault_kind)(FL_FAULT_RESPONSE_DELAY + k);
-        if (kind == FL_FAULT_TRUNCATE)
-            snprintf(extra, sizeof(extra), ",\"after\":%llu", (unsigned long long)r->truncate.after);
-        else if (kind == FL_FAULT_BANDWIDTH)
-            snprintf(extra, sizeof(extra), ",\"rate\":%llu,\"direction\":\"%s\"",
-                     (unsigned long long)r->bandwidth.rate,
-                     r->bandwidth.dir == (FL_DIR_UP | FL_DIR_DOWN) ? "both"
-                     : r->bandwidth.dir == FL_DIR_UP            ? "upstream"
-                                                                : "downstream");
         struct fl_fault_event ev = fault_event(c, r, kind, rf->delay_ms, 0, rq);
-        ev.extra = extra[0] ? extra : NULL;
+        ev.extra = fl_faultlog_resp_extra(r, kind, 0, extra, sizeof(extra));
         rf->line[k] = fl_faultlog_hold(&c->w->log, &ev, &rf->line_len[k]);
     }
     return rf;
