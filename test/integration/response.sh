@@ -105,6 +105,10 @@ spec:
       "on": grpc
       match: {headers: [{name: x-kind, exact: cut}]}
       fault: {truncate: {after: 3}}
+    - name: grpc-narrow
+      "on": grpc
+      match: {headers: [{name: x-kind, exact: narrow}]}
+      fault: {bandwidth: {rate: 50/s}}
     - name: grpc-rewrite
       "on": grpc
       match: {grpc: {method: Unary}}
@@ -171,6 +175,9 @@ assert_eq "gRPC modify: grpc-js sees INTERNAL (13), the new message and the mark
 j=$(timeout 30 node "$gdir/client.js" meta "127.0.0.1:$P_GRPC" x-kind=delay)
 assert_eq "gRPC response_delay: the call succeeds" 0 "$(jq -r .code <<<"$j")"
 assert_cmp "  ... after at least 300 ms" "$(jq -r .ms <<<"$j")" ">=" 300
+j=$(timeout 30 node "$gdir/client.js" meta "127.0.0.1:$P_GRPC" x-kind=narrow)
+assert_eq "gRPC bandwidth 50 B/s: the call succeeds" 0 "$(jq -r .code <<<"$j")"
+assert_cmp "  ... its ~75-byte answer taking over a second" "$(jq -r .ms <<<"$j")" ">=" 1000
 j=$(timeout 30 node "$gdir/client.js" meta "127.0.0.1:$P_GRPC" x-kind=cut)
 assert_eq "gRPC truncate: grpc-js sees the stream reset as INTERNAL (13)" 13 "$(jq -r .code <<<"$j")"
 
